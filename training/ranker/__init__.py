@@ -1,0 +1,1 @@
+"""LightGBM LambdaRank ranker: dataset building and training."""

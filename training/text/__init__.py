@@ -1,0 +1,1 @@
+"""Text interest model.  torch / transformers are imported only inside this package's modules."""
