@@ -71,9 +71,12 @@ CREATE TABLE IF NOT EXISTS item_embeddings (
     embedding      FLOAT[] NOT NULL
 );
 
+-- scope says which events built the user text: 'fit_v1' / 'train_v1' (protocol v1 views,
+-- for ranker training and evaluation) or 'live' (all events, for serving).
 CREATE TABLE IF NOT EXISTS user_embeddings (
     user_id        VARCHAR NOT NULL,
     model_version  VARCHAR NOT NULL,
+    scope          VARCHAR NOT NULL,
     as_of          TIMESTAMP,         -- history cut-off the user text was built from
     embedding      FLOAT[] NOT NULL
 );
@@ -82,6 +85,7 @@ CREATE TABLE IF NOT EXISTS text_scores (
     user_id        VARCHAR NOT NULL,
     item_id        VARCHAR NOT NULL,
     model_version  VARCHAR NOT NULL,
+    scope          VARCHAR NOT NULL,
     score          FLOAT NOT NULL
 );
 

@@ -22,7 +22,7 @@ _COMMANDS = {
     "serve": "recsys.cli.serve:serve",
     "models": "recsys.cli.models:models",
     "demo": "recsys.cli.demo:demo",
-    "features": "recsys.cli.ingest:features",
+    "features": "recsys.cli.features:features",
 }
 _TRAIN_COMMANDS = {
     "text": "recsys.cli.text:train_text",
