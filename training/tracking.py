@@ -83,11 +83,17 @@ def start_run(
     import mlflow
 
     client(settings)
-    exp_id = ensure_experiment(settings, experiment)
     all_tags = {"git_commit": git_commit(), **(tags or {})}
     if data_fingerprint:
         all_tags["data_fingerprint"] = data_fingerprint
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags) as run:
+    # Under `mlflow run`, MLFLOW_RUN_ID names the run the project launcher created: log into it.
+    launched = os.environ.get("MLFLOW_RUN_ID")
+    run_kwargs: dict[str, Any] = (
+        {"run_id": launched}
+        if launched
+        else {"experiment_id": ensure_experiment(settings, experiment), "run_name": run_name}
+    )
+    with mlflow.start_run(**run_kwargs, tags=all_tags) as run:
         params = _flatten_params(settings.to_dict())
         if data_fingerprint:
             params["data_fingerprint"] = data_fingerprint
