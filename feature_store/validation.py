@@ -1,0 +1,338 @@
+"""Event and item validation rules, written once for SQL (files) and once for Python (the API).
+
+The two paths must agree row for row: ``tests/unit/test_ingest_validation.py`` runs the same
+records through both.  A rule returns a short, stable reason string; the first failing rule wins.
+
+Rules for an event (column contract in docs/ingest.md):
+
+- ``user_id``, ``item_id``, ``event_type``, ``ts`` are required;
+- ``event_type`` is one of :data:`feature_store.db.EVENT_TYPES` (case-insensitive);
+- ``ts`` is unix seconds or ISO-8601 (an offset converts to UTC; no offset means UTC), between
+  1970-01-01 and 2100-01-01;
+- ``value`` is numeric or empty; ``rate`` events need a value in [0, 10];
+- ``position`` is an integer >= 0 or empty;
+- ``item_id`` names an item in the store (or in the same batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from feature_store.db import EVENT_TYPES
+
+EVENT_COLUMNS = (
+    "event_id",
+    "user_id",
+    "item_id",
+    "event_type",
+    "ts",
+    "value",
+    "text",
+    "request_id",
+    "position",
+)
+EVENT_REQUIRED = ("user_id", "item_id", "event_type", "ts")
+ITEM_LIST_COLUMNS = ("keywords", "genres", "tags")
+ITEM_COLUMNS = (
+    "item_id",
+    "title",
+    "year",
+    "description",
+    "tagline",
+    "keywords",
+    "genres",
+    "category",
+    "director",
+    "actors",
+    "tags",
+    "url",
+    "created_at",
+)
+ITEM_REQUIRED = ("item_id", "title")
+
+TS_MIN = datetime(1970, 1, 1)
+TS_MAX = datetime(2100, 1, 1)
+RATING_MIN, RATING_MAX = 0.0, 10.0
+UNKNOWN_ITEM = "unknown item id"
+_SEP = "\x1f"  # unit separator between hashed fields
+# what DuckDB's CAST(... AS DOUBLE) accepts for a finite number
+_NUMERIC = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_OFFSET = re.compile(r".*[T ][0-9]{2}:[0-9]{2}.*(Z|[+-][0-9]{2}(:?[0-9]{2})?)")
+_EPOCH = datetime(1970, 1, 1)
+
+# ---------------------------------------------------------------------------------------------
+# SQL: applied to a staged table of text columns (see feature_store.sources.stage_file)
+# ---------------------------------------------------------------------------------------------
+
+
+def ts_sql(column: str) -> str:
+    """SQL turning the text ``column`` into a UTC TIMESTAMP (NULL when it does not parse)."""
+    x = f"trim({column})"
+    return f"""CASE
+    WHEN abs(TRY_CAST({x} AS DOUBLE)) < 5e9
+        THEN make_timestamp(CAST(round(TRY_CAST({x} AS DOUBLE) * 1e6) AS BIGINT))
+    WHEN regexp_full_match({x}, '{_OFFSET.pattern}')
+        THEN timezone('UTC', TRY_CAST({x} AS TIMESTAMPTZ))
+    ELSE TRY_CAST({x} AS TIMESTAMP)
+END"""
+
+
+_TYPES_SQL = ", ".join(f"'{t}'" for t in EVENT_TYPES)
+
+# (condition, reason, column), in order; conditions read the typed columns of events_typed_sql.
+_EVENT_RULES_SQL: tuple[tuple[str, str, str], ...] = (
+    ("user_id IS NULL", "missing user_id", "user_id"),
+    ("item_id IS NULL", "missing item_id", "item_id"),
+    ("event_type IS NULL", "missing event_type", "event_type"),
+    (f"event_type NOT IN ({_TYPES_SQL})", "unknown event type", "event_type"),
+    ("raw_ts IS NULL", "missing ts", "ts"),
+    ("ts IS NULL", "bad timestamp", "ts"),
+    (f"ts < TIMESTAMP '{TS_MIN}' OR ts >= TIMESTAMP '{TS_MAX}'", "timestamp out of range", "ts"),
+    (
+        "raw_value IS NOT NULL AND (value IS NULL OR isnan(value) OR isinf(value))",
+        "non-numeric value",
+        "value",
+    ),
+    ("event_type = 'rate' AND value IS NULL", "rate without value", "value"),
+    (
+        f"event_type = 'rate' AND (value < {RATING_MIN} OR value > {RATING_MAX})",
+        "rating out of range",
+        "value",
+    ),
+    ("raw_position IS NOT NULL AND (position IS NULL OR position < 0)", "bad position", "position"),
+)
+
+
+def events_typed_sql(source: str, passthrough: str = "") -> str:
+    """SELECT over ``source`` (text event columns): typed columns, raw text kept for the rules
+    and for quarantine; ``passthrough`` (e.g. ``", line"``) adds source columns as they are."""
+    return f"""
+    SELECT nullif(trim(event_id), '') AS event_id_in{passthrough},
+        nullif(trim(user_id), '') AS user_id,
+        nullif(trim(item_id), '') AS item_id,
+        event_type AS raw_event_type,
+        nullif(lower(trim(event_type)), '') AS event_type,
+        nullif(trim(ts), '') AS raw_ts,
+        {ts_sql("ts")} AS ts,
+        nullif(trim(value), '') AS raw_value,
+        TRY_CAST(nullif(trim(value), '') AS DOUBLE) AS value,
+        nullif(text, '') AS text,
+        nullif(trim(request_id), '') AS request_id,
+        nullif(trim(position), '') AS raw_position,
+        TRY_CAST(nullif(trim(position), '') AS INTEGER) AS position
+    FROM {source}"""
+
+
+# The row as read, for quarantine (column names of the contract, values as text).
+EVENT_RAW_JSON_SQL = (
+    "to_json({'event_id': event_id_in, 'user_id': user_id, 'item_id': item_id, "
+    "'event_type': raw_event_type, 'ts': raw_ts, 'value': raw_value, 'text': text, "
+    "'request_id': request_id, 'position': raw_position})::VARCHAR"
+)
+
+
+def events_reason_sql(known_items: str) -> tuple[str, str]:
+    """(reason, column) CASE expressions; ``known_items`` is a table/subquery with ``item_id``."""
+    rules = [
+        *_EVENT_RULES_SQL,
+        (f"item_id NOT IN (SELECT item_id FROM {known_items})", UNKNOWN_ITEM, "item_id"),
+    ]
+    reason = "CASE " + " ".join(f"WHEN {c} THEN '{r}'" for c, r, _ in rules) + " END"
+    column = "CASE " + " ".join(f"WHEN {c} THEN '{col}'" for c, _, col in rules) + " END"
+    return reason, column
+
+
+EVENT_ID_SQL = (
+    "coalesce(event_id_in, 'h:' || md5(concat_ws(chr(31), user_id, item_id, event_type, "
+    "CAST(epoch_us(ts) AS VARCHAR), coalesce(CAST(CAST(round(value * 1e6) AS BIGINT) AS VARCHAR),"
+    " ''), coalesce(text, ''), coalesce(request_id, ''), coalesce(CAST(position AS VARCHAR), ''))))"
+)
+
+
+def items_typed_sql(staged: str) -> str:
+    """SELECT over a staged items table: typed columns (lists already lists)."""
+    return f"""
+    SELECT _row,
+        nullif(trim(item_id), '') AS item_id,
+        nullif(trim(title), '') AS title,
+        nullif(trim(year), '') AS raw_year,
+        TRY_CAST(TRY_CAST(nullif(trim(year), '') AS DOUBLE) AS INTEGER) AS year,
+        nullif(description, '') AS description,
+        nullif(tagline, '') AS tagline,
+        list_filter(list_transform(keywords, x -> trim(x)), x -> x <> '') AS keywords,
+        list_filter(list_transform(genres, x -> trim(x)), x -> x <> '') AS genres,
+        nullif(trim(category), '') AS category,
+        nullif(director, '') AS director,
+        nullif(actors, '') AS actors,
+        list_filter(list_transform(tags, x -> trim(x)), x -> x <> '') AS tags,
+        nullif(trim(url), '') AS url,
+        nullif(trim(created_at), '') AS raw_created_at,
+        {ts_sql("created_at")} AS created_at
+    FROM {staged}"""
+
+
+ITEM_RULES_SQL: tuple[tuple[str, str, str], ...] = (
+    ("item_id IS NULL", "missing item_id", "item_id"),
+    ("title IS NULL", "missing title", "title"),
+    ("raw_year IS NOT NULL AND (year IS NULL OR year < 1800 OR year > 2100)", "bad year", "year"),
+    ("raw_created_at IS NOT NULL AND created_at IS NULL", "bad timestamp", "created_at"),
+)
+
+
+def items_reason_sql() -> tuple[str, str]:
+    """(reason, column) CASE expressions for items."""
+    reason = "CASE " + " ".join(f"WHEN {c} THEN '{r}'" for c, r, _ in ITEM_RULES_SQL) + " END"
+    column = "CASE " + " ".join(f"WHEN {c} THEN '{col}'" for c, _, col in ITEM_RULES_SQL) + " END"
+    return reason, column
+
+
+# ---------------------------------------------------------------------------------------------
+# Python: one record at a time (serving's POST /v1/events, ingest_event_records)
+# ---------------------------------------------------------------------------------------------
+
+
+def validate_event_record(
+    record: Mapping[str, Any], known_item: Callable[[str], bool] | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Validate one event: ``(normalized row, None)`` or ``(None, reason)``.
+
+    The normalized row has every column of ``events`` except ``source``/``batch_id``; ``ts`` is a
+    naive UTC datetime and ``event_id`` is filled with the content hash when absent.  The rules
+    are those of the file path (module docstring); ``known_item`` (when given) checks item ids.
+    """
+    if not isinstance(record, Mapping):
+        return None, "record is not an object"
+    unknown = sorted(set(record) - set(EVENT_COLUMNS))
+    if unknown:
+        return None, f"unknown field(s) {', '.join(map(str, unknown))}"
+    ids: dict[str, str | None] = {}
+    for name in ("event_id", "user_id", "item_id", "request_id"):
+        ids[name], bad = _id(record.get(name))
+        if bad:
+            return None, f"{name} must be a string"
+    event_type = record.get("event_type")
+    if event_type is not None and not isinstance(event_type, str):
+        return None, "unknown event type"
+    event_type = event_type.strip().lower() or None if isinstance(event_type, str) else None
+    ts, ts_reason = (None, "missing ts") if _blank(record.get("ts")) else _parse_ts(record["ts"])
+    value, value_bad = _number(record.get("value"))
+    position, position_bad = _position(record.get("position"))
+    text = record.get("text")
+    if text is not None and not isinstance(text, str):
+        return None, "text must be a string"
+    checks = (
+        (ids["user_id"] is None, "missing user_id"),
+        (ids["item_id"] is None, "missing item_id"),
+        (event_type is None, "missing event_type"),
+        (event_type not in EVENT_TYPES, "unknown event type"),
+        (ts_reason is not None, ts_reason),
+        (value_bad, "non-numeric value"),
+        (event_type == "rate" and value is None, "rate without value"),
+        (
+            event_type == "rate" and value is not None and not RATING_MIN <= value <= RATING_MAX,
+            "rating out of range",
+        ),
+        (position_bad, "bad position"),
+        (known_item is not None and not known_item(str(ids["item_id"])), UNKNOWN_ITEM),
+    )
+    for failed, reason in checks:
+        if failed:
+            return None, reason
+    row = {
+        "user_id": ids["user_id"],
+        "item_id": ids["item_id"],
+        "event_type": event_type,
+        "ts": ts,
+        "value": value,
+        "text": text or None,
+        "request_id": ids["request_id"],
+        "position": position,
+    }
+    row["event_id"] = ids["event_id"] or content_event_id(row)
+    return row, None
+
+
+def content_event_id(row: Mapping[str, Any]) -> str:
+    """The id of an event without one: md5 over its canonical fields (same as the SQL path)."""
+    ts: datetime = row["ts"]
+    epoch_us = (ts - _EPOCH) // timedelta(microseconds=1)
+    value = row.get("value")
+    parts = [
+        row["user_id"],
+        row["item_id"],
+        row["event_type"],
+        str(epoch_us),
+        "" if value is None else str(int(round(value * 1e6))),
+        row.get("text") or "",
+        row.get("request_id") or "",
+        "" if row.get("position") is None else str(row["position"]),
+    ]
+    return "h:" + hashlib.md5(_SEP.join(parts).encode("utf-8")).hexdigest()
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _id(value: Any) -> tuple[str | None, bool]:
+    if _blank(value):
+        return None, False
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None, True
+    return str(value).strip(), False
+
+
+def _parse_ts(value: Any) -> tuple[datetime | None, str | None]:
+    parsed: datetime | None = None
+    if isinstance(value, bool):
+        return None, "bad timestamp"
+    numeric_text = isinstance(value, str) and _NUMERIC.fullmatch(value.strip())
+    if isinstance(value, int | float) or numeric_text:
+        seconds = float(value)
+        if math.isfinite(seconds) and abs(seconds) < 5e9:
+            parsed = _EPOCH + timedelta(microseconds=round(seconds * 1e6))
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    if parsed is None:
+        return None, "bad timestamp"
+    if not TS_MIN <= parsed < TS_MAX:
+        return None, "timestamp out of range"
+    return parsed, None
+
+
+def _number(value: Any) -> tuple[float | None, bool]:
+    if _blank(value):
+        return None, False
+    if isinstance(value, bool):
+        return None, True
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None, True
+    return (number, False) if math.isfinite(number) else (None, True)
+
+
+def _position(value: Any) -> tuple[int | None, bool]:
+    if _blank(value):
+        return None, False
+    if isinstance(value, bool):
+        return None, True
+    try:
+        number = int(value) if not isinstance(value, float) else None
+    except (TypeError, ValueError):
+        number = None
+    if isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if number is None or number < 0:
+        return None, True
+    return number, False
