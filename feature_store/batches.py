@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,13 @@ from feature_store.db import transaction
 from recsys.errors import DataValidationError
 
 log = logging.getLogger(__name__)
+
+# A file batch stages the whole file in a temporary table and builds hash tables over its ids;
+# above this DuckDB spills them to its temp directory, so 10 million events ingest within
+# 4 GiB resident (measured in docs/ingest.md, "Throughput and memory").  A connection whose
+# memory_limit is already lower keeps it.
+BATCH_MEMORY_LIMIT = 3 << 30
+_SIZE = re.compile(r"([0-9.]+)\s*([KMGTPE]?)(i?)B(?:ytes)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -93,11 +101,13 @@ def open_batch(
     steps: int,
     progress: bool,
     own_transaction: bool = True,
+    memory_limit: int | None = BATCH_MEMORY_LIMIT,
 ) -> Iterator[Batch]:
     """One atomic batch: BEGIN ... COMMIT, or ROLLBACK on any error (temp tables included).
 
     With ``own_transaction=False`` the caller holds the transaction (an adapter writing several
-    batches all-or-nothing).
+    batches all-or-nothing).  DuckDB's memory limit is at most ``memory_limit`` bytes meanwhile
+    (None: unchanged), see :data:`BATCH_MEMORY_LIMIT`.
     """
     bar = tqdm(
         total=steps,
@@ -109,27 +119,88 @@ def open_batch(
     batch = Batch(con, uuid.uuid4().hex, kind, source, now_utc(), bar)
     con.execute("SET enable_progress_bar = false")  # our own bar; DuckDB's writes to stdout
     try:
-        if own_transaction:
-            with transaction(con):
+        with batch_settings(con, memory_limit):
+            if own_transaction:
+                with transaction(con):
+                    yield batch
+            else:
                 yield batch
-        else:
-            yield batch
     finally:
         bar.close()
 
 
+@contextmanager
+def batch_settings(con: duckdb.DuckDBPyConnection, memory_limit: int | None) -> Iterator[None]:
+    """DuckDB settings a batch relies on, for the block, then the caller's values again.
+
+    - ``preserve_insertion_order`` on: staged rows keep the file's order, which is what
+      numbers them (``_row``: quarantine row numbers, the first of repeated ids);
+    - ``memory_limit`` at most ``memory_limit`` bytes (never raised; None: unchanged).
+
+    DuckDB settings are per database instance and not transactional: hence the restore.  When
+    the block fails inside a caller's transaction that DuckDB has aborted, no statement runs
+    until the caller rolls back: the settings stay as the batch set them (logged) and the
+    original error propagates.
+    """
+    restore: list[str] = []
+    order = _setting(con, "preserve_insertion_order")
+    if order.lower() != "true":
+        restore.append(f"SET preserve_insertion_order = {order}")
+        con.execute("SET preserve_insertion_order = true")
+    current = _setting(con, "memory_limit")
+    size = _parse_size(current)
+    if memory_limit is not None and (size is None or size > memory_limit):
+        restore.append(f"SET memory_limit = '{current}'")
+        con.execute(f"SET memory_limit = '{memory_limit >> 20}MiB'")
+    try:
+        yield
+    except BaseException:
+        _restore(con, restore, failing=True)
+        raise
+    _restore(con, restore, failing=False)
+
+
+def _restore(con: duckdb.DuckDBPyConnection, statements: list[str], *, failing: bool) -> None:
+    for statement in statements:
+        try:
+            con.execute(statement)
+        except duckdb.Error as exc:
+            if not failing:
+                raise
+            log.warning(
+                "could not restore a DuckDB setting (%s) after a failed batch: %s", statement, exc
+            )
+
+
+def _setting(con: duckdb.DuckDBPyConnection, name: str) -> str:
+    row = con.execute("SELECT current_setting(?)", [name]).fetchone()
+    return str(row[0]) if row else ""
+
+
+def _parse_size(text: str) -> int | None:
+    """Bytes of a DuckDB size such as ``'18.7 GiB'`` or ``'500 KB'``; None if unreadable."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        return None
+    number, prefix, binary = match.groups()
+    base = 1024 if binary or not prefix else 1000
+    return int(float(number) * base ** " KMGTPE".index(prefix.upper() or " "))
+
+
 def upsert_users(batch: Batch, new_events_sql: str) -> None:
     """Add users first seen in this batch; move ``created_at`` back when an older event came."""
-    con = batch.con
-    firsts = f"SELECT user_id, min(ts) AS first_ts FROM ({new_events_sql}) GROUP BY user_id"
-    con.execute(f"""UPDATE users SET created_at = f.first_ts FROM ({firsts}) f
+    con, firsts = batch.con, batch.tmp("user_firsts")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE {firsts} AS
+        SELECT user_id, min(ts) AS first_ts FROM ({new_events_sql}) GROUP BY user_id""")
+    con.execute(f"""UPDATE users SET created_at = f.first_ts FROM {firsts} f
         WHERE users.user_id = f.user_id
           AND (users.created_at IS NULL OR f.first_ts < users.created_at)""")
     con.execute(
-        f"""INSERT INTO users SELECT user_id, first_ts, $source FROM ({firsts}) f
-        WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = f.user_id)""",
+        f"""INSERT INTO users SELECT f.user_id, f.first_ts, $source
+        FROM {firsts} f ANTI JOIN users u ON u.user_id = f.user_id""",
         {"source": batch.source},
     )
+    con.execute(f"DROP TABLE {firsts}")
 
 
 def bad_reasons(con: duckdb.DuckDBPyConnection, typed: str) -> dict[str, int]:

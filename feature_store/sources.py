@@ -246,17 +246,18 @@ def stage_query(
         # Insertion order is preserved (DuckDB's default), so rowid follows the source order.
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table}_raw AS {select_sql}")
         # Rows appended inside a transaction get row ids counting up from a large base, so
-        # number them relative to the first.
+        # number them relative to the first (looked up once, not on every read of the view).
+        found = con.execute(f"SELECT min(rowid), count(*) FROM {table}_raw").fetchone()
+        base, count = (int(found[0] or 0), int(found[1])) if found else (0, 0)
         con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT rowid - "
-            f"(SELECT coalesce(min(rowid), 0) FROM {table}_raw) + 1 AS _row, * FROM {table}_raw"
+            f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT rowid - {base} + 1 AS _row, * "
+            f"FROM {table}_raw"
         )
     except duckdb.Error as exc:
         if path is None:
             raise
         raise as_validation_error(path, exc) from exc
-    count = con.execute(f"SELECT count(*) FROM {table}_raw").fetchone()
-    return int(count[0]) if count else 0
+    return count
 
 
 def drop_stage(con: duckdb.DuckDBPyConnection, table: str) -> None:

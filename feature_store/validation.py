@@ -73,8 +73,10 @@ _EPOCH = datetime(1970, 1, 1)
 def ts_sql(column: str) -> str:
     """SQL turning the text ``column`` into a UTC TIMESTAMP (NULL when it does not parse)."""
     x = f"trim({column})"
+    # A number never contains ':' (DuckDB's DOUBLE cast rejects it), so ISO date-times skip the
+    # failing number cast: the same result, about half the cost per row.
     return f"""CASE
-    WHEN abs(TRY_CAST({x} AS DOUBLE)) < 5e9
+    WHEN NOT contains({x}, ':') AND abs(TRY_CAST({x} AS DOUBLE)) < 5e9
         THEN make_timestamp(CAST(round(TRY_CAST({x} AS DOUBLE) * 1e6) AS BIGINT))
     WHEN regexp_full_match({x}, '{_OFFSET.pattern}')
         THEN timezone('UTC', TRY_CAST({x} AS TIMESTAMPTZ))
@@ -137,13 +139,17 @@ EVENT_RAW_JSON_SQL = (
 
 
 def events_reason_sql(known_items: str) -> tuple[str, str]:
-    """(reason, column) CASE expressions; ``known_items`` is a table/subquery with ``item_id``."""
+    """(reason, column) expressions; ``known_items`` is a table/subquery with ``item_id``.
+
+    The rules are evaluated once, in ``reason``; ``column`` reads the column off the reason
+    (every reason belongs to one column), so it must be evaluated where ``reason`` is in scope.
+    """
     rules = [
         *_EVENT_RULES_SQL,
         (f"item_id NOT IN (SELECT item_id FROM {known_items})", UNKNOWN_ITEM, "item_id"),
     ]
     reason = "CASE " + " ".join(f"WHEN {c} THEN '{r}'" for c, r, _ in rules) + " END"
-    column = "CASE " + " ".join(f"WHEN {c} THEN '{col}'" for c, _, col in rules) + " END"
+    column = "CASE reason " + " ".join(f"WHEN '{r}' THEN '{col}'" for _, r, col in rules) + " END"
     return reason, column
 
 
@@ -152,6 +158,23 @@ EVENT_ID_SQL = (
     "CAST(epoch_us(ts) AS VARCHAR), coalesce(CAST(CAST(round(value * 1e6) AS BIGINT) AS VARCHAR),"
     " ''), coalesce(text, ''), coalesce(request_id, ''), coalesce(CAST(position AS VARCHAR), ''))))"
 )
+
+
+def events_checked_sql(source: str, known_items: str, line: str = "NULL::BIGINT") -> str:
+    """SELECT over ``source`` (text event columns) giving what a batch stages per row.
+
+    Columns: ``_line`` (the expression ``line``, a source row number or NULL), the typed
+    ``events`` columns with ``event_id`` filled in, ``reason`` / ``bad_column`` (NULL when the
+    row is valid) and ``raw``, the row as read as JSON, for bad rows only: valid rows, nearly
+    all of a real file, carry no copy of their raw text.
+    """
+    reason, column = events_reason_sql(known_items)
+    return f"""
+    SELECT _line, event_id, user_id, item_id, event_type, value, text, ts, request_id, position,
+        reason, {column} AS bad_column,
+        CASE WHEN reason IS NOT NULL THEN {EVENT_RAW_JSON_SQL} END AS raw
+    FROM (SELECT *, {EVENT_ID_SQL} AS event_id, {reason} AS reason
+          FROM ({events_typed_sql(source, f", {line} AS _line")}))"""
 
 
 def items_typed_sql(staged: str) -> str:

@@ -247,3 +247,122 @@ def test_tsv_format(with_items, tmp_path):
     result = ingest_events_file(with_items, write(tmp_path / "ev.tsv", text), progress=False)
     assert result.rows_written == 1
     assert with_items.execute("SELECT text FROM events").fetchone() == ("nice, really",)
+
+
+def test_overlapping_file_writes_only_new_ids_first_of_repeats(with_items, tmp_path):
+    header = "event_id,user_id,item_id,event_type,ts\n"
+    first = header + "e1,u1,i1,click,1600000000\ne2,u1,i2,click,1600000001\n"
+    ingest_events_file(with_items, write(tmp_path / "a.csv", first), progress=False)
+    # e1 is stored already; e3 comes twice (the first, from u2, wins); e4 is new
+    second = header + (
+        "e1,u9,i1,view,1600000009\ne3,u2,i1,view,1600000002\n"
+        "e3,u8,i2,like,1600000003\ne4,u3,i2,view,1600000004\n"
+    )
+    result = ingest_events_file(with_items, write(tmp_path / "b.csv", second), progress=False)
+    assert (result.rows_read, result.rows_written, result.rows_duplicate) == (4, 2, 2)
+    rows = with_items.execute(
+        "SELECT event_id, user_id, event_type FROM events ORDER BY event_id"
+    ).fetchall()
+    assert rows == [
+        ("e1", "u1", "click"),
+        ("e2", "u1", "click"),
+        ("e3", "u2", "view"),
+        ("e4", "u3", "view"),
+    ]
+    again = ingest_events_file(with_items, tmp_path / "b.csv", progress=False)
+    assert (again.rows_written, again.rows_duplicate) == (0, 4)
+
+
+def test_users_created_at_moves_back_for_older_events(with_items, tmp_path):
+    header = "user_id,item_id,event_type,ts\n"
+    ingest_events_file(
+        with_items, write(tmp_path / "a.csv", header + "u1,i1,click,1600000000\n"), progress=False
+    )
+    older = header + "u1,i2,click,1500000000\nu2,i1,view,1700000000\n"
+    ingest_events_file(with_items, write(tmp_path / "b.csv", older), progress=False)
+    users = with_items.execute("SELECT user_id, epoch(created_at) FROM users ORDER BY 1").fetchall()
+    assert users == [("u1", 1500000000), ("u2", 1700000000)]
+
+
+def test_quarantine_keeps_raw_text_of_bad_rows_only(with_items, tmp_path):
+    text = "user_id,item_id,event_type,ts,position\nu1,i1,Click,1600000000,2\nu1,i1,view,x1, 7x\n"
+    result = ingest_events_file(with_items, write(tmp_path / "q.csv", text), progress=False)
+    assert (result.rows_written, result.rows_quarantined) == (1, 1)
+    raw = with_items.execute("SELECT row_number, raw FROM quarantine").fetchall()
+    assert [(r, json.loads(j)) for r, j in raw] == [
+        (
+            2,
+            {
+                "event_id": None,
+                "user_id": "u1",
+                "item_id": "i1",
+                "event_type": "view",
+                "ts": "x1",
+                "value": None,
+                "text": None,
+                "request_id": None,
+                "position": "7x",
+            },
+        )
+    ]
+
+
+def _memory_limit(con: duckdb.DuckDBPyConnection) -> int:
+    from feature_store.batches import _parse_size
+
+    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    size = _parse_size(str(row[0])) if row else None
+    assert size is not None, row
+    return size
+
+
+def _order(con: duckdb.DuckDBPyConnection) -> object:
+    row = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()
+    return row[0] if row else None
+
+
+def test_batch_caps_memory_limit_and_restores_it(with_items, tmp_path, monkeypatch):
+    from feature_store.batches import BATCH_MEMORY_LIMIT
+
+    con = with_items
+    con.execute("SET memory_limit = '8GiB'")
+    con.execute("SET preserve_insertion_order = false")  # staging numbers rows by their order
+    seen: list[int] = []
+    order: list[object] = []
+    real = ingest_mod._insert_new_events
+
+    def spy(batch, typed):
+        seen.append(_memory_limit(batch.con))
+        order.append(_order(batch.con))
+        return real(batch, typed)
+
+    monkeypatch.setattr(ingest_mod, "_insert_new_events", spy)
+    ingest_events_file(con, write(tmp_path / "ev.csv", EVENTS_CSV), progress=False)
+    assert seen == [BATCH_MEMORY_LIMIT] and order == [True]
+    assert _memory_limit(con) == 8 << 30 and _order(con) is False
+    # a lower limit is kept as it is
+    con.execute("SET memory_limit = '1GiB'")
+    ingest_events_file(con, tmp_path / "ev.csv", progress=False)
+    assert seen[-1] == 1 << 30 and _memory_limit(con) == 1 << 30
+
+
+def test_memory_limit_restored_after_failed_batch(with_items, tmp_path):
+    con = with_items
+    con.execute("SET memory_limit = '8GiB'")
+    with pytest.raises(DataValidationError):
+        ingest_events_file(con, write(tmp_path / "bad.csv", "user_id;item_id\n"), progress=False)
+    assert _memory_limit(con) == 8 << 30
+
+
+def test_failed_batch_in_callers_aborted_transaction_keeps_its_error(with_items):
+    from feature_store.batches import BATCH_MEMORY_LIMIT, open_batch
+    from feature_store.db import transaction
+
+    con = with_items
+    con.execute("SET memory_limit = '8GiB'")
+    with pytest.raises(duckdb.ConstraintException), transaction(con):
+        with open_batch(con, "events", "x", steps=1, progress=False, own_transaction=False):
+            con.execute("INSERT INTO events (event_id) VALUES (NULL)")  # aborts the transaction
+    # after the caller's rollback the connection works; the cap could not be lifted meanwhile
+    assert _memory_limit(con) == BATCH_MEMORY_LIMIT
+    assert con.execute("SELECT count(*) FROM events").fetchone() == (0,)

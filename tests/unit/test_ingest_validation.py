@@ -85,3 +85,36 @@ def test_records_batch_statuses_and_quarantine(store, tmp_path):
     assert store.execute("SELECT user_id FROM users").fetchall() == [("u1",)]
     again = ingest_event_records(store, records[:1])
     assert again.statuses[0].status == "duplicate" and again.rows_written == 0
+
+
+TS_FORMS = [
+    ("1577836800", datetime(2020, 1, 1)),
+    (" 1577836800.25 ", datetime(2020, 1, 1, 0, 0, 0, 250000)),
+    ("1.5778368e9", datetime(2020, 1, 1)),
+    ("2020-01-01T10:00:00Z", datetime(2020, 1, 1, 10)),
+    ("2020-01-01 10:00:00.5-01:30", datetime(2020, 1, 1, 11, 30, 0, 500000)),
+    ("2020-01-01T10:00:00+0200", datetime(2020, 1, 1, 8)),
+    ("2020-01-01 10:00:00", datetime(2020, 1, 1, 10)),
+    ("2020-01-01", datetime(2020, 1, 1)),
+    ("12:00", None),
+    ("1:2", None),
+]
+
+
+def test_sql_and_python_parse_timestamp_forms_alike(store, tmp_path):
+    (tmp_path / "items.csv").write_text("item_id,title\ni1,One\n")
+    ingest_items_file(store, tmp_path / "items.csv", progress=False)
+    path = tmp_path / "ts.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({**GOOD, "event_id": f"e{k}", "ts": ts}) + "\n"
+            for k, (ts, _) in enumerate(TS_FORMS)
+        )
+    )
+    ingest_events_file(store, path, progress=False)
+    stored = dict(store.execute("SELECT event_id, ts FROM events").fetchall())
+    for k, (text, expected) in enumerate(TS_FORMS):
+        row, reason = validate_event_record({**GOOD, "ts": text})
+        assert stored.get(f"e{k}") == expected, text
+        assert (row["ts"] if row else None) == expected, text
+        assert reason == (None if expected else "bad timestamp"), text
