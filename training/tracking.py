@@ -44,7 +44,8 @@ class ModelRef:
 
 
 def tracking_uri(settings: Settings) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking_uri
+    """The settings' tracking URI (``MLFLOW_TRACKING_URI`` was folded in when they were loaded)."""
+    return settings.tracking_uri
 
 
 def client(settings: Settings) -> Any:
@@ -54,8 +55,15 @@ def client(settings: Settings) -> Any:
 
     uri = tracking_uri(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
+    # set_tracking_uri exports MLFLOW_TRACKING_URI; left behind, it would send the next home's
+    # runs (a second CLI invocation or test in this process) to this home's store.
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

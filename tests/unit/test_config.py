@@ -53,3 +53,26 @@ def test_two_homes_do_not_share_paths(tmp_path: Path) -> None:
     a = load_settings(overrides={"home": str(tmp_path / "a")}, environ={})
     b = load_settings(overrides={"home": str(tmp_path / "b")}, environ={})
     assert {a.db_path, a.tracking_uri, a.artifact_root}.isdisjoint({b.db_path, b.tracking_uri, b.artifact_root})
+
+
+def test_mlflow_tracking_uri_env_is_folded_in_once() -> None:
+    s = load_settings(environ={"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
+    assert s.tracking_uri == "http://127.0.0.1:5000"
+    ours = load_settings(environ={"MLFLOW_TRACKING_URI": "http://a", "RECSYS_MLFLOW_TRACKING_URI": "http://b"})
+    assert ours.tracking_uri == "http://b"
+
+
+def test_two_homes_in_one_process_log_to_their_own_stores(tmp_path: Path) -> None:
+    import os
+
+    from training import tracking
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    for name in ("a", "b"):
+        # re-read the live environment each time, as a second CLI invocation would
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI" or v != before}
+        s = load_settings(overrides={"home": str(tmp_path / name)}, environ=env)
+        with tracking.start_run(s, "t"):
+            pass
+        assert (tmp_path / name / "mlflow.db").is_file()
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before

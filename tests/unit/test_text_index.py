@@ -1,0 +1,90 @@
+"""TextIndex: numpy-only scoring over stored embeddings, and the evaluation metrics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from recsys.errors import ModelNotReadyError
+from tests.conftest import REPO_ROOT
+from training.text.evaluate import user_auc, user_ndcg
+from training.text.index import TextIndex
+from training.text.scoring import top_n, write_item_embeddings, write_user_rows
+
+ITEMS = ["a", "b", "c", "d"]
+ITEM_VECS = np.array([[1, 0], [0, 1], [0.6, 0.8], [-1, 0]], dtype=np.float32)
+
+
+def _write(store, version: str = "1") -> None:
+    write_item_embeddings(store, version, ITEMS, ITEM_VECS)
+    users = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    top = top_n(["u1", "u2"], users, ITEMS, ITEM_VECS, {"u1": {"a"}}, n=2)
+    write_user_rows(
+        store,
+        version,
+        "live",
+        ["u1", "u2"],
+        [datetime(2020, 1, 1)] * 2,
+        users,
+        top,
+        replace_all=True,
+    )
+
+
+def test_index_scores_nearest_and_fallbacks(store) -> None:
+    _write(store)
+    index = TextIndex.load(store)
+    assert (index.model_version, index.dim, index.user_ids) == ("1", 2, ["u1", "u2"])
+    np.testing.assert_allclose(index.user_vector("u1"), [1, 0])
+    assert index.user_vector("nobody") is None
+    scores = index.scores(np.array([1, 0], dtype=np.float32), ["c", "zzz", "d"])
+    np.testing.assert_allclose(scores[[0, 2]], [0.6, -1.0], rtol=1e-6)
+    assert np.isnan(scores[1])
+    ids, best = index.nearest(np.array([1, 0], dtype=np.float32), 2, exclude={"a"})
+    assert list(ids) == ["c", "b"] and best[0] == pytest.approx(0.6)
+    vecs, mask = index.item_vectors(["b", "x"])
+    assert mask.tolist() == [True, False] and vecs[1].tolist() == [0, 0]
+    hist = index.vector_from_history(["a", "b", "unknown"])
+    np.testing.assert_allclose(hist, np.array([1, 1]) / np.sqrt(2), rtol=1e-6)
+    assert index.vector_from_history(["unknown"]) is None
+
+
+def test_top_n_written_excludes_engaged_items_and_replaces_rows(store) -> None:
+    _write(store)
+    _write(store)  # same version and scope: replaced, not duplicated
+    rows = store.execute(
+        "SELECT user_id, item_id, score FROM text_scores ORDER BY user_id, score DESC"
+    ).fetchall()
+    assert [(u, i) for u, i, _ in rows] == [("u1", "c"), ("u1", "b"), ("u2", "b"), ("u2", "c")]
+    assert store.execute("SELECT count(*) FROM item_embeddings").fetchone() == (4,)
+
+
+def test_newest_version_is_loaded_and_missing_embeddings_are_clear(store) -> None:
+    with pytest.raises(ModelNotReadyError, match="recsys score"):
+        TextIndex.load(store)
+    _write(store, "2")
+    _write(store, "10")
+    assert TextIndex.load(store).model_version == "10"
+    with pytest.raises(ModelNotReadyError, match="version '3'"):
+        TextIndex.load(store, "3")
+
+
+def test_index_module_does_not_import_torch() -> None:
+    code = "import sys, training.text.index; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=False).returncode == 0
+
+
+def test_auc_and_ndcg_on_known_rankings() -> None:
+    labels = np.array([1, 0, 0, 1], dtype=np.float32)
+    assert user_auc(np.array([0.9, 0.1, 0.2, 0.8]), labels) == 1.0
+    assert user_auc(np.array([0.1, 0.9, 0.8, 0.2]), labels) == 0.0
+    assert user_auc(np.array([0.5, 0.5, 0.5, 0.5]), labels) == 0.5
+    assert user_auc(np.array([0.5, 0.5]), np.array([1, 1], dtype=np.float32)) is None
+    assert user_ndcg(np.array([0.9, 0.1, 0.2, 0.8]), labels) == pytest.approx(1.0)
+    # positives ranked 2nd and 3rd: (1/log2(3) + 1/log2(4)) / (1 + 1/log2(3))
+    got = user_ndcg(np.array([0.8, 0.9, 0.1, 0.2]), labels)
+    assert got == pytest.approx((1 / np.log2(3) + 1 / np.log2(4)) / (1 + 1 / np.log2(3)))

@@ -1,0 +1,330 @@
+"""Batch scoring: embed the catalog and every user, write embeddings and top-N text scores.
+
+Tables written (schema in feature_store/schema.sql), each replacing earlier rows of the same
+``model_version`` (and ``scope``):
+
+- ``item_embeddings(item_id, model_version, embedding)``;
+- ``user_embeddings(user_id, model_version, scope, as_of, embedding)``;
+- ``text_scores(user_id, item_id, model_version, scope, score)``: per user the top
+  ``ranker.num_candidates`` items by score, excluding items the user engaged with in that scope.
+
+Embeddings are L2-normalized float32, so ``score`` is the cosine (dot product) in [-1, 1].
+Scopes: ``fit_v1`` (user text from ``events_fit_v1``), ``train_v1`` (``events_train_v1``),
+``live`` (all events).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from feature_store.db import transaction
+from recsys.config import Settings
+from recsys.errors import ConfigError
+from training.text import model as tm
+from training.text.texts import item_summaries, item_texts, user_histories
+
+log = logging.getLogger(__name__)
+
+SCOPES: dict[str, str] = {
+    "fit_v1": "events_fit_v1",
+    "train_v1": "events_train_v1",
+    "live": "events",
+}
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """Rows written per table and scope."""
+
+    model_version: str
+    items: int
+    users: dict[str, int]
+    scores: dict[str, int]
+
+
+def check_scopes(scopes: Sequence[str]) -> list[str]:
+    bad = [s for s in scopes if s not in SCOPES]
+    if bad:
+        raise ConfigError(f"unknown scope(s) {bad}; choose from {', '.join(SCOPES)}")
+    return list(dict.fromkeys(scopes))
+
+
+def _vectors(matrix: np.ndarray) -> pa.Array:
+    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).ravel(), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]).cast(pa.list_(pa.float32()))
+
+
+def write_item_embeddings(
+    con: duckdb.DuckDBPyConnection, model_version: str, item_ids: Sequence[str], matrix: np.ndarray
+) -> int:
+    """Replace the item embeddings of ``model_version``."""
+    table = pa.table(
+        {"item_id": pa.array(list(item_ids), pa.string()), "embedding": _vectors(matrix)}
+    )
+    with transaction(con):
+        con.execute("DELETE FROM item_embeddings WHERE model_version = ?", [model_version])
+        con.register("_item_emb", table)
+        con.execute(
+            "INSERT INTO item_embeddings SELECT item_id, ?, embedding FROM _item_emb",
+            [model_version],
+        )
+        con.unregister("_item_emb")
+    return len(item_ids)
+
+
+def write_user_rows(
+    con: duckdb.DuckDBPyConnection,
+    model_version: str,
+    scope: str,
+    user_ids: Sequence[str],
+    as_of: Sequence[object],
+    matrix: np.ndarray,
+    top: tuple[np.ndarray, np.ndarray, np.ndarray],
+    *,
+    replace_all: bool,
+) -> None:
+    """Write user embeddings and their top-N scores; replace the scope (or only these users)."""
+    users = pa.table(
+        {
+            "user_id": pa.array(list(user_ids), pa.string()),
+            "as_of": pa.array(list(as_of), pa.timestamp("us")),
+            "embedding": _vectors(matrix),
+        }
+    )
+    users_col, items_col, scores_col = top
+    scores = pa.table(
+        {
+            "user_id": pa.array(users_col, pa.string()),
+            "item_id": pa.array(items_col, pa.string()),
+            "score": pa.array(scores_col.astype(np.float32), pa.float32()),
+        }
+    )
+    only = "" if replace_all else " AND user_id IN (SELECT user_id FROM _user_emb)"
+    with transaction(con):
+        con.register("_user_emb", users)
+        con.register("_text_sc", scores)
+        for table in ("user_embeddings", "text_scores"):
+            con.execute(
+                f"DELETE FROM {table} WHERE model_version = ? AND scope = ?{only}",
+                [model_version, scope],
+            )
+        con.execute(
+            "INSERT INTO user_embeddings SELECT user_id, ?, ?, as_of, embedding FROM _user_emb",
+            [model_version, scope],
+        )
+        con.execute(
+            "INSERT INTO text_scores SELECT user_id, item_id, ?, ?, score FROM _text_sc",
+            [model_version, scope],
+        )
+        con.unregister("_user_emb")
+        con.unregister("_text_sc")
+
+
+def top_n(
+    user_ids: Sequence[str],
+    user_matrix: np.ndarray,
+    item_ids: Sequence[str],
+    item_matrix: np.ndarray,
+    engaged: dict[str, set[str]],
+    n: int,
+    block: int = 256,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per user the ``n`` best-scoring items not in ``engaged[user]`` as flat columns."""
+    ids = np.asarray(item_ids, dtype=object)
+    row_of = {i: k for k, i in enumerate(item_ids)}
+    n = min(n, len(ids))
+    out_u, out_i, out_s = [], [], []
+    for start in range(0, len(user_ids), block):
+        scores = user_matrix[start : start + block] @ item_matrix.T
+        for r, user_id in enumerate(user_ids[start : start + block]):
+            row = scores[r]
+            seen = [row_of[i] for i in engaged.get(user_id, ()) if i in row_of]
+            row[seen] = -np.inf
+            k = min(n, len(ids) - len(seen))
+            if k <= 0:
+                continue
+            best = np.argpartition(-row, k - 1)[:k]
+            best = best[np.argsort(-row[best], kind="stable")]
+            out_u.extend([user_id] * k)
+            out_i.extend(ids[best].tolist())
+            out_s.append(row[best])
+    scores_flat = np.concatenate(out_s) if out_s else np.zeros(0, dtype=np.float32)
+    return np.asarray(out_u, dtype=object), np.asarray(out_i, dtype=object), scores_flat
+
+
+def _engaged(
+    con: duckdb.DuckDBPyConnection, relation: str, user_ids: Sequence[str] | None
+) -> dict[str, set[str]]:
+    sql = f"SELECT DISTINCT user_id, item_id FROM {relation}"
+    if user_ids is not None:
+        con.register("_eng_users", pa.table({"id": pa.array(list(user_ids), pa.string())}))
+        sql += " WHERE user_id IN (SELECT id FROM _eng_users)"
+    out: dict[str, set[str]] = {}
+    for u, i in con.execute(sql).fetchall():
+        out.setdefault(str(u), set()).add(str(i))
+    if user_ids is not None:
+        con.unregister("_eng_users")
+    return out
+
+
+def _last_ts(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, object]:
+    return {
+        str(u): ts
+        for u, ts in con.execute(
+            f"SELECT user_id, max(ts) FROM {relation} GROUP BY user_id"
+        ).fetchall()
+    }
+
+
+def score_users(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    encoder: tm.TwoTowerEncoder,
+    meta: dict,
+    model_version: str,
+    scope: str,
+    item_ids: Sequence[str],
+    item_matrix: np.ndarray,
+    *,
+    user_ids: Sequence[str] | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[int, int]:
+    """Encode users of ``scope`` (all, or ``user_ids``) and write their embeddings and top-N."""
+    relation = SCOPES[check_scopes([scope])[0]]
+    summaries = item_summaries(con)
+    hists = user_histories(con, relation, user_ids)
+    texts = {
+        u: h.text_before(None, summaries, int(meta["user_history_items"]))
+        for u, h in sorted(hists.items())
+    }
+    texts = {u: t for u, t in texts.items() if t}
+    users = list(texts)
+    matrix = encoder.encode(
+        [texts[u] for u in users],
+        int(meta["max_user_tokens"]),
+        batch_size,
+        progress,
+        desc=f"users ({scope})",
+    )
+    if not users:
+        matrix = np.zeros((0, item_matrix.shape[1]), dtype=np.float32)
+    last = _last_ts(con, relation)
+    top = top_n(
+        users,
+        matrix,
+        item_ids,
+        item_matrix,
+        _engaged(con, relation, user_ids),
+        settings.ranker.num_candidates,
+    )
+    write_user_rows(
+        con,
+        model_version,
+        scope,
+        users,
+        [last.get(u) for u in users],
+        matrix,
+        top,
+        replace_all=user_ids is None,
+    )
+    log.info(
+        "scope %s: wrote %d user embeddings and %d text scores (model %s)",
+        scope,
+        len(users),
+        len(top[0]),
+        model_version,
+    )
+    return len(users), len(top[0])
+
+
+def score_store(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    model_dir: Path,
+    model_version: str,
+    scopes: Sequence[str] = tuple(SCOPES),
+    *,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> ScoreSummary:
+    """Embed the whole catalog and every user of each scope with the model in ``model_dir``."""
+    from training.text.train import ensure_split
+
+    scopes = check_scopes(scopes)
+    device = tm.resolve_device(settings.device)
+    encoder = tm.load_encoder(model_dir, device)
+    meta = tm.read_meta(model_dir, settings)
+    batch = batch_size or settings.text.score_batch_size
+    if any(s != "live" for s in scopes):
+        ensure_split(con)
+    texts = item_texts(con)
+    item_ids = sorted(texts)
+    log.info("embedding %d items with model %s on %s", len(item_ids), model_version, device)
+    item_matrix = encoder.encode(
+        [texts[i] for i in item_ids], int(meta["max_item_tokens"]), batch, progress, desc="items"
+    )
+    write_item_embeddings(con, model_version, item_ids, item_matrix)
+    users, scores = {}, {}
+    for scope in scopes:
+        users[scope], scores[scope] = score_users(
+            con,
+            settings,
+            encoder,
+            meta,
+            model_version,
+            scope,
+            item_ids,
+            item_matrix,
+            batch_size=batch,
+            progress=progress,
+        )
+    return ScoreSummary(model_version, len(item_ids), users, scores)
+
+
+def refresh_user_embeddings(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    model_dir: Path,
+    model_version: str,
+    user_ids: Sequence[str],
+    scope: str = "live",
+) -> int:
+    """Re-encode only ``user_ids`` (after new events) and rewrite their embeddings and top-N
+    scores against the stored item embeddings of ``model_version``.  Returns users updated."""
+    from training.text.index import TextIndex
+
+    if not user_ids:
+        return 0
+    index = TextIndex.load(con, model_version, scope=scope, users=False)
+    device = str(tm.resolve_device(settings.device))
+    encoder = _cached_encoder(str(model_dir), model_version, device)
+    meta = tm.read_meta(model_dir, settings)
+    updated, _ = score_users(
+        con,
+        settings,
+        encoder,
+        meta,
+        model_version,
+        scope,
+        index.item_ids,
+        index.item_matrix,
+        user_ids=list(dict.fromkeys(user_ids)),
+    )
+    return updated
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_encoder(model_dir: str, model_version: str, device: str) -> tm.TwoTowerEncoder:
+    """The serving writer refreshes users every few seconds: load each model version once."""
+    import torch
+
+    return tm.load_encoder(Path(model_dir), torch.device(device)).eval()
