@@ -161,16 +161,34 @@ def step_features(data: Path, db: Path) -> dict:
 
     con = connect(db, read_only=True)
     requests = pl.read_parquet(data / "requests.parquet")
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     out = compute_features(con, requests)
-    elapsed = time.perf_counter() - t
+    elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
     con.close()
     return {
         "features_s": elapsed,
+        "features_cpu_s": cpu,
         "rows": out.height,
         "null_fraction": round(
             float(out.null_count().sum_horizontal()[0]) / (out.height * out.width), 4
         ),
+    }
+
+
+def _latency(fn, calls: int) -> dict:
+    """Median / p95 / max wall and median CPU milliseconds of ``fn()``; 3 warm-up calls."""
+    wall, cpu = [], []
+    for _ in range(calls + 3):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append((time.perf_counter() - t) * 1e3)
+        cpu.append((time.process_time() - c) * 1e3)
+    wall, cpu = sorted(wall[3:]), sorted(cpu[3:])
+    return {
+        "median_ms": statistics.median(wall),
+        "p95_ms": wall[min(len(wall) - 1, int(0.95 * len(wall)))],
+        "max_ms": wall[-1],
+        "median_cpu_ms": statistics.median(cpu),
     }
 
 
@@ -179,7 +197,7 @@ def step_movielens(data_dir: Path, db: Path, calls: int) -> dict:
 
     from feature_store.adapters.movielens import ingest_movielens
     from feature_store.db import connect
-    from feature_store.features import compute_features
+    from feature_store.features import FeatureSnapshot, compute_features
 
     con = connect(db)
     ingest_movielens(con, data_dir, progress=False)
@@ -194,24 +212,35 @@ def step_movielens(data_dir: Path, db: Path, calls: int) -> dict:
         ).fetchall()
     ]
     cur = con.cursor()
-    timings = []
-    for _ in range(calls + 3):  # the first calls warm caches; dropped below
+
+    def request() -> pl.DataFrame:
         now = datetime.now(UTC).replace(tzinfo=None)
-        req = pl.DataFrame(
+        return pl.DataFrame(
             {"user_id": [user] * len(items), "item_id": items, "as_of": [now] * len(items)}
         )
-        t = time.perf_counter()
-        compute_features(cur, req)
-        timings.append((time.perf_counter() - t) * 1e3)
-    timings = sorted(timings[3:])
+
+    builds = []
+    for _ in range(5):
+        t, c = time.perf_counter(), time.process_time()
+        snap = FeatureSnapshot.build(cur)
+        builds.append((time.perf_counter() - t, time.process_time() - c))
+    uncached = _latency(lambda: compute_features(cur, request()), calls)
+    cached = _latency(lambda: compute_features(cur, request(), snapshot=snap), calls)
+    req = request()
+    equal = compute_features(cur, req).equals(
+        compute_features(cur, req, snapshot=snap), null_equal=True
+    )
     con.close()
     return {
         "user_id": user,
         "rows": len(items),
         "calls": calls,
-        "median_ms": statistics.median(timings),
-        "p95_ms": timings[min(len(timings) - 1, int(0.95 * len(timings)))],
-        "max_ms": timings[-1],
+        "n_events": snap.n_events,
+        "snapshot_build_s": statistics.median(b[0] for b in builds),
+        "snapshot_build_cpu_s": statistics.median(b[1] for b in builds),
+        "uncached": uncached,
+        "snapshot": cached,
+        "snapshot_equals_uncached": equal,
     }
 
 
@@ -259,11 +288,24 @@ def growth(sizes: list[dict], key: str) -> list[dict]:
 
 
 def run_size(n_events: int, n_requests: int, tmp: Path) -> dict:
-    data = tmp / f"data-{n_events}"
-    data.mkdir()
-    db = tmp / f"store-{n_events}.duckdb"
-    gen = run_step("generate", size=n_events, requests=n_requests, data=data)
-    ingest = run_step("ingest", data=data, db=db)
+    """Generate, ingest and compute features for one size; reuse a finished store in ``tmp``.
+
+    A store is reused when ``tmp`` holds one from an earlier run with the same size and request
+    count (its ``done.json`` records the generate and ingest figures of that run).
+    """
+    data = tmp / f"data-{n_events}-{n_requests}"
+    db = tmp / f"store-{n_events}-{n_requests}.duckdb"
+    done = data / "done.json"
+    if done.exists() and db.exists():
+        log.info("size %.0e: reusing %s and %s", n_events, data, db)
+        gen, ingest = json.loads(done.read_text())
+        ingest["reused"] = True
+    else:
+        data.mkdir(exist_ok=True)
+        db.unlink(missing_ok=True)
+        gen = run_step("generate", size=n_events, requests=n_requests, data=data)
+        ingest = run_step("ingest", data=data, db=db)
+        done.write_text(json.dumps([gen, ingest]))
     feats = run_step("features", data=data, db=db)
     row = {
         "n_events": n_events,
@@ -277,9 +319,11 @@ def run_size(n_events: int, n_requests: int, tmp: Path) -> dict:
         "events_written": ingest["events_written"],
         "events_quarantined": ingest["events_quarantined"],
         "features_s": round(feats["features_s"], 2),
+        "features_cpu_s": round(feats["features_cpu_s"], 2),
         "features_peak_rss_gib": round(feats["peak_rss_gib"], 3),
         "features_null_fraction": feats["null_fraction"],
         "store_mib": round(db.stat().st_size / 2**20, 1),
+        "ingest_reused": bool(ingest.get("reused")),
     }
     log.info("size %.0e: %s", n_events, row)
     return row
@@ -292,22 +336,29 @@ def write_report(report: dict) -> None:
         "# Feature-store benchmark",
         "",
         f"Machine: {report['machine']}. Measured {report['date']}; the machine was shared with "
-        "other work while measuring, so times are upper bounds.",
+        f"other work while measuring (load average {report.get('load_average', '?')} on "
+        f"{os.cpu_count()} cores), so wall times are upper bounds: compare CPU times.",
         "",
         f"Targets (2-core machine): ingest 1e7 events <= {TARGETS['ingest_1e7_s']:.0f} s; "
         f"features for 100k rows over 1e7 events <= {TARGETS['features_1e7_s']:.0f} s; "
         f"peak RSS <= {TARGETS['peak_rss_gib']:.0f} GiB.",
         "",
         "| events | users | items | requests | ingest s | ingest peak RSS GiB | features s "
-        "| features peak RSS GiB | store MiB |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| features CPU s | features peak RSS GiB | store MiB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in report["sizes"]:
         lines.append(
             f"| {r['n_events']:,} | {r['n_users']:,} | {r['n_items']:,} | {r['n_requests']:,} "
             f"| {r['ingest_s']} | {r['ingest_peak_rss_gib']} | {r['features_s']} "
-            f"| {r['features_peak_rss_gib']} | {r['store_mib']} |"
+            f"| {r.get('features_cpu_s', '')} | {r['features_peak_rss_gib']} | {r['store_mib']} |"
         )
+    if any(r.get("ingest_reused") for r in report["sizes"]):
+        lines += [
+            "",
+            "Stores marked reused were built by an earlier run (`--work`): their generate and "
+            "ingest figures are from that run.",
+        ]
     lines += ["", "Growth between sizes (time ratio for a 10x larger event log):", ""]
     for key, rows in report["growth"].items():
         for g in rows:
@@ -316,10 +367,23 @@ def write_report(report: dict) -> None:
     if ml:
         lines += [
             "",
-            "Request path (MovieLens-small, one user x "
-            f"{ml['rows']} candidates at as_of=now, {ml['calls']} calls through a cursor): "
-            f"median {ml['median_ms']:.1f} ms, p95 {ml['p95_ms']:.1f} ms, "
-            f"max {ml['max_ms']:.1f} ms.",
+            f"Request path (MovieLens-small, {ml['n_events']:,} events, one user x {ml['rows']} "
+            f"candidates at as_of=now, {ml['calls']} calls through a cursor; CPU = process time):",
+            "",
+            "| path | median ms | p95 ms | max ms | median CPU ms |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name in ("uncached", "snapshot"):
+            r = ml[name]
+            lines.append(
+                f"| {name} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} | {r['max_ms']:.1f} "
+                f"| {r['median_cpu_ms']:.1f} |"
+            )
+        lines += [
+            "",
+            f"Snapshot build (`FeatureSnapshot.build`): median {ml['snapshot_build_s']:.2f} s "
+            f"wall, {ml['snapshot_build_cpu_s']:.2f} s CPU; snapshot result equals the uncached "
+            f"one: {ml['snapshot_equals_uncached']}.",
         ]
     if report.get("checks"):
         lines += ["", "Targets: " + ", ".join(f"{k}: {v}" for k, v in report["checks"].items())]
@@ -348,6 +412,11 @@ def main() -> None:
         default=os.environ.get("RECSYS_DATA_DIR", str(ROOT.parent / "shared" / "data")),
     )
     parser.add_argument("--no-movielens", action="store_true")
+    parser.add_argument(
+        "--work",
+        help="keep generated data and stores in this folder and reuse them on later runs "
+        "(skips generate + ingest; their figures come from the run that built the store)",
+    )
     parser.add_argument("--worker", dest="step", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -359,7 +428,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     sizes = sorted(int(float(s)) for s in args.sizes.split(","))
     with tempfile.TemporaryDirectory(prefix="bench-fs-") as tmp:
-        rows = [run_size(n, args.requests, Path(tmp)) for n in sizes]
+        work = Path(args.work) if args.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        rows = [run_size(n, args.requests, work) for n in sizes]
         ml = None
         if not args.no_movielens:
             ml = run_step(
@@ -370,6 +441,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.system()}",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
         "targets": TARGETS,
         "sizes": rows,
         "growth": {k: growth(rows, k) for k in ("ingest_s", "features_s")},

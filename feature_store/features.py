@@ -3,8 +3,11 @@
 ``compute_features(con, requests)`` takes rows of (user_id, item_id, as_of) and returns, in the
 same order, the features of each row computed only from events strictly before its ``as_of``.
 The ranker's training set and the HTTP request path call this same function, so a feature can
-never mean one thing offline and another online.  The SQL lives in ``features_sql``; this module
-validates inputs, runs the query and shapes the result.  See docs/features.md for definitions.
+never mean one thing offline and another online.  ``FeatureSnapshot`` is the serving fast path:
+the same timelines built once over the whole store and evaluated per request from memory.  The
+reads live in ``features_sql``, the definitions in ``features_snapshot`` (on the primitives of
+``features_timeline``); this module validates inputs, reads, and shapes the result.  See
+docs/features.md for the definitions and the serving fast path.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import logging
 import re
 import time
 import uuid
+from datetime import datetime, timedelta
 
 import duckdb
+import numpy as np
 import polars as pl
 
-from feature_store import features_frames as ff
+from feature_store import features_snapshot as fs
 from feature_store import features_sql
 from recsys.config import RankerSettings
 from recsys.errors import DataValidationError, RecsysError
@@ -73,6 +78,7 @@ def compute_features(
     *,
     events: str = "events",
     covisit_window_days: float = DEFAULT_COVISIT_WINDOW_DAYS,
+    snapshot: FeatureSnapshot | None = None,
 ) -> pl.DataFrame:
     """Features of each (user_id, item_id, as_of) row from events with ``ts < as_of``.
 
@@ -84,59 +90,216 @@ def compute_features(
     ``EVENT_RELATIONS`` (the protocol views must have been materialized).  Pass
     ``settings.ranker.covisit_window_days`` as ``covisit_window_days`` when it is configured.
     Use a ``con.cursor()`` per thread: a DuckDB connection is not thread-safe.
+
+    ``snapshot`` (the serving fast path): a ``FeatureSnapshot`` built from this store's
+    ``events`` with the same window.  The features then come from its in-memory timelines
+    without reading the store, with exactly the values the store gives for any ``as_of``, as
+    long as the relation has not changed since the snapshot was built.
     """
     req = validate_requests(requests)
-    relation = resolve_event_relation(con, events)
     if covisit_window_days <= 0:
         raise RecsysError(f"covisit_window_days must be > 0, got {covisit_window_days}")
+    if snapshot is not None:
+        if snapshot.relation != events or snapshot.covisit_window_days != covisit_window_days:
+            raise RecsysError(
+                f"the snapshot was built from {snapshot.relation!r} with a "
+                f"{snapshot.covisit_window_days}-day co-visitation window, but {events!r} with "
+                f"{covisit_window_days} days was asked for; build a snapshot with those settings"
+            )
+        return snapshot.evaluate(req)
+    relation = resolve_event_relation(con, events)
     if req.height == 0:
-        empty = pl.DataFrame(schema={c: pl.Float64 for c in FEATURE_COLUMNS})
-        return pl.concat([req, empty], how="horizontal")
+        return _empty(req)
     started = time.perf_counter()
-    out = _compute(con, req.with_row_index("rid"), relation, covisit_window_days)
+    out = FeatureSnapshot._load(con, events, covisit_window_days, requests=req).evaluate(req)
     log.debug(
         "features for %d rows from %s in %.1f ms",
         req.height,
         relation,
         (time.perf_counter() - started) * 1e3,
     )
-    return pl.concat([req, out], how="horizontal")
+    return out
 
 
-def _compute(
-    con: duckdb.DuckDBPyConnection, req: pl.DataFrame, relation: str, window_days: float
-) -> pl.DataFrame:
-    """Read the requested entities' events (DuckDB), then build every feature (polars)."""
-    name = f"_fs_req_{uuid.uuid4().hex}"
-    con.register(name, req.select("user_id", "item_id").to_arrow())
-    try:
-        item_events = con.execute(features_sql.item_events_sql(relation, name)).pl()
-        seq = ff.user_sequence(con.execute(features_sql.user_events_sql(relation, name)).pl())
-        items = pl.concat([seq.select("item_id"), req.select("item_id")]).unique()
-        con.register(f"{name}_items", items.to_arrow())
-        keys = ff.item_keys(con.execute(features_sql.item_keys_sql(f"{name}_items")).pl())
-        users = ff.user_features(req, seq)
-        recent = ff.recent_items(users, seq)
-        sequences = seq.select("user_id", "item_id", "event_id", "ts").clear()
-        if recent.height:  # users without history before as_of need no co-visitation read
-            recent_items = recent.select(item_id="recent_item").unique()
-            con.register(f"{name}_recent", recent_items.to_arrow())
-            sequences = con.execute(features_sql.sequences_sql(relation, f"{name}_recent")).pl()
-    finally:
-        for suffix in ("", "_items", "_recent"):
-            con.unregister(name + suffix)
-    parts = [
-        ff.item_features(req, item_events),
-        users.drop("user_id", "item_id", "as_of", "c_n", "c_pos"),
-        ff.user_item_features(req, seq),
-        ff.affinity_features(users, seq, keys),
-        ff.covisit_features(recent, sequences, window_days),
-    ]
-    out = req.select("rid")
-    for part in parts:
-        out = out.join(part, on="rid", how="left")
-    out = out.sort("rid").with_columns(pl.col("covisit_strength", "covisit_max").fill_null(0))
-    return out.select(pl.col(FEATURE_COLUMNS).cast(pl.Float64))
+def _empty(req: pl.DataFrame) -> pl.DataFrame:
+    empty = pl.DataFrame(schema={c: pl.Float64 for c in FEATURE_COLUMNS})
+    return pl.concat([req, empty], how="horizontal")
+
+
+class FeatureSnapshot:
+    """The features' timelines held in memory: build once, evaluate many requests.
+
+    ``FeatureSnapshot.build(con, events="events")`` reads and indexes the whole relation;
+    ``compute_features(con, req, snapshot=snap)`` or ``snap.compute(req)`` then answers a
+    request without touching the store, with the values ``compute_features`` reads from it.
+    Immutable after construction, so every thread of a worker can share one; rebuild it when
+    the store changes (``newest_event`` and ``n_events`` tell what it holds).
+    """
+
+    def __init__(
+        self,
+        index: fs.FeatureIndex,
+        users: _Codes,
+        items: _Codes,
+        *,
+        relation: str,
+        covisit_window_days: float,
+        newest_event: datetime | None,
+        n_events: int,
+    ) -> None:
+        self._index, self._users, self._items = index, users, items
+        self.relation = relation
+        self.covisit_window_days = covisit_window_days
+        self.newest_event = newest_event
+        self.n_events = n_events
+
+    @classmethod
+    def build(
+        cls,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        events: str = "events",
+        covisit_window_days: float = DEFAULT_COVISIT_WINDOW_DAYS,
+    ) -> FeatureSnapshot:
+        """A snapshot of every event of relation ``events`` (one of ``EVENT_RELATIONS``)."""
+        if covisit_window_days <= 0:
+            raise RecsysError(f"covisit_window_days must be > 0, got {covisit_window_days}")
+        started = time.perf_counter()
+        snap = cls._load(con, events, covisit_window_days)
+        log.info(
+            "feature snapshot of %s: %d events, newest %s, built in %.2f s",
+            events,
+            snap.n_events,
+            snap.newest_event,
+            time.perf_counter() - started,
+        )
+        return snap
+
+    @classmethod
+    def _load(
+        cls,
+        con: duckdb.DuckDBPyConnection,
+        events: str,
+        covisit_window_days: float,
+        *,
+        requests: pl.DataFrame | None = None,
+        full_read: bool | None = None,
+    ) -> FeatureSnapshot:
+        """Read the events (all, or what validated ``requests`` need) and index them.
+
+        With ``requests`` the index covers only what those rows ask about, so it must answer
+        only them (hence private: ``compute_features`` is the public way).  ``full_read``
+        forces one scan of the whole relation (True) or reading only the rows the requests can
+        depend on (False); by default small request sets on large logs read less.
+        """
+        relation = resolve_event_relation(con, events)
+        name = f"_fs_{uuid.uuid4().hex}"
+        users = con.execute(features_sql.users_sql(relation)).pl().with_row_index("u")
+        items = con.execute(features_sql.items_sql(relation)).pl().with_row_index("i")
+        user_codes, item_codes = _Codes(users["user_id"]), _Codes(items["item_id"])
+        con.register(f"{name}_u", users.to_arrow())
+        con.register(f"{name}_i", items.to_arrow())
+        try:
+            if requests is None or _reads_everything(con, relation, requests, full_read):
+                sql = features_sql.events_sql(relation, f"{name}_u", f"{name}_i")
+            else:
+                con.register(f"{name}_r", requests.to_arrow())
+                sql = features_sql.restricted_events_sql(
+                    relation, f"{name}_u", f"{name}_i", f"{name}_r"
+                )
+            # Sorted in from_frame: cheaper than DuckDB's ORDER BY on a string tie-breaker.
+            arrays, times = fs.EventArrays.from_frame(con.execute(sql).pl())
+            meta = con.execute(features_sql.item_keys_sql()).pl()
+        finally:
+            for suffix in ("_u", "_i", "_r"):
+                con.unregister(name + suffix)
+        keys = fs.ItemKeys.build(
+            meta.join(items, on="item_id").select("i", "genres", "category"), items.height
+        )
+        want = None if requests is None else _want(requests, user_codes, item_codes)
+        window_us = int(round(covisit_window_days * fs.DAY_US))
+        index = fs.FeatureIndex(arrays, times, keys, users.height, items.height, window_us, want)
+        n_events = int(arrays.ts.size)
+        newest = int(arrays.ts[-1]) if n_events else None
+        del arrays  # the index holds what it needs; free the rest before returning
+        return cls(
+            index,
+            user_codes,
+            item_codes,
+            relation=events,
+            covisit_window_days=covisit_window_days,
+            newest_event=None if newest is None else _from_us(newest),
+            n_events=n_events,
+        )
+
+    def compute(self, requests: pl.DataFrame) -> pl.DataFrame:
+        """``compute_features`` of ``requests`` against this snapshot."""
+        return self.evaluate(validate_requests(requests))
+
+    def evaluate(self, req: pl.DataFrame) -> pl.DataFrame:
+        """Features of requests already checked by ``validate_requests``."""
+        if req.height == 0:
+            return _empty(req)
+        u, i = self._users.of(req["user_id"]), self._items.of(req["item_id"])
+        values = self._index.features(u, i, req["as_of"].dt.epoch("us").to_numpy())
+        out = pl.DataFrame(
+            [pl.Series(c, values[c].astype(np.float64), nan_to_null=True) for c in FEATURE_COLUMNS]
+        )
+        return pl.concat([req, out], how="horizontal")
+
+
+class _Codes:
+    """An id -> integer code dictionary (-1 for an unknown id)."""
+
+    def __init__(self, ids: pl.Series) -> None:
+        self.ids = ids
+        self.lookup = dict(zip(ids.to_list(), range(ids.len()), strict=True))
+
+    def __len__(self) -> int:
+        return self.ids.len()
+
+    def of(self, values: pl.Series) -> np.ndarray:
+        if values.len() <= 2_000:  # a dict beats a polars call for a request's few rows
+            get = self.lookup.get
+            it = (get(x, -1) for x in values.to_list())
+            return np.fromiter(it, dtype=np.int64, count=values.len())
+        codes = pl.Series(np.arange(self.ids.len(), dtype=np.int64))
+        return values.replace_strict(self.ids, codes, default=-1).to_numpy()
+
+
+def _from_us(us: int) -> datetime:
+    return datetime(1970, 1, 1) + timedelta(microseconds=us)
+
+
+# The restricted read pays off only for a few requests on a large log: on MovieLens-small one
+# scan of all 100k events is cheaper, and many (user, as_of) moments make its recent-item step
+# (each moment joined with that user's history) costlier than a scan.
+_RESTRICTED_MIN_EVENTS = 1_000_000
+_RESTRICTED_MAX_MOMENTS = 1_000
+_RESTRICTED_MAX_ITEMS = 10_000
+
+
+def _reads_everything(
+    con: duckdb.DuckDBPyConnection, relation: str, req: pl.DataFrame, full_read: bool | None
+) -> bool:
+    if full_read is not None:
+        return full_read
+    moments = req.select("user_id", "as_of").n_unique()
+    if moments > _RESTRICTED_MAX_MOMENTS or req["item_id"].n_unique() > _RESTRICTED_MAX_ITEMS:
+        return True
+    row = con.execute(f"SELECT count(*) FROM {relation}").fetchone()
+    return row is None or int(row[0]) < _RESTRICTED_MIN_EVENTS
+
+
+def _want(req: pl.DataFrame, users: _Codes, items: _Codes) -> fs.Want:
+    u, i = users.of(req["user_id"]), items.of(req["item_id"])
+    want_items = np.zeros(max(len(items), 1), dtype=bool)
+    want_items[i[i >= 0]] = True
+    want_users = np.zeros(max(len(users), 1), dtype=bool)
+    want_users[u[u >= 0]] = True
+    known = (u >= 0) & (i >= 0)
+    pairs = np.unique(u[known] * len(items) + i[known])
+    return fs.Want(want_items, want_users, pairs, u, req["as_of"].dt.epoch("us").to_numpy())
 
 
 def validate_requests(requests: pl.DataFrame) -> pl.DataFrame:

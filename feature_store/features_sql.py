@@ -1,9 +1,12 @@
-"""The reads behind the point-in-time features: events of the requested entities, from DuckDB.
+"""The reads behind the point-in-time features: the event log from DuckDB, as integer codes.
 
-Each query reads only what the features need (the requested items' events, the requested
-users' events, the sequences of users who touched one of the requested users' recent items,
-and the items' genres), so a request for 300 candidates reads a few thousand rows, not the
-whole log.  Every feature itself is computed in ``features_frames`` from these frames.
+One query reads the events the features need (sorted by ``(ts, event_id)`` after), with user
+and item ids replaced by integer codes (DuckDB joins them against small dictionary tables,
+which is far cheaper than encoding ten million strings in Python) and the event type reduced
+to the flags the definitions use.  For a small request set the query is restricted to the rows
+that can matter: the requested items' events, the requested users' interactions, and the full
+interaction sequences of every user who touched one of the requested users' recent items (for
+co-visitation).  Every feature itself is computed in ``features_snapshot`` from these arrays.
 Relation names passed here must already be validated and quoted.
 """
 
@@ -17,43 +20,71 @@ POSITIVE_SQL = (
     f"((e.event_type = 'rate' AND e.value >= {POSITIVE_RATING}) "
     f"OR e.event_type IN ({_POSITIVE_TYPES}))"
 )
-_FLAGS = f"""{POSITIVE_SQL} AS is_pos,
-           e.event_type = 'impression' AS is_impr,
-           e.event_type = 'click' AS is_click,
-           CASE WHEN e.event_type = 'rate' THEN e.value END AS rating"""
+# The event's flags packed in one byte (less to transfer and reorder than four booleans):
+# FLAG_BITS order, bit 0 first.
+FLAG_BITS: tuple[str, ...] = ("is_pos", "is_impr", "is_click", "has_rating")
+_FLAGS = f"""(CASE WHEN {POSITIVE_SQL} THEN 1 ELSE 0 END
+            + CASE WHEN e.event_type = 'impression' THEN 2 ELSE 0 END
+            + CASE WHEN e.event_type = 'click' THEN 4 ELSE 0 END
+            + CASE WHEN e.event_type = 'rate' AND e.value IS NOT NULL THEN 8 ELSE 0 END
+           )::UTINYINT AS flags,
+           CASE WHEN e.event_type = 'rate' THEN coalesce(e.value, 0) ELSE 0 END AS rating"""
+RECENT_ITEMS = 5
 
 
-def item_events_sql(events: str, requests: str) -> str:
-    """Every event (impressions included) of the requested items."""
+def users_sql(events: str) -> str:
+    """Every user id of the relation (the user dictionary)."""
+    return f"SELECT DISTINCT user_id FROM {events}"
+
+
+def items_sql(events: str) -> str:
+    """Every item id of the catalog and of the relation (the item dictionary)."""
+    return f"SELECT item_id FROM items UNION SELECT item_id FROM {events}"
+
+
+def item_keys_sql() -> str:
+    """Genres and category of every catalog item."""
+    return "SELECT i.item_id, i.genres, i.category FROM items i"
+
+
+def events_sql(events: str, users: str, items: str) -> str:
+    """The whole relation as codes and flags (the caller sorts by ``ts, event_id``).
+
+    ``users`` and ``items`` name registered dictionaries ``(user_id, u)`` and ``(item_id, i)``.
+    """
     return f"""
-    SELECT e.item_id, e.ts, {_FLAGS}
-    FROM {events} e
-    WHERE e.item_id IN (SELECT DISTINCT item_id FROM {requests})"""
+    SELECT du.u, di.i, epoch_us(e.ts) AS ts, e.event_id, {_FLAGS}
+    FROM {events} e JOIN {users} du USING (user_id) JOIN {items} di USING (item_id)"""
 
 
-def user_events_sql(events: str, requests: str) -> str:
-    """The requested users' interactions (impressions excluded)."""
+def restricted_events_sql(events: str, users: str, items: str, requests: str) -> str:
+    """The rows a small request set ``requests (user_id, item_id, as_of)`` can depend on.
+
+    ``in_items``: an event of a requested item (impressions included); ``in_users``: an
+    interaction of a requested user; ``in_seq``: an interaction of a user who touched one of
+    the requested users' last ``RECENT_ITEMS`` interactions before a requested ``as_of`` (the
+    co-visitation pairs of those items need every such user's whole sequence).
+    """
     return f"""
-    SELECT e.user_id, e.item_id, e.event_id, e.ts, {_FLAGS}
-    FROM {events} e
-    WHERE e.user_id IN (SELECT DISTINCT user_id FROM {requests})
-      AND e.event_type <> 'impression'"""
-
-
-def item_keys_sql(items: str) -> str:
-    """Genres and category of the items listed in relation ``items``."""
-    return f"""
-    SELECT i.item_id, i.genres, i.category FROM items i
-    WHERE i.item_id IN (SELECT item_id FROM {items})"""
-
-
-def sequences_sql(events: str, recent_items: str) -> str:
-    """Interactions of every user who touched one of ``recent_items`` (their full sequences)."""
-    return f"""
-    SELECT e.user_id, e.item_id, e.event_id, e.ts
-    FROM {events} e
-    WHERE e.event_type <> 'impression'
-      AND e.user_id IN (
-          SELECT DISTINCT x.user_id FROM {events} x
-          WHERE x.item_id IN (SELECT item_id FROM {recent_items})
-      )"""
+    WITH moments AS (SELECT DISTINCT user_id, as_of FROM {requests}),
+    recent AS (
+        SELECT DISTINCT item_id FROM (
+            SELECT e.item_id, row_number() OVER (
+                PARTITION BY m.user_id, m.as_of ORDER BY e.ts DESC, e.event_id DESC) AS rn
+            FROM moments m JOIN {events} e ON e.user_id = m.user_id AND e.ts < m.as_of
+            WHERE e.event_type <> 'impression')
+        WHERE rn <= {RECENT_ITEMS}),
+    seq_users AS (
+        SELECT DISTINCT user_id FROM {events} WHERE item_id IN (SELECT item_id FROM recent)),
+    marked AS (
+        SELECT e.*,
+               e.item_id IN (SELECT item_id FROM {requests}) AS in_items,
+               e.event_type <> 'impression'
+                   AND e.user_id IN (SELECT user_id FROM {requests}) AS in_users,
+               e.event_type <> 'impression'
+                   AND e.user_id IN (SELECT user_id FROM seq_users) AS in_seq
+        FROM {events} e)
+    SELECT du.u, di.i, epoch_us(e.ts) AS ts, e.event_id, {_FLAGS},
+           e.in_items, e.in_users, e.in_seq
+    FROM marked e JOIN {users} du USING (user_id) JOIN {items} di USING (item_id)
+    WHERE e.in_items OR e.in_users OR e.in_seq"""

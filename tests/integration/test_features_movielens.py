@@ -3,7 +3,7 @@ request path through a cursor, and the ``recsys features`` command."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -105,3 +105,47 @@ def test_cli_features_rejects_bad_file(ml_home: Path, tmp_path: Path) -> None:
         main, ["--home", str(ml_home), "features", str(bad), "--output", str(tmp_path / "o.pq")]
     )
     assert result.exit_code != 0 and "item_id" in result.output
+
+
+def test_snapshot_equals_the_store_for_real_users(ml: duckdb.DuckDBPyConnection) -> None:
+    """The serving fast path on MovieLens: a few users x 300 popular items, at "now" and at
+    each user's test start, bit for bit equal to reading the store (both read modes)."""
+    from feature_store.features import FeatureSnapshot
+
+    snap = FeatureSnapshot.build(ml.cursor())
+    assert snap.n_events == ml.execute("SELECT count(*) FROM events").fetchone()[0]
+    items = [
+        r[0]
+        for r in ml.execute(
+            "SELECT item_id FROM events GROUP BY item_id ORDER BY count(*) DESC, item_id LIMIT 300"
+        ).fetchall()
+    ]
+    moments = ml.execute(
+        "SELECT user_id, test_start FROM split_v1_users ORDER BY user_id LIMIT 4"
+    ).fetchall()
+    later = snap.newest_event + timedelta(seconds=1)
+    for user, test_start in [*moments, ("414", later), ("nobody", later)]:
+        req = pl.DataFrame({"user_id": [user] * 300, "item_id": items, "as_of": [test_start] * 300})
+        cached = compute_features(ml, req, snapshot=snap)
+        for full_read in (True, False):
+            index = FeatureSnapshot._load(ml, "events", 1.0, requests=req, full_read=full_read)
+            assert index.compute(req).equals(cached, null_equal=True), (user, full_read)
+    assert cached["user_events_all"].sum() == 0 and cached["item_events_all"].min() > 0
+
+
+def test_same_values_as_the_first_implementation_on_real_data(
+    ml: duckdb.DuckDBPyConnection,
+) -> None:
+    """The numpy timelines against the polars version they replaced, on protocol rows."""
+    from tests.unit.features_reference import reference_features
+    from tests.unit.test_features_snapshot import assert_close
+
+    rows = ml.execute(
+        "SELECT s.user_id, s.item_id, u.test_start AS as_of FROM split_v1 s "
+        "JOIN split_v1_users u USING (user_id) WHERE s.part = 'test' "
+        "ORDER BY s.user_id, s.rn LIMIT 600"
+    ).pl()
+    for events in ("events", "events_train_v1"):
+        assert_close(
+            compute_features(ml, rows, events=events), reference_features(ml, rows, events=events)
+        )

@@ -1,26 +1,122 @@
-"""The point-in-time behavioral features, defined once over polars frames.
+"""The first implementation of the features (polars frames and as-of joins), kept as an oracle.
 
-Every feature of a request row (user, item, as_of) comes from events with ``ts < as_of``.  No
-events are range-joined to requests (that explodes for popular items and heavy users).  Each
-entity gets a *cumulative series* — one row per (entity, ts) with running totals up to and
-including ``ts`` — and a request looks up the last row strictly before a time with an as-of
-join (``allow_exact_matches=False``).  A count over ``[as_of - w, as_of)`` is
-``cum(as_of) - cum(as_of - w)``.  Events with equal timestamps are aggregated into one series
-row first, so a lookup never splits a tie.
-
-Co-visitation: each user's interactions ordered by (ts, event_id); an event and the one before
-it form a pair (a, b) when their items differ and they are at most the co-visitation window
-apart.  Pairs count in both directions and carry the later event's time, so a pair exists before
-``as_of`` only when both of its events do.  A request's strength is the sum (and the max), over
-the user's last ``RECENT_ITEMS`` interactions before ``as_of``, of the pairs (recent item,
-candidate) seen before ``as_of``.
+It is the version the exact-value tests in test_features.py were written against (commit
+af05c1e).  The numpy timelines that replaced it for speed must give the same values on any
+data: test_features_equivalence.py checks that on random stores.  Not used by the package.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
+import duckdb
 import polars as pl
+
+from feature_store.db import POSITIVE_EVENT_TYPES, POSITIVE_RATING
+from feature_store.features import FEATURE_COLUMNS, resolve_event_relation, validate_requests
+
+
+def reference_features(
+    con: duckdb.DuckDBPyConnection,
+    requests: pl.DataFrame,
+    *,
+    events: str = "events",
+    covisit_window_days: float = 1.0,
+) -> pl.DataFrame:
+    """``compute_features`` as first written: same arguments, same output shape."""
+    req = validate_requests(requests)
+    relation = resolve_event_relation(con, events)
+    if req.height == 0:
+        empty = pl.DataFrame(schema={c: pl.Float64 for c in FEATURE_COLUMNS})
+        return pl.concat([req, empty], how="horizontal")
+    out = _compute(con, req.with_row_index("rid"), relation, covisit_window_days)
+    return pl.concat([req, out], how="horizontal")
+
+
+def _compute(
+    con: duckdb.DuckDBPyConnection, req: pl.DataFrame, relation: str, window_days: float
+) -> pl.DataFrame:
+    """Read the requested entities' events (DuckDB), then build every feature (polars)."""
+    name = f"_fs_req_{uuid.uuid4().hex}"
+    con.register(name, req.select("user_id", "item_id").to_arrow())
+    try:
+        item_events = con.execute(item_events_sql(relation, name)).pl()
+        seq = user_sequence(con.execute(user_events_sql(relation, name)).pl())
+        items = pl.concat([seq.select("item_id"), req.select("item_id")]).unique()
+        con.register(f"{name}_items", items.to_arrow())
+        keys = item_keys(con.execute(item_keys_sql(f"{name}_items")).pl())
+        users = user_features(req, seq)
+        recent = recent_items(users, seq)
+        sequences = seq.select("user_id", "item_id", "event_id", "ts").clear()
+        if recent.height:  # users without history before as_of need no co-visitation read
+            wanted = recent.select(item_id="recent_item").unique()
+            con.register(f"{name}_recent", wanted.to_arrow())
+            sequences = con.execute(sequences_sql(relation, f"{name}_recent")).pl()
+    finally:
+        for suffix in ("", "_items", "_recent"):
+            con.unregister(name + suffix)
+    parts = [
+        item_features(req, item_events),
+        users.drop("user_id", "item_id", "as_of", "c_n", "c_pos"),
+        user_item_features(req, seq),
+        affinity_features(users, seq, keys),
+        covisit_features(recent, sequences, window_days),
+    ]
+    out = req.select("rid")
+    for part in parts:
+        out = out.join(part, on="rid", how="left")
+    out = out.sort("rid").with_columns(pl.col("covisit_strength", "covisit_max").fill_null(0))
+    return out.select(pl.col(FEATURE_COLUMNS).cast(pl.Float64))
+
+
+_POSITIVE_TYPES = ", ".join(f"'{t}'" for t in POSITIVE_EVENT_TYPES)
+# Positive engagement: a rating >= POSITIVE_RATING or a positive event type.
+POSITIVE_SQL = (
+    f"((e.event_type = 'rate' AND e.value >= {POSITIVE_RATING}) "
+    f"OR e.event_type IN ({_POSITIVE_TYPES}))"
+)
+_FLAGS = f"""{POSITIVE_SQL} AS is_pos,
+           e.event_type = 'impression' AS is_impr,
+           e.event_type = 'click' AS is_click,
+           CASE WHEN e.event_type = 'rate' THEN e.value END AS rating"""
+
+
+def item_events_sql(events: str, requests: str) -> str:
+    """Every event (impressions included) of the requested items."""
+    return f"""
+    SELECT e.item_id, e.ts, {_FLAGS}
+    FROM {events} e
+    WHERE e.item_id IN (SELECT DISTINCT item_id FROM {requests})"""
+
+
+def user_events_sql(events: str, requests: str) -> str:
+    """The requested users' interactions (impressions excluded)."""
+    return f"""
+    SELECT e.user_id, e.item_id, e.event_id, e.ts, {_FLAGS}
+    FROM {events} e
+    WHERE e.user_id IN (SELECT DISTINCT user_id FROM {requests})
+      AND e.event_type <> 'impression'"""
+
+
+def item_keys_sql(items: str) -> str:
+    """Genres and category of the items listed in relation ``items``."""
+    return f"""
+    SELECT i.item_id, i.genres, i.category FROM items i
+    WHERE i.item_id IN (SELECT item_id FROM {items})"""
+
+
+def sequences_sql(events: str, recent_items: str) -> str:
+    """Interactions of every user who touched one of ``recent_items`` (their full sequences)."""
+    return f"""
+    SELECT e.user_id, e.item_id, e.event_id, e.ts
+    FROM {events} e
+    WHERE e.event_type <> 'impression'
+      AND e.user_id IN (
+          SELECT DISTINCT x.user_id FROM {events} x
+          WHERE x.item_id IN (SELECT item_id FROM {recent_items})
+      )"""
+
 
 ITEM_WINDOWS_DAYS: tuple[int, ...] = (7, 30, 365)
 USER_WINDOW_DAYS = 30
