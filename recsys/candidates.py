@@ -1,0 +1,429 @@
+"""Candidate generators and the blender.
+
+Every generator (and every baseline in ``recsys.baselines``) implements one small, batch-first
+protocol, like implicit's ``recommend``: ``fit(data)`` on an :class:`Interactions`, then
+``generate(user_ids, n, as_of=None)`` returns, per user, ``(item_ids, scores)`` best first,
+excluding what the user has already seen.  Users a generator knows nothing about get empty
+arrays (popularity answers everyone).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recsys.interactions import POSITIVE_SQL, Interactions
+
+log = logging.getLogger(__name__)
+
+Scored = tuple[np.ndarray, np.ndarray]  # (item ids, scores), best first
+# Items with at most this many interactions are "cold" (protocol v1's cold slice uses <= 5).
+COLD_ITEM_EVENTS = 5
+_EMPTY: Scored = (np.empty(0, dtype=object), np.empty(0, dtype=np.float32))
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What candidate generators and baselines share."""
+
+    name: str
+
+    def fit(self, data: Interactions) -> Generator: ...
+
+    def generate(
+        self, user_ids: Sequence[str], n: int, as_of: Sequence[datetime] | None = None
+    ) -> list[Scored]: ...
+
+
+def top_n(scores: np.ndarray, exclude: np.ndarray, n: int, item_ids: np.ndarray) -> Scored:
+    """The n best catalog entries of a dense score vector, excluded indices and -inf removed.
+
+    Ties are broken by catalog index (integer item id ascending), so results are deterministic.
+    """
+    s = scores.astype(np.float64, copy=True)
+    if len(exclude):
+        s[exclude] = -np.inf
+    valid = np.flatnonzero(np.isfinite(s))
+    if len(valid) == 0 or n <= 0:
+        return _EMPTY
+    if len(valid) > n:
+        # keep everything tied with the n-th score so the tie-break below stays exact
+        kth = np.partition(-s[valid], n - 1)[n - 1]
+        valid = valid[-s[valid] <= kth]
+    order = valid[np.lexsort((valid, -s[valid]))][:n]
+    return item_ids[order], s[order].astype(np.float32)
+
+
+class _Dense:
+    """Base for generators that score the whole catalog per user with a dense vector."""
+
+    name = "dense"
+    data: Interactions
+
+    def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def generate(
+        self, user_ids: Sequence[str], n: int, as_of: Sequence[datetime] | None = None
+    ) -> list[Scored]:
+        out: list[Scored] = []
+        for k, user_id in enumerate(user_ids):
+            u = self.data.user_index.get(user_id)
+            scores = self.user_scores(u, as_of[k] if as_of is not None else None)
+            if scores is None:
+                out.append(_EMPTY)
+                continue
+            out.append(top_n(scores, self.data.seen_items(user_id), n, self.data.item_ids))
+        return out
+
+
+class Popularity(_Dense):
+    """Count of positive interactions per item (protocol v1's popularity baseline)."""
+
+    name = "popularity"
+
+    def fit(self, data: Interactions) -> Popularity:
+        self.data = data
+        self.counts = np.asarray(data.positives.astype(bool).sum(axis=0)).ravel().astype(np.float64)
+        return self
+
+    def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray:
+        return self.counts
+
+
+class RecentPopularity(_Dense):
+    """Positive interactions per item in the ``window_days`` before each user's ``as_of``."""
+
+    name = "recent_pop"
+
+    def __init__(self, window_days: float = 365.0) -> None:
+        self.window = np.timedelta64(int(window_days * 86400), "s")
+
+    def fit(self, data: Interactions) -> RecentPopularity:
+        self.data = data
+        ev = data.con.execute(
+            f"SELECT item_id, ts FROM {data.relation} WHERE {POSITIVE_SQL} ORDER BY ts"
+        ).fetchnumpy()
+        idx = np.array([data.item_index.get(i, -1) for i in ev["item_id"]], dtype=np.int64)
+        self.ts = np.asarray(ev["ts"], dtype="datetime64[s]")
+        self.items = idx
+        self._cache: dict[Any, np.ndarray] = {}
+        return self
+
+    def counts_at(self, as_of: datetime | None) -> np.ndarray:
+        """Item counts in [as_of - window, as_of) (the latest window when ``as_of`` is None)."""
+        end = (self.ts[-1] + np.timedelta64(1, "s")) if as_of is None else np.datetime64(as_of, "s")
+        if end not in self._cache:
+            lo, hi = np.searchsorted(self.ts, [end - self.window, end], side="left")
+            sel = self.items[lo:hi]
+            self._cache[end] = np.bincount(sel[sel >= 0], minlength=self.data.n_items).astype(float)
+        return self._cache[end]
+
+    def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
+        if len(self.ts) == 0:
+            return None
+        counts = self.counts_at(as_of)
+        return np.where(counts > 0, counts, -np.inf)
+
+
+class CoVisitation(_Dense):
+    """Item-item co-occurrence within ``window_days`` in users' positive histories.
+
+    Each positive event pairs with up to ``neighbours`` events on either side of it in the
+    same user's timeline (bounding the pair count on binge sessions); weights are cosine
+    normalised by item frequency.  A user's score sums the rows of their ``recent`` latest
+    positive items.
+    """
+
+    name = "covisit"
+
+    def __init__(self, window_days: float = 1.0, neighbours: int = 20, recent: int = 30) -> None:
+        self.window_s = float(window_days) * 86400.0
+        self.neighbours = int(neighbours)
+        self.recent = int(recent)
+
+    def fit(self, data: Interactions) -> CoVisitation:
+        self.data = data
+        pairs = data.con.execute(
+            f"""
+            WITH p AS (
+                SELECT user_id, item_id, epoch(ts) AS t,
+                       row_number() OVER (PARTITION BY user_id ORDER BY ts, item_id) AS rn
+                FROM {data.relation} WHERE {POSITIVE_SQL}
+            )
+            SELECT a.item_id AS a, b.item_id AS b, count(*)::FLOAT AS w
+            FROM p a JOIN p b ON a.user_id = b.user_id
+                 AND b.rn BETWEEN a.rn - {self.neighbours} AND a.rn + {self.neighbours}
+            WHERE a.rn <> b.rn AND a.item_id <> b.item_id AND abs(a.t - b.t) <= {self.window_s}
+            GROUP BY ALL
+            """
+        ).fetchnumpy()
+        ix = data.item_index
+        a = np.array([ix[i] for i in pairs["a"]], dtype=np.int64)
+        b = np.array([ix[i] for i in pairs["b"]], dtype=np.int64)
+        w = np.asarray(pairs["w"], dtype=np.float64)
+        freq = np.asarray(data.positives.astype(bool).sum(axis=0)).ravel() + 1.0
+        w = w / np.sqrt(freq[a] * freq[b])
+        self.matrix = sp.csr_matrix((w, (a, b)), shape=(data.n_items, data.n_items))
+        self._recent = self._recent_positives(data)
+        log.info("co-visitation: %d item pairs", self.matrix.nnz)
+        return self
+
+    def _recent_positives(self, data: Interactions) -> dict[str, np.ndarray]:
+        rows = data.con.execute(
+            f"""
+            SELECT user_id, list(item_id ORDER BY ts DESC, item_id) AS items
+            FROM {data.relation} WHERE {POSITIVE_SQL} GROUP BY user_id
+            """
+        ).fetchall()
+        ix = data.item_index
+        return {u: np.array([ix[i] for i in items[: self.recent]]) for u, items in rows}
+
+    def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
+        if u is None:
+            return None
+        recent = self._recent.get(str(self.data.user_ids[u]))
+        if recent is None or len(recent) == 0:
+            return None
+        scores = np.asarray(self.matrix[recent].sum(axis=0)).ravel()
+        return np.where(scores > 0, scores, -np.inf)
+
+
+class GenreAffinity(_Dense):
+    """Items in the genres (categories) the user likes, weighted by log popularity."""
+
+    name = "genre"
+
+    def fit(self, data: Interactions) -> GenreAffinity:
+        self.data = data
+        vocab = sorted({g for gs in data.item_genres for g in gs})
+        col = {g: k for k, g in enumerate(vocab)}
+        rows = [i for i, gs in enumerate(data.item_genres) for _ in gs]
+        cols = [col[g] for gs in data.item_genres for g in gs]
+        lens = np.array([max(len(gs), 1) for gs in data.item_genres], dtype=np.float64)
+        vals = 1.0 / lens[rows] if rows else np.empty(0)
+        self.item_genre = sp.csr_matrix((vals, (rows, cols)), shape=(data.n_items, len(vocab)))
+        self.genres = vocab
+        pop = np.asarray(data.positives.astype(bool).sum(axis=0)).ravel()
+        self.pop_weight = np.log2(2.0 + pop)
+        # user x genre preference: share of the user's positives in each genre
+        ug = sp.csr_matrix(data.positives.astype(bool).astype(np.float64) @ self.item_genre)
+        totals = np.asarray(ug.sum(axis=1)).ravel()
+        self.user_genre = sp.diags(1.0 / np.maximum(totals, 1e-12)) @ ug
+        return self
+
+    def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
+        if u is None or self.user_genre[u].nnz == 0:
+            return None
+        affinity = np.asarray((self.item_genre @ self.user_genre[u].T).todense()).ravel()
+        return np.where(affinity > 0, affinity * self.pop_weight, -np.inf)
+
+
+class TextNeighbours:
+    """Nearest items to the user's text vector from a ``TextIndex`` (training.text.index).
+
+    The user's stored embedding is used when there is one; otherwise the vector built from
+    their ``recent`` latest positive items.  With ``max_item_events`` only items with at most
+    that many interactions in the fitted events are proposed (``text_cold``): behaviour cannot
+    recommend such items, text can, and without a reserved share they never make the cut.
+    """
+
+    name = "text"
+
+    def __init__(
+        self, index: Any, recent: int = 20, max_item_events: int | None = None, name: str = ""
+    ) -> None:
+        self.index = index
+        self.recent = int(recent)
+        self.max_item_events = max_item_events
+        self.name = name or ("text_cold" if max_item_events is not None else "text")
+
+    def fit(self, data: Interactions) -> TextNeighbours:
+        self.data = data
+        self.cold_ids: np.ndarray | None = None
+        if self.max_item_events is not None:
+            # score the cold subset with one matrix product instead of excluding warm items
+            counts = np.asarray(data.seen.sum(axis=0)).ravel()
+            candidates = data.item_ids[counts <= self.max_item_events]
+            matrix, known = self.index.item_vectors(list(candidates))
+            self.cold_ids, self.cold_matrix = candidates[known], matrix[known]
+            self.cold_index = {str(i): k for k, i in enumerate(self.cold_ids)}
+        return self
+
+    def user_vector(self, user_id: str) -> np.ndarray | None:
+        vec = self.index.user_vector(user_id)
+        if vec is None:
+            pos = self.data.positive_items(user_id)
+            if len(pos) == 0:
+                return None
+            vec = self.index.vector_from_history(list(self.data.item_ids[pos[-self.recent :]]))
+        return vec
+
+    def generate(
+        self, user_ids: Sequence[str], n: int, as_of: Sequence[datetime] | None = None
+    ) -> list[Scored]:
+        out: list[Scored] = []
+        for user_id in user_ids:
+            vec = self.user_vector(user_id)
+            if vec is None:
+                out.append(_EMPTY)
+                continue
+            seen = self.data.item_ids[self.data.seen_items(user_id)]
+            if self.cold_ids is None:
+                ids, scores = self.index.nearest(vec, n, exclude=list(seen))
+                out.append((np.asarray(ids, dtype=object), np.asarray(scores, dtype=np.float32)))
+                continue
+            cold_scores = self.cold_matrix @ np.asarray(vec, dtype=np.float32)
+            skip = np.array([self.cold_index[i] for i in seen if i in self.cold_index], dtype=int)
+            out.append(top_n(cold_scores, skip, n, self.cold_ids))
+        return out
+
+
+class Blender:
+    """Union of several generators, deduplicated and cut to ``n`` per user.
+
+    Items are taken round-robin by rank across generators (every generator's best first), so
+    each source is represented.  ``frame`` also returns each generator's score and rank.
+    """
+
+    name = "blend"
+
+    def __init__(
+        self, generators: Sequence[Generator], n: int = 300, per_generator: int | None = None
+    ):
+        self.generators = list(generators)
+        self.n = int(n)
+        self.per_generator = int(per_generator or n)
+
+    def fit(self, data: Interactions) -> Blender:
+        for gen in self.generators:
+            gen.fit(data)
+        return self
+
+    def frame(
+        self, user_ids: Sequence[str], as_of: Sequence[datetime] | None = None
+    ) -> pl.DataFrame:
+        """Long frame: user_id, item_id, blend_rank, ``gen_<name>_score`` / ``gen_<name>_rank``.
+
+        Built per user with numpy and turned into one DataFrame at the end: the request path
+        calls this for a single user, where many small polars operations would dominate.
+        """
+        results = [
+            gen.generate(user_ids, self.per_generator, as_of=as_of) for gen in self.generators
+        ]
+        when = list(as_of) if as_of is not None else [None] * len(user_ids)
+        cols: dict[str, list[np.ndarray]] = {"user_id": [], "item_id": [], "blend_rank": []}
+        for gen in self.generators:
+            cols[f"gen_{gen.name}_score"] = []
+            cols[f"gen_{gen.name}_rank"] = []
+        for u, user_id in enumerate(user_ids):
+            per_gen = [results[g][u] for g in range(len(self.generators))]
+            items = self._blend([ids for ids, _ in per_gen])
+            pos = {item: k for k, item in enumerate(items)}
+            cols["user_id"].append(np.full(len(items), user_id, dtype=object))
+            cols["item_id"].append(items)
+            cols["blend_rank"].append(np.arange(1, len(items) + 1, dtype=np.int32))
+            for gen, (ids, scores) in zip(self.generators, per_gen, strict=True):
+                rank = np.full(len(items), -1, dtype=np.int32)
+                score = np.full(len(items), np.nan, dtype=np.float32)
+                for r, (item, sc) in enumerate(zip(ids, scores, strict=True)):
+                    k = pos.get(item)
+                    if k is not None:
+                        rank[k], score[k] = r + 1, sc
+                if isinstance(gen, _Dense):
+                    score = self._dense_scores(gen, user_id, when[u], items, score)
+                cols[f"gen_{gen.name}_score"].append(score)
+                cols[f"gen_{gen.name}_rank"].append(rank)
+        data = {
+            k: (
+                np.concatenate(v)
+                if v
+                else np.empty(0, dtype=object if k.endswith("_id") else float)
+            )
+            for k, v in cols.items()
+        }
+        frame = pl.DataFrame(
+            {k: pl.Series(k, v.astype(str) if k.endswith("_id") else v) for k, v in data.items()}
+        )
+        rank_cols = [c for c in frame.columns if c.endswith("_rank") and c.startswith("gen_")]
+        score_cols = [c for c in frame.columns if c.endswith("_score")]
+        return frame.with_columns(
+            [pl.when(pl.col(c) > 0).then(pl.col(c)).otherwise(None).alias(c) for c in rank_cols]
+            + [pl.col(c).fill_nan(None) for c in score_cols]
+        )
+
+    def _blend(self, proposals: list[np.ndarray]) -> np.ndarray:
+        """Round robin: order proposals by (rank, generator), keep each item's first, cut to n."""
+        if not proposals or not sum(len(p) for p in proposals):
+            return np.empty(0, dtype=object)
+        ids = np.concatenate(proposals).astype(object)
+        ranks = np.concatenate([np.arange(len(p)) for p in proposals])
+        gens = np.concatenate([np.full(len(p), g) for g, p in enumerate(proposals)])
+        order = np.lexsort((gens, ranks))
+        seen: set[str] = set()
+        out = []
+        for item in ids[order]:
+            if item not in seen:
+                seen.add(item)
+                out.append(item)
+                if len(out) == self.n:
+                    break
+        return np.array(out, dtype=object)
+
+    @staticmethod
+    def _dense_scores(
+        gen: _Dense, user_id: str, as_of: datetime | None, items: np.ndarray, score: np.ndarray
+    ) -> np.ndarray:
+        """A dense generator's score for every candidate, not only those it proposed: the
+        ranker then compares, say, the ALS score of a co-visitation candidate."""
+        full = gen.user_scores(gen.data.user_index.get(user_id), as_of)
+        if full is None:
+            return score
+        idx = np.array([gen.data.item_index.get(i, -1) for i in items], dtype=np.int64)
+        vals = np.where(idx >= 0, full[np.maximum(idx, 0)], np.nan)
+        return np.where(np.isfinite(vals), vals, np.nan).astype(np.float32)
+
+    def generate(
+        self, user_ids: Sequence[str], n: int, as_of: Sequence[datetime] | None = None
+    ) -> list[Scored]:
+        frame = self.frame(user_ids, as_of=as_of)
+        by_user = {u: g for (u,), g in frame.group_by("user_id")}
+        out: list[Scored] = []
+        for user_id in user_ids:
+            g = by_user.get(user_id)
+            if g is None:
+                out.append(_EMPTY)
+                continue
+            g = g.head(n)
+            out.append(
+                (
+                    g["item_id"].to_numpy().astype(object),
+                    (-g["blend_rank"].to_numpy()).astype(np.float32),
+                )
+            )
+        return out
+
+
+def default_generators(settings: Any, text_index: Any | None = None) -> list[Generator]:
+    """The product's generators (text neighbours only when a text index is available)."""
+    r = settings.ranker
+    from recsys.baselines import ALS, ItemKNN
+
+    gens: list[Generator] = [
+        CoVisitation(window_days=r.covisit_window_days),
+        ALS(seed=settings.seed),
+        ItemKNN(),
+        GenreAffinity(),
+        RecentPopularity(window_days=r.recent_popularity_days),
+        Popularity(),
+    ]
+    if text_index is not None:
+        gens.insert(1, TextNeighbours(text_index))
+        gens.insert(2, TextNeighbours(text_index, max_item_events=COLD_ITEM_EVENTS))
+    return gens

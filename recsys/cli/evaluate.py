@@ -1,0 +1,141 @@
+"""``recsys evaluate``: protocol v1 over every system, and logged-click replay."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from recsys.cli import settings_from
+
+log = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option(
+    "--output",
+    "output",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Report directory (default <home>/reports/evaluate).",
+)
+@click.option(
+    "--systems",
+    default=None,
+    help="Comma-separated systems (default: popularity,item_knn,als,text_only,"
+    "ranker_no_text,ranker).",
+)
+@click.option(
+    "--replay",
+    "replay_source",
+    default=None,
+    help="Also replay logged clicks: a MIND directory (news.tsv, behaviors.tsv) or "
+    "'store' for the impressions already in the store.",
+)
+@click.option("--replay-only", is_flag=True, help="Skip protocol v1; only the replay.")
+@click.pass_context
+def evaluate(
+    ctx: click.Context,
+    output: str | None,
+    systems: str | None,
+    replay_source: str | None,
+    replay_only: bool,
+) -> None:
+    """Evaluate on protocol v1 (MovieLens) and write report.json, report.md and plots."""
+    from feature_store.db import connect
+    from recsys.evaluate import PROTOCOL, SYSTEMS, run_protocol
+    from recsys.report import log_to_mlflow, write_report
+    from training import tracking
+
+    settings = settings_from(ctx)
+    out = Path(output) if output else settings.reports_dir / "evaluate"
+    chosen = tuple(s.strip() for s in systems.split(",") if s.strip()) if systems else SYSTEMS
+    if replay_only and not replay_source:
+        raise click.UsageError("--replay-only needs --replay SOURCE")
+    report: dict[str, Any] = {"protocol": PROTOCOL, "systems": {}, "skipped": {}}
+    con = connect(settings.db_path)
+    try:
+        fingerprint = tracking.data_fingerprint(con)
+        if not replay_only:
+            report = run_protocol(settings, con, chosen)
+        if replay_source:
+            report["replay"] = _replay(settings, con, replay_source)
+    finally:
+        con.close()
+    files = write_report(report, out)
+    run_id = log_to_mlflow(settings, report, files, fingerprint)
+    for name, m in report.get("systems", {}).items():
+        click.echo(
+            f"{name:15s} NDCG@10 {m['ndcg@10']:.4f}  recall@10 {m['recall@10']:.4f}  "
+            f"recall@50 {m['recall@50']:.4f}  MRR@10 {m['mrr@10']:.4f}  "
+            f"coverage@10 {m['coverage@10']:.4f}  cold NDCG@10 {m['cold_ndcg@10']:.4f}  "
+            f"users {m['users']}"
+        )
+    for name, reason in report.get("skipped", {}).items():
+        click.echo(f"{name:15s} skipped: {reason}")
+    for name, m in report.get("replay", {}).get("systems", {}).items():
+        click.echo(
+            f"replay {name:18s} AUC {m['auc']:.4f}  MRR {m['mrr']:.4f}  "
+            f"nDCG@5 {m['ndcg@5']:.4f}  nDCG@10 {m['ndcg@10']:.4f}  lists {m['impressions']}"
+        )
+    click.echo(f"report: {out / 'report.md'} (MLflow run {run_id})")
+
+
+def _replay(settings: Any, con: Any, source: str) -> dict[str, Any]:
+    from feature_store.db import connect
+    from recsys.replay import replay, systems_for
+
+    if source == "store":
+        scorers, text = _model_scorers(settings, con)
+        result = replay(con, systems_for(None, scorers), text=text)
+        result["source"] = "store"
+        return result
+    directory = Path(source)
+    if not directory.is_dir():
+        raise click.BadParameter(
+            f"{source} is neither 'store' nor a directory", param_hint="--replay"
+        )
+    from feature_store.adapters.mind import ingest_mind
+
+    # A MIND log goes into a scratch store so the product store is left as it was.
+    with tempfile.TemporaryDirectory(prefix="recsys-replay-") as tmp:
+        scratch = connect(Path(tmp) / "replay.duckdb")
+        try:
+            ingest_mind(scratch, directory, progress=False)
+            result = replay(scratch, systems_for(None, {}))
+        finally:
+            scratch.close()
+    result["source"] = str(directory)
+    result["skipped"] = {
+        "ranker": "a MIND log is replayed in a scratch store; the champion "
+        "ranker was trained on the product store's items"
+    }
+    return result
+
+
+def _model_scorers(settings: Any, con: Any) -> tuple[dict[str, Any], Any | None]:
+    """The champion ranker (and, when it uses text, a history-based text scorer)."""
+    from recsys.errors import ModelNotReadyError
+    from recsys.ranking import load_text_index
+    from recsys.replay import HistoryText, ranker_scorer
+    from training import tracking
+    from training.ranker.model import RankerModel
+
+    try:
+        _, path = tracking.download(settings, tracking.RANKER_MODEL_NAME)
+    except ModelNotReadyError as exc:
+        log.warning("replay without the ranker: %s", exc)
+        return {}, None
+    model = RankerModel.load(path)
+    scorers: dict[str, Any] = {"ranker": ranker_scorer(model)}
+    text = None
+    if model.uses_text:
+        index = load_text_index(settings, con, scope="live", version=model.text_model_version)
+        if index is not None:
+            # user vectors from the clicks before each impression, never the live embedding
+            text = HistoryText(con, index)
+            scorers["text_only"] = lambda f: f["text_score"].fill_null(-1e9).to_numpy()
+    return scorers, text

@@ -1,0 +1,62 @@
+"""``recsys train ranker``: LightGBM LambdaRank on protocol v1 (MLflow run + registered model)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from recsys.cli import settings_from
+
+
+@click.command("ranker")
+@click.option(
+    "--num-candidates",
+    type=click.IntRange(min=10),
+    default=None,
+    help="Candidates per user (ranker.num_candidates, default 300).",
+)
+@click.option(
+    "--num-boost-round",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Maximum boosting rounds (early stopping picks the best).",
+)
+@click.option("--learning-rate", type=float, default=None, help="LightGBM learning rate.")
+@click.option("--num-leaves", type=click.IntRange(min=2), default=None, help="LightGBM num_leaves.")
+@click.option("--no-promote", is_flag=True, help="Register the model but never promote it.")
+@click.pass_context
+def train_ranker(
+    ctx: click.Context,
+    num_candidates: int | None,
+    num_boost_round: int | None,
+    learning_rate: float | None,
+    num_leaves: int | None,
+    no_promote: bool,
+) -> None:
+    """Train the ranker (and its no-text ablation) on the store; register it as `ranker`."""
+    from feature_store.db import connect
+    from training.ranker.run import train_and_log
+
+    settings = settings_from(
+        ctx,
+        **{
+            "ranker.num_candidates": num_candidates,
+            "ranker.num_boost_round": num_boost_round,
+            "ranker.learning_rate": learning_rate,
+            "ranker.num_leaves": num_leaves,
+        },
+    )
+    con = connect(settings.db_path)
+    try:
+        summary = train_and_log(settings, con, promote=not no_promote)
+    finally:
+        con.close()
+    m = summary["metrics"]
+    click.echo(
+        f"ranker version {summary['version']} (run {summary['run_id']}, text model "
+        f"{summary['text_model_version']}): val NDCG@10 {m['val_ndcg_10']:.4f} "
+        f"(no text {m['no_text_val_ndcg_10']:.4f}); "
+        f"{'promoted to champion' if summary['promoted'] else 'not promoted'}"
+    )
+    click.echo(json.dumps({"top_features": summary["top_features"][:5]}, default=str))

@@ -1,0 +1,140 @@
+"""User-item interaction matrices read from one events relation of the store.
+
+Everything that ranks from behaviour (baselines, candidate generators) reads an
+``Interactions``: the item catalog, who saw what, who liked what, in index space, built from a
+single relation (``events`` live, ``events_train_v1`` / ``events_fit_v1`` under protocol v1), so
+that a model fitted on it cannot see anything the relation hides.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import scipy.sparse as sp
+
+from feature_store.db import POSITIVE_EVENT_TYPES, POSITIVE_RATING
+from recsys.errors import RecsysError
+
+log = logging.getLogger(__name__)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A positive interaction: a good rating or an engagement event.
+POSITIVE_SQL = (
+    f"((event_type = 'rate' AND value >= {POSITIVE_RATING}) "
+    f"OR event_type IN ({', '.join(repr(t) for t in POSITIVE_EVENT_TYPES)}))"
+)
+
+
+def relation_name(name: str) -> str:
+    """Validate a table/view name before it is interpolated into SQL."""
+    if not _IDENT.match(name):
+        raise RecsysError(f"bad events relation name {name!r}: expected a plain table or view name")
+    return name
+
+
+@dataclass
+class Interactions:
+    """Catalog, seen and positive matrices (users x items) of one events relation."""
+
+    con: duckdb.DuckDBPyConnection
+    relation: str
+    item_ids: np.ndarray  # catalog index -> item id, ordered by (integer id, id) for stable ties
+    user_ids: np.ndarray
+    seen: sp.csr_matrix  # any non-impression event
+    positives: sp.csr_matrix  # positive count per (user, item)
+    item_genres: list[tuple[str, ...]]
+    item_index: dict[str, int] = field(init=False)
+    user_index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.item_index = {str(i): k for k, i in enumerate(self.item_ids)}
+        self.user_index = {str(u): k for k, u in enumerate(self.user_ids)}
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def seen_items(self, user_id: str) -> np.ndarray:
+        """Catalog indices the user interacted with (empty for unknown users)."""
+        u = self.user_index.get(user_id)
+        if u is None:
+            return np.empty(0, dtype=np.int64)
+        return self.seen.indices[self.seen.indptr[u] : self.seen.indptr[u + 1]].astype(np.int64)
+
+    def positive_items(self, user_id: str) -> np.ndarray:
+        u = self.user_index.get(user_id)
+        if u is None:
+            return np.empty(0, dtype=np.int64)
+        return self.positives.indices[
+            self.positives.indptr[u] : self.positives.indptr[u + 1]
+        ].astype(np.int64)
+
+    @classmethod
+    def from_store(cls, con: duckdb.DuckDBPyConnection, relation: str = "events") -> Interactions:
+        """Read the catalog (``items`` plus any item with events) and the relation's events."""
+        rel = relation_name(relation)
+        catalog = con.execute(
+            f"""
+            WITH ids AS (SELECT item_id FROM items UNION SELECT DISTINCT item_id FROM {rel})
+            SELECT ids.item_id, coalesce(i.genres, []) AS genres
+            FROM ids LEFT JOIN (SELECT item_id, any_value(genres) AS genres FROM items
+                                GROUP BY item_id) i USING (item_id)
+            ORDER BY TRY_CAST(ids.item_id AS BIGINT) NULLS LAST, ids.item_id
+            """
+        ).fetchall()
+        item_ids = np.array([row[0] for row in catalog], dtype=object)
+        genres = [tuple(g for g in (row[1] or ()) if g) for row in catalog]
+        user_ids = np.array(
+            [
+                r[0]
+                for r in con.execute(
+                    f"SELECT DISTINCT user_id FROM {rel} ORDER BY user_id"
+                ).fetchall()
+            ],
+            dtype=object,
+        )
+        con.register("_ix_items", _id_table(item_ids, "item_id"))
+        con.register("_ix_users", _id_table(user_ids, "user_id"))
+        try:
+            pairs = con.execute(
+                f"""
+                SELECT u.idx AS u, i.idx AS i,
+                       count(*) FILTER (WHERE {POSITIVE_SQL})::FLOAT AS pos
+                FROM {rel} e JOIN _ix_users u USING (user_id) JOIN _ix_items i USING (item_id)
+                WHERE e.event_type <> 'impression'
+                GROUP BY ALL
+                """
+            ).fetchnumpy()
+        finally:
+            con.unregister("_ix_items")
+            con.unregister("_ix_users")
+        shape = (len(user_ids), len(item_ids))
+        rows, cols = pairs["u"].astype(np.int64), pairs["i"].astype(np.int64)
+        seen = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
+        pos = np.asarray(pairs["pos"], dtype=np.float32)
+        keep = pos > 0
+        positives = sp.csr_matrix((pos[keep], (rows[keep], cols[keep])), shape=shape)
+        seen.sort_indices()
+        positives.sort_indices()
+        log.info(
+            "read %s: %d users, %d catalog items, %d seen pairs, %d positive pairs",
+            rel,
+            shape[0],
+            shape[1],
+            seen.nnz,
+            positives.nnz,
+        )
+        return cls(con, rel, item_ids, user_ids, seen, positives, genres)
+
+
+def _id_table(ids: np.ndarray, column: str) -> Any:
+    import pyarrow as pa
+
+    return pa.table(
+        {column: pa.array(list(ids), pa.string()), "idx": pa.array(np.arange(len(ids)))}
+    )

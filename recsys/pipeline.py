@@ -1,0 +1,306 @@
+"""The request path: candidates -> point-in-time features -> text score -> LightGBM -> top-k.
+
+``Recommender.load`` builds everything a serving worker needs from the champion ``ranker`` (its
+LightGBM text file), the text-scorer version it was trained with (a numpy ``TextIndex`` of
+scope ``live``) and the generators fitted on the store's events.  Requests compute features
+with the same function as training (``recsys.ranking.assemble``), as of the store's clock: the
+latest event time in the store when it was loaded, so a snapshot behaves the same whether it
+is live or historical.  No Flask, no torch, no training loop is imported here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from recsys.candidates import Blender, Popularity, default_generators
+from recsys.config import Settings
+from recsys.errors import ModelNotReadyError
+from recsys.interactions import POSITIVE_SQL, Interactions
+from recsys.ranking import TextFeatures, assemble, feature_matrix
+
+log = logging.getLogger(__name__)
+
+EXPLAIN_TOP = 5
+_RECENT = 20
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    rank: int
+    score: float
+    title: str
+    contributions: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class RecommendationResult:
+    items: tuple[Recommendation, ...]
+    model_versions: dict[str, str]
+    cold_start: bool
+    unknown_items: tuple[str, ...] = ()
+
+
+class Recommender:
+    """Champion models plus generator state; one per serving worker, shared by its threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: Any,
+        data: Interactions,
+        blender: Blender,
+        text: TextFeatures | None,
+        model_versions: dict[str, str],
+        clock: datetime,
+        snapshot: Any | None = None,
+    ) -> None:
+        self.settings, self.model, self.data, self.blender, self.text = (
+            settings,
+            model,
+            data,
+            blender,
+            text,
+        )
+        self.model_versions = model_versions
+        self.clock = clock
+        self.snapshot = snapshot
+        self.popularity = Popularity().fit(data)
+        rows = data.con.execute(
+            "SELECT item_id, any_value(title) FROM items GROUP BY item_id"
+        ).fetchall()
+        self.titles = {str(i): str(t) for i, t in rows}
+        self._embedded_at: dict[str, datetime] = {}
+        if text is not None:
+            self._embedded_at = dict(
+                data.con.execute(
+                    "SELECT user_id, max(as_of) FROM user_embeddings WHERE model_version = ? "
+                    "AND scope = 'live' GROUP BY user_id",
+                    [text.index.model_version],
+                ).fetchall()
+            )
+
+    @classmethod
+    def load(cls, settings: Settings, con: duckdb.DuckDBPyConnection) -> Recommender:
+        """Champion ranker + its text model's index + generators fitted on ``con``'s events."""
+        from training import tracking
+        from training.ranker.model import RankerModel
+
+        try:
+            ref, path = tracking.download(settings, tracking.RANKER_MODEL_NAME)
+        except ModelNotReadyError as exc:
+            raise ModelNotReadyError(f"{exc}; run `recsys train ranker`") from exc
+        model = RankerModel.load(path)
+        versions = {tracking.RANKER_MODEL_NAME: ref.version}
+        data = Interactions.from_store(con, "events")
+        if len(data.user_ids) == 0:
+            raise ModelNotReadyError("the store has no events; run `recsys ingest` first")
+        text = None
+        if model.uses_text:
+            from training.text.index import TextIndex
+
+            index = TextIndex.load(con, model_version=model.text_model_version, scope="live")
+            text = TextFeatures(index, data)
+            versions[tracking.TEXT_MODEL_NAME] = str(model.text_model_version)
+        wanted = list(model.spec.get("generators", []))
+        gens = [
+            g
+            for g in default_generators(settings, text.index if text else None)
+            if g.name in wanted
+        ]
+        n = int(model.spec.get("num_candidates", settings.ranker.num_candidates))
+        blender = Blender(gens, n=n).fit(data)
+        row = con.execute("SELECT max(ts) FROM events").fetchone()
+        clock = (row[0] if row and row[0] else datetime.now()) + timedelta(seconds=1)
+        from feature_store.features import FeatureSnapshot
+
+        # the request path's features from memory (same definitions as compute_features)
+        snapshot = FeatureSnapshot.build(
+            con, events="events", covisit_window_days=settings.ranker.covisit_window_days
+        )
+        log.info(
+            "recommender loaded: %s, %d users, %d items, clock %s",
+            versions,
+            len(data.user_ids),
+            data.n_items,
+            clock,
+        )
+        return cls(settings, model, data, blender, text, versions, clock, snapshot)
+
+    def known_user(self, user_id: str) -> bool:
+        return user_id in self.data.user_index
+
+    def known_items(self, item_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(known, unknown) ids, each in the given order."""
+        known = [i for i in item_ids if i in self.data.item_index]
+        return known, [i for i in item_ids if i not in self.data.item_index]
+
+    # -- known users ---------------------------------------------------------------------
+
+    def recommend(
+        self,
+        user_id: str | None,
+        k: int,
+        *,
+        exclude_seen: bool = True,
+        genre: str | None = None,
+        explain: bool = False,
+        history: Sequence[str] = (),
+        con: duckdb.DuckDBPyConnection | None = None,
+    ) -> RecommendationResult:
+        """Top-k for a user; unknown users or an explicit history get the cold-start list."""
+        if user_id is None or history or not self.known_user(user_id):
+            return self._cold(k, history, genre=genre)
+        cands = self.blender.frame([user_id], as_of=[self.clock])
+        if not exclude_seen:
+            seen = self.data.item_ids[self.data.seen_items(user_id)]
+            cands = pl.concat(
+                [
+                    cands,
+                    pl.DataFrame(
+                        {"user_id": [user_id] * len(seen), "item_id": [str(i) for i in seen]}
+                    ),
+                ],
+                how="diagonal_relaxed",
+            ).unique(["user_id", "item_id"], keep="first", maintain_order=True)
+        cands = self._genre_filter(cands, genre)
+        return self._score(user_id, cands, k, explain=explain, con=con, cold=False)
+
+    def rank(
+        self,
+        candidates: Sequence[str],
+        k: int,
+        *,
+        user_id: str | None = None,
+        history: Sequence[str] = (),
+        explain: bool = False,
+        con: duckdb.DuckDBPyConnection | None = None,
+    ) -> RecommendationResult:
+        """Re-rank caller-supplied candidates; unknown ids are reported, not fatal."""
+        known, unknown = self.known_items(list(dict.fromkeys(candidates)))
+        uid = user_id if user_id is not None and self.known_user(user_id) else None
+        frame = pl.DataFrame(
+            {"user_id": [uid or ""] * len(known), "item_id": known},
+            schema={"user_id": pl.Utf8, "item_id": pl.Utf8},
+        )
+        if uid is not None and known:
+            gen = self.blender.frame([uid], as_of=[self.clock])
+            frame = frame.join(gen, on=["user_id", "item_id"], how="left")
+        result = self._score(
+            uid or "", frame, k, explain=explain, con=con, cold=uid is None, history=history
+        )
+        return RecommendationResult(
+            result.items, result.model_versions, result.cold_start, tuple(unknown)
+        )
+
+    def _score(
+        self,
+        user_id: str,
+        cands: pl.DataFrame,
+        k: int,
+        *,
+        explain: bool,
+        con: duckdb.DuckDBPyConnection | None,
+        cold: bool,
+        history: Sequence[str] = (),
+    ) -> RecommendationResult:
+        if cands.height == 0:
+            return RecommendationResult((), dict(self.model_versions), cold)
+        cur = con if con is not None else self.data.con.cursor()
+        cands = cands.with_columns(pl.lit(self.clock).cast(pl.Datetime("us")).alias("as_of"))
+        vectors = {user_id: self._user_vector(user_id, history, cur)} if self.text else None
+        frame = assemble(
+            cur,
+            cands,
+            events="events",
+            text=self.text,
+            covisit_window_days=self.settings.ranker.covisit_window_days,
+            vectors=vectors,
+            snapshot=self.snapshot,
+        )
+        x = feature_matrix(frame, self.model.feature_names)
+        scores = self.model.predict(x)
+        order = np.lexsort((np.arange(len(scores)), -scores))[:k]
+        contrib = (
+            self.model.top_contributions(x[order], EXPLAIN_TOP) if explain else [None] * len(order)
+        )
+        items = tuple(
+            Recommendation(
+                item_id=str(frame["item_id"][int(i)]),
+                rank=r + 1,
+                score=float(scores[i]),
+                title=self.titles.get(str(frame["item_id"][int(i)]), ""),
+                contributions=c,
+            )
+            for r, (i, c) in enumerate(zip(order, contrib, strict=True))
+        )
+        return RecommendationResult(items, dict(self.model_versions), cold)
+
+    def _user_vector(
+        self, user_id: str, history: Sequence[str], con: duckdb.DuckDBPyConnection
+    ) -> np.ndarray | None:
+        """Stored embedding, unless the user has events newer than it (or a history is given)."""
+        assert self.text is not None  # noqa: S101 - only called when text features are on
+        known_history = [h for h in history if h in self.data.item_index]
+        if known_history or not user_id:
+            return self.text.user_vector(None, known_history) if known_history else None
+        rows = con.execute(
+            f"SELECT item_id, ts FROM events e WHERE user_id = ? AND {POSITIVE_SQL} "
+            f"ORDER BY ts DESC LIMIT {_RECENT}",
+            [user_id],
+        ).fetchall()
+        stored = self.text.index.user_vector(user_id)
+        embedded_at = self._embedded_at.get(user_id)
+        newer = bool(rows) and (embedded_at is None or rows[0][1] > embedded_at)
+        if stored is not None and not newer:
+            return stored
+        recent = [str(r[0]) for r in reversed(rows)]
+        return self.text.index.vector_from_history(recent) if recent else stored
+
+    # -- cold start ------------------------------------------------------------------------
+
+    def _cold(self, k: int, history: Sequence[str], *, genre: str | None) -> RecommendationResult:
+        """Popularity, blended by reciprocal rank with text similarity to the given history."""
+        n = self.blender.n
+        pop_ids, _ = self.popularity.generate([""], n)[0]
+        fused: dict[str, float] = {}
+        for r, item in enumerate(pop_ids):
+            fused[str(item)] = fused.get(str(item), 0.0) + 1.0 / (60 + r)
+        known = [h for h in history if h in self.data.item_index]
+        if self.text is not None and known:
+            vec = self.text.user_vector(None, known)
+            if vec is not None:
+                ids, _ = self.text.index.nearest(vec, n, exclude=set(known))
+                for r, item in enumerate(ids):
+                    fused[str(item)] = fused.get(str(item), 0.0) + 1.0 / (60 + r)
+        for item in known:
+            fused.pop(item, None)
+        ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+        if genre:
+            ranked = [(i, s) for i, s in ranked if genre in self._genres(i)]
+        items = tuple(
+            Recommendation(i, r + 1, float(s), self.titles.get(i, ""))
+            for r, (i, s) in enumerate(ranked[:k])
+        )
+        return RecommendationResult(items, dict(self.model_versions), True)
+
+    def _genres(self, item_id: str) -> tuple[str, ...]:
+        idx = self.data.item_index.get(item_id)
+        return self.data.item_genres[idx] if idx is not None else ()
+
+    def _genre_filter(self, cands: pl.DataFrame, genre: str | None) -> pl.DataFrame:
+        if not genre:
+            return cands
+        return cands.filter(
+            pl.col("item_id").map_elements(
+                lambda i: genre in self._genres(i), return_dtype=pl.Boolean
+            )
+        )

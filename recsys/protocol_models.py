@@ -1,0 +1,141 @@
+"""Protocol v1 rankings of the learned systems: text_only, ranker_no_text and ranker.
+
+Each returns ``(rankings, reason)``: ``rankings`` is None (and ``reason`` says what to run)
+when the model it needs does not exist, so evaluation still produces the baselines.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import polars as pl
+
+from recsys.config import Settings
+from recsys.errors import ModelNotReadyError
+
+if TYPE_CHECKING:
+    from recsys.evaluate import ProtocolData
+
+log = logging.getLogger(__name__)
+
+
+def text_only_rankings(
+    settings: Settings, con: duckdb.DuckDBPyConnection, data: ProtocolData
+) -> tuple[dict[str, list[str]] | None, str]:
+    """Rank the catalog by the champion text model's score (user vectors of scope train_v1)."""
+    from recsys.candidates import TextNeighbours
+    from recsys.evaluate import generator_rankings
+    from recsys.ranking import load_text_index
+
+    index = load_text_index(settings, con, scope="train_v1")
+    if index is None:
+        return None, (
+            "no text model embeddings for scope train_v1: run `recsys train text` "
+            "and `recsys score`"
+        )
+    return generator_rankings(TextNeighbours(index), data), ""
+
+
+def _load_rankers(settings: Settings, state: dict[str, Any]) -> str:
+    """Download the champion ranker (and its ablation) into ``state``; '' or why not."""
+    from training import tracking
+    from training.ranker.model import RankerModel
+    from training.ranker.run import ABLATION_DIR
+
+    if "models" in state:
+        return state["models_reason"]
+    state["models"] = {}
+    try:
+        ref, path = tracking.download(settings, tracking.RANKER_MODEL_NAME)
+    except ModelNotReadyError as exc:
+        state["models_reason"] = f"{exc}; run `recsys train ranker`"
+        return state["models_reason"]
+    state["models"]["ranker"] = RankerModel.load(path)
+    if (Path(path) / ABLATION_DIR).is_dir():
+        state["models"]["ranker_no_text"] = RankerModel.load(Path(path) / ABLATION_DIR)
+    state["ranker_version"] = ref.version
+    n = state["models"]["ranker"].spec.get("num_candidates", settings.ranker.num_candidates)
+    val_recall = tracking.run_metric(settings, ref.run_id, f"val_candidate_recall_{n}")
+    if val_recall is not None:
+        state["val_candidate_recall"] = (f"val_candidate_recall@{n}", val_recall)
+    state["models_reason"] = ""
+    return ""
+
+
+def _test_frame(
+    settings: Settings, con: duckdb.DuckDBPyConnection, data: ProtocolData, state: dict[str, Any]
+) -> pl.DataFrame | str:
+    """Candidates + features of every user at ``test_start`` (train events), built once."""
+    from recsys.ranking import load_text_index
+    from training.ranker import dataset
+
+    if "frame" in state:
+        return state["frame"]
+    model = state["models"]["ranker"]
+    index = None
+    if model.uses_text:
+        index = load_text_index(
+            settings, con, scope=dataset.TEST.text_scope, version=model.text_model_version
+        )
+        if index is None:
+            return (
+                f"the champion ranker uses text model {model.text_model_version}, whose "
+                "train_v1 embeddings are missing: run `recsys score`"
+            )
+    spec = model.spec
+    run_settings = settings.replace(**{"ranker.num_candidates": spec.get("num_candidates", 300)})
+    frame, _ = dataset.build_frame(
+        con, run_settings, dataset.TEST, text_index=index, with_labels=False
+    )
+    frame = frame.filter(pl.col("user_id").is_in(data.users))
+    truth = pl.DataFrame(
+        [(u, i) for u in data.users for i in data.truth[u]],
+        schema=["user_id", "item_id"],
+        orient="row",
+    )
+    key = f"candidate_recall@{run_settings.ranker.num_candidates}"
+    data.extra[key] = dataset.candidate_recall(frame, truth)
+    log.info("test %s: %.4f", key, data.extra[key])
+    state["frame"] = frame
+    return frame
+
+
+def ranker_rankings(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    data: ProtocolData,
+    state: dict[str, Any],
+    *,
+    ablation: bool,
+) -> tuple[dict[str, list[str]] | None, str]:
+    """Top 50 of the champion ranker (or its no-text ablation) over its candidates."""
+    from recsys.evaluate import TOP
+    from recsys.ranking import feature_matrix
+
+    reason = _load_rankers(settings, state)
+    if reason:
+        return None, reason
+    name = "ranker_no_text" if ablation else "ranker"
+    model = state["models"].get(name)
+    if model is None:
+        return None, "the champion ranker's run has no no-text ablation; retrain the ranker"
+    frame = _test_frame(settings, con, data, state)
+    if isinstance(frame, str):
+        return None, frame
+    scores = model.predict(feature_matrix(frame, model.feature_names))
+    top = (
+        frame.select("user_id", "item_id", "blend_rank")
+        .with_columns(pl.Series("s", scores))
+        .sort(["user_id", "s", "blend_rank"], descending=[False, True, False])
+        .group_by("user_id", maintain_order=True)
+        .agg(pl.col("item_id").head(TOP))
+    )
+    data.extra.setdefault("ranker_version", state.get("ranker_version"))
+    if "val_candidate_recall" in state:
+        key, value = state["val_candidate_recall"]
+        data.extra.setdefault(key, value)
+    data.extra.setdefault("text_model_version", state["models"]["ranker"].text_model_version)
+    return {u: list(items) for u, items in top.iter_rows()}, ""

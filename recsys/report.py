@@ -1,0 +1,202 @@
+"""Evaluation report files: report.json, report.md and PNG plots, also logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+METRICS: tuple[str, ...] = (
+    "ndcg@10",
+    "recall@10",
+    "recall@50",
+    "mrr@10",
+    "coverage@10",
+    "cold_ndcg@10",
+)
+
+
+def write_report(report: dict[str, Any], output: Path) -> list[Path]:
+    """Write report.json, report.md and the plots into ``output``; returns the files written."""
+    output.mkdir(parents=True, exist_ok=True)
+    files = [output / "report.json", output / "report.md"]
+    files[0].write_text(
+        json.dumps(report, indent=2, sort_keys=False, default=str), encoding="utf-8"
+    )
+    files[1].write_text(markdown(report), encoding="utf-8")
+    if report.get("systems"):
+        files.append(_plot_metrics(report, output / "metrics_by_system.png"))
+        files.append(_plot_history(report, output / "ndcg_by_history.png"))
+    if report.get("replay", {}).get("systems"):
+        files.append(_plot_replay(report["replay"], output / "replay.png"))
+    log.info("wrote %s", ", ".join(str(f) for f in files))
+    return files
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """A human-readable report: the metric table, skipped systems, replay results."""
+    lines = [f"# Offline evaluation ({report.get('protocol', 'replay')})", ""]
+    systems = report.get("systems", {})
+    if systems:
+        lines += [
+            "| system | " + " | ".join(METRICS) + " | users |",
+            "| --- | " + " | ".join("---:" for _ in METRICS) + " | ---: |",
+        ]
+        for name, m in systems.items():
+            lines.append(
+                f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + f" | {m['users']} |"
+            )
+        lines.append("")
+        best = _best_baseline(systems)
+        if "ranker" in systems and best:
+            ratio = systems["ranker"]["ndcg@10"] / max(systems[best]["ndcg@10"], 1e-12)
+            lines += [
+                f"ranker NDCG@10 / best baseline ({best}) = **{ratio:.3f}** (target >= 1.10)",
+                "",
+            ]
+        if "ranker" in systems and "ranker_no_text" in systems:
+            lift = systems["ranker"]["cold_ndcg@10"] - systems["ranker_no_text"]["cold_ndcg@10"]
+            lines += [
+                f"text lift on the cold-item slice (ranker - ranker_no_text cold NDCG@10): "
+                f"**{lift:+.4f}**",
+                "",
+            ]
+        for key in sorted(k for k in report if k.startswith("candidate_recall")):
+            lines += [f"{key} (test split, ranker candidates): {report[key]:.4f}", ""]
+        for key in sorted(k for k in report if k.startswith("val_candidate_recall")):
+            lines += [
+                f"{key} (validation split, from the ranker's training run): {report[key]:.4f}",
+                "",
+            ]
+        lines += [
+            "Definitions: positives are test ratings >= 4; users with >= 1 test positive; "
+            "full ranking over items not rated in train; cold_ndcg@10 keeps only test "
+            "positives whose item has <= 5 train ratings, over users with >= 1 such "
+            "positive. See docs/ranking.md.",
+            "",
+        ]
+    for name, reason in report.get("skipped", {}).items():
+        lines.append(f"- **{name} skipped**: {reason}")
+    replay = report.get("replay")
+    if replay:
+        lines += [
+            "",
+            f"## Logged-click replay ({replay.get('source', '')})",
+            "",
+            "| system | AUC | MRR | nDCG@5 | nDCG@10 | impressions |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, m in replay.get("systems", {}).items():
+            lines.append(
+                f"| {name} | {m['auc']:.4f} | {m['mrr']:.4f} | {m['ndcg@5']:.4f} | "
+                f"{m['ndcg@10']:.4f} | {m['impressions']} |"
+            )
+        for name, reason in replay.get("skipped", {}).items():
+            lines.append(f"- **{name} skipped**: {reason}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _best_baseline(systems: dict[str, Any]) -> str | None:
+    base = [n for n in ("popularity", "item_knn", "als", "text_only") if n in systems]
+    return max(base, key=lambda n: systems[n]["ndcg@10"]) if base else None
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_metrics(report: dict[str, Any], path: Path) -> Path:
+    import numpy as np
+
+    plt = _pyplot()
+    systems = report["systems"]
+    names = list(systems)
+    x = np.arange(len(METRICS))
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for k, name in enumerate(names):
+        ax.bar(x + k * width, [systems[name][m] for m in METRICS], width, label=name)
+    ax.set_xticks(x + width * (len(names) - 1) / 2, METRICS)
+    ax.set_title(f"{report.get('protocol')}: metrics per system")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_history(report: dict[str, Any], path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, m in report["systems"].items():
+        buckets = m["ndcg@10_by_history"]
+        ax.plot(list(buckets), [b["ndcg@10"] for b in buckets.values()], marker="o", label=name)
+    first = next(iter(report["systems"].values()))["ndcg@10_by_history"]
+    ax.set_xlabel(
+        "train ratings per user (users: " + ", ".join(str(b["users"]) for b in first.values()) + ")"
+    )
+    ax.set_ylabel("NDCG@10")
+    ax.set_title("NDCG@10 by length of user history")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_replay(replay: dict[str, Any], path: Path) -> Path:
+    import numpy as np
+
+    plt = _pyplot()
+    keys = ("auc", "mrr", "ndcg@5", "ndcg@10")
+    names = list(replay["systems"])
+    x = np.arange(len(keys))
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for k, name in enumerate(names):
+        ax.bar(x + k * width, [replay["systems"][name][m] for m in keys], width, label=name)
+    ax.set_xticks(x + width * (len(names) - 1) / 2, keys)
+    ax.set_title("logged-click replay")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def log_to_mlflow(
+    settings: Any, report: dict[str, Any], files: list[Path], fingerprint: str | None
+) -> str:
+    """One MLflow run holding every system's metrics and the report files; returns its id."""
+    import mlflow
+
+    from training import tracking
+
+    with tracking.start_run(
+        settings,
+        "evaluate",
+        data_fingerprint=fingerprint,
+        tags={"protocol": str(report.get("protocol", "replay"))},
+    ) as run:
+        metrics = {}
+        for name, m in report.get("systems", {}).items():
+            metrics.update({f"{name}.{k.replace('@', '_')}": float(m[k]) for k in METRICS})
+        for name, m in report.get("replay", {}).get("systems", {}).items():
+            metrics.update(
+                {
+                    f"replay.{name}.{k.replace('@', '_')}": float(m[k])
+                    for k in ("auc", "mrr", "ndcg@5", "ndcg@10")
+                }
+            )
+        mlflow.log_metrics(metrics)
+        for f in files:
+            mlflow.log_artifact(str(f), "report")
+        return str(run.info.run_id)

@@ -1,0 +1,181 @@
+"""One contract suite for every candidate generator and baseline, plus known winners."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+import numpy as np
+import pytest
+
+from recsys.baselines import ALS, ItemKNN
+from recsys.candidates import (
+    Blender,
+    CoVisitation,
+    Generator,
+    GenreAffinity,
+    Popularity,
+    RecentPopularity,
+    TextNeighbours,
+    top_n,
+)
+from recsys.interactions import Interactions
+from tests.factories import GENRES, T0, load_into_store, make_catalog, make_events
+from training.text.index import TextIndex
+
+N_ITEMS = 36
+
+
+def genre_index() -> TextIndex:
+    """Item vectors = one-hot genre: text neighbours of a genre fan are that genre's items."""
+    ids = [f"i{k}" for k in range(N_ITEMS)]
+    matrix = np.zeros((N_ITEMS, len(GENRES)), dtype=np.float32)
+    for k in range(N_ITEMS):
+        matrix[k, k % len(GENRES)] = 1.0
+    return TextIndex("1", ids, matrix, scope="fit_v1")
+
+
+GENERATORS = {
+    "popularity": Popularity,
+    "recent_pop": lambda: RecentPopularity(window_days=3650),
+    "covisit": CoVisitation,
+    "genre": GenreAffinity,
+    "item_knn": lambda: ItemKNN(k=20),
+    "als": lambda: ALS(factors=8, iterations=5),
+    "text": lambda: TextNeighbours(genre_index()),
+    "text_cold": lambda: TextNeighbours(genre_index(), max_item_events=6),
+    "blend": lambda: Blender([CoVisitation(), GenreAffinity(), Popularity()], n=12),
+}
+# generators whose best item for a user is in the user's favourite genre on the factory data
+GENRE_AWARE = ("covisit", "genre", "item_knn", "text")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Interactions:
+    con = duckdb.connect(str(tmp_path_factory.mktemp("cand") / "s.duckdb"))
+    from feature_store.db import init_schema
+
+    init_schema(con)
+    load_into_store(
+        con, make_catalog(N_ITEMS), make_events(n_users=12, n_items=N_ITEMS, events_per_user=20)
+    )
+    return Interactions.from_store(con, "events")
+
+
+def users(data: Interactions) -> list[str]:
+    return [str(u) for u in data.user_ids]
+
+
+@pytest.mark.parametrize("name", list(GENERATORS))
+def test_generator_contract(name: str, data: Interactions) -> None:
+    gen = GENERATORS[name]().fit(data)
+    assert isinstance(gen, Generator)
+    result = gen.generate([*users(data), "nobody"], 8, as_of=None)
+    assert len(result) == len(data.user_ids) + 1
+    catalog = set(data.item_ids)
+    for user_id, (ids, scores) in zip([*users(data), "nobody"], result, strict=True):
+        assert len(ids) == len(scores) <= 8
+        assert len(set(ids)) == len(ids), "duplicates"
+        assert set(ids) <= catalog
+        assert not set(ids) & set(data.item_ids[data.seen_items(user_id)]), "seen item proposed"
+        assert np.all(np.diff(scores.astype(float)) <= 1e-9), "not best-first"
+    assert sum(len(ids) for ids, _ in result[:-1]) > 0
+
+
+@pytest.mark.parametrize("name", GENRE_AWARE)
+def test_genre_aware_generators_find_the_favourite_genre(name: str, data: Interactions) -> None:
+    gen = GENERATORS[name]().fit(data)
+    hits = total = 0
+    for u, (ids, _) in zip(users(data), gen.generate(users(data), 1), strict=True):
+        liked = GENRES[int(u[1:]) % len(GENRES)]
+        for item in ids:
+            total += 1
+            hits += liked in data.item_genres[data.item_index[item]]
+    assert total > 0 and hits / total >= 0.9
+
+
+def test_popularity_counts_positives_with_integer_id_ties(store: duckdb.DuckDBPyConnection) -> None:
+    import polars as pl
+
+    rows = [
+        ("u0", "10", 5.0),
+        ("u1", "10", 4.0),
+        ("u0", "9", 4.0),
+        ("u1", "30", 4.5),
+        ("u2", "2", 1.0),
+        ("u3", "100", 2.0),
+    ]
+    events = pl.DataFrame(
+        [
+            {
+                "event_id": f"e{k}",
+                "user_id": u,
+                "item_id": i,
+                "event_type": "rate",
+                "value": v,
+                "text": None,
+                "ts": T0 + timedelta(hours=k),
+                "request_id": None,
+                "position": None,
+                "source": "t",
+                "batch_id": "t",
+            }
+            for k, (u, i, v) in enumerate(rows)
+        ],
+        schema_overrides={"position": pl.Int32},
+    )
+    load_into_store(store, make_catalog(1).filter(pl.col("item_id") == "none"), events)
+    d = Interactions.from_store(store, "events")
+    pop = Popularity().fit(d)
+    # 10 has two positives; 9 and 30 one each: the tie goes to the smaller integer id (9 < 30,
+    # although "30" < "9" as text); then the zero-count items in integer order
+    (ids, scores), (ids_u0, _) = pop.generate(["nobody", "u0"], 5)
+    assert list(ids) == ["10", "9", "30", "2", "100"]
+    assert list(scores) == [2.0, 1.0, 1.0, 0.0, 0.0]
+    assert list(ids_u0) == ["30", "2", "100"]
+
+
+def test_cold_text_neighbours_only_propose_rarely_seen_items(data: Interactions) -> None:
+    gen = TextNeighbours(genre_index(), max_item_events=6).fit(data)
+    assert gen.name == "text_cold"
+    counts = dict(zip(data.item_ids, np.asarray(data.seen.sum(axis=0)).ravel(), strict=True))
+    proposed = [i for ids, _ in gen.generate(users(data), 10) for i in ids]
+    assert proposed and all(counts[i] <= 6 for i in proposed)
+    assert any(counts[i] > 6 for i in data.item_ids)  # the filter did exclude something
+
+
+def test_recent_popularity_respects_as_of(data: Interactions) -> None:
+    gen = RecentPopularity(window_days=1).fit(data)
+    before = gen.generate(["u0"], 5, as_of=[T0 - timedelta(days=1)])[0]
+    assert len(before[0]) == 0
+    later = gen.generate(["u0"], 5, as_of=[datetime(2020, 1, 12, 12)])[0]
+    assert len(later[0]) > 0
+
+
+def test_top_n_breaks_ties_by_catalog_order() -> None:
+    ids = np.array(["a", "b", "c", "d"], dtype=object)
+    got, _ = top_n(np.array([1.0, 3.0, 3.0, 3.0]), np.array([2]), 2, ids)
+    assert list(got) == ["b", "d"]
+
+
+def test_blender_interleaves_and_reports_each_generator(data: Interactions) -> None:
+    gens = [CoVisitation(), GenreAffinity(), Popularity()]
+    blender = Blender(gens, n=9).fit(data)
+    frame = blender.frame(users(data)[:3])
+    assert frame.group_by("user_id").len()["len"].max() <= 9
+    assert frame.select("user_id", "item_id").is_unique().all()
+    for gen in gens:
+        assert f"gen_{gen.name}_rank" in frame.columns
+        # every generator's best item made the cut
+        best = {
+            u: ids[0]
+            for u, (ids, _) in zip(users(data)[:3], gen.generate(users(data)[:3], 1), strict=True)
+            if len(ids)
+        }
+        got = frame.filter(frame[f"gen_{gen.name}_rank"] == 1)
+        assert dict(zip(got["user_id"], got["item_id"], strict=True)) == best
+    # dense generators score every candidate, also those another generator proposed
+    assert frame["gen_popularity_score"].null_count() == 0
+    assert frame["gen_popularity_rank"].null_count() > 0
+    first = frame.filter(frame["user_id"] == users(data)[0]).sort("blend_rank")
+    assert first["blend_rank"].to_list() == list(range(1, first.height + 1))

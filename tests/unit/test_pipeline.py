@@ -1,0 +1,175 @@
+"""End to end on tiny data: train the ranker (MLflow), evaluate protocol v1, serve it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from feature_store.db import connect
+from feature_store.splits import materialize_protocol_split
+from recsys.config import Settings
+from recsys.pipeline import Recommendation, RecommendationResult, Recommender
+from tests.factories import GENRES, load_into_store, make_catalog, make_events
+from tests.unit.test_ranker import N_ITEMS, small_settings
+from training import tracking
+
+
+def _write_text_model(settings: Settings, con: duckdb.DuckDBPyConnection) -> str:
+    """A registered text-scorer champion whose embeddings are one-hot genres (user: liked genre)."""
+    import mlflow
+
+    with tracking.start_run(settings, "fake-text") as run:
+        mlflow.log_text("genre one-hot vectors for tests", "model/README.txt")
+    ref = tracking.register(settings, tracking.TEXT_MODEL_NAME, run.info.run_id, "model")
+    tracking.promote(settings, ref.name, ref.version)
+    onehot = lambda g: [1.0 if k == g else 0.0 for k in range(len(GENRES))]  # noqa: E731
+    con.executemany(
+        "INSERT INTO item_embeddings VALUES (?, ?, ?)",
+        [(f"i{k}", ref.version, onehot(k % len(GENRES))) for k in range(N_ITEMS)],
+    )
+    users = [r[0] for r in con.execute("SELECT DISTINCT user_id FROM events").fetchall()]
+    con.executemany(
+        "INSERT INTO user_embeddings VALUES (?, ?, ?, NULL, ?)",
+        [
+            (u, ref.version, scope, onehot(int(u[1:]) % len(GENRES)))
+            for u in users
+            for scope in ("fit_v1", "train_v1", "live")
+        ],
+    )
+    return ref.version
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Settings, duckdb.DuckDBPyConnection, dict]:
+    from training.ranker.run import train_and_log
+
+    settings = small_settings(tmp_path_factory.mktemp("pipe") / "home")
+    con = connect(settings.db_path)
+    load_into_store(
+        con, make_catalog(N_ITEMS), make_events(n_users=30, n_items=N_ITEMS, events_per_user=24)
+    )
+    materialize_protocol_split(con)
+    version = _write_text_model(settings, con)
+    summary = train_and_log(settings, con)
+    assert summary["text_model_version"] == version
+    return settings, con, summary
+
+
+def test_training_registers_and_promotes_with_artifacts(trained: tuple) -> None:
+    settings, _, summary = trained
+    assert summary["promoted"]
+    ref = tracking.champion(settings, tracking.RANKER_MODEL_NAME)
+    assert ref is not None and ref.version == summary["version"]
+    run = tracking.client(settings).get_run(ref.run_id)
+    assert {"val_ndcg_10", "no_text_val_ndcg_10", "val_candidate_recall_20"} <= set(
+        run.data.metrics
+    )
+    arts = {a.path for a in tracking.client(settings).list_artifacts(ref.run_id, "importance")}
+    assert "importance/ranker_importance.png" in arts and "importance/ranker_importance.csv" in arts
+    _, path = tracking.download(settings, tracking.RANKER_MODEL_NAME)
+    assert (Path(path) / "ranker.txt").is_file() and (
+        Path(path) / "no_text" / "ranker.txt"
+    ).is_file()
+
+
+def test_recommender_known_user_explained(trained: tuple) -> None:
+    settings, con, summary = trained
+    rec = Recommender.load(settings, con)
+    assert rec.model_versions == {
+        "ranker": summary["version"],
+        "text-scorer": summary["text_model_version"],
+    }
+    assert rec.known_user("u1") and not rec.known_user("ghost")
+    result = rec.recommend("u1", 5, explain=True, con=con.cursor())
+    assert isinstance(result, RecommendationResult) and not result.cold_start
+    assert [r.rank for r in result.items] == [1, 2, 3, 4, 5]
+    assert all(isinstance(r, Recommendation) and r.title for r in result.items)
+    assert all(r.contributions is not None and len(r.contributions) == 5 for r in result.items)
+    scores = [r.score for r in result.items]
+    assert scores == sorted(scores, reverse=True)
+    seen = set(con.execute("SELECT item_id FROM events WHERE user_id = 'u1'").pl()["item_id"])
+    assert not seen & {r.item_id for r in result.items}
+    comedy = rec.recommend("u1", 3, genre="Comedy", con=con.cursor())
+    assert all("Comedy" in r.title for r in comedy.items)
+
+
+def test_recommender_cold_start_and_rank(trained: tuple) -> None:
+    settings, con, _ = trained
+    rec = Recommender.load(settings, con)
+    cold = rec.recommend(None, 4, history=["i0", "i6"])  # two Action items
+    assert cold.cold_start and len(cold.items) == 4
+    assert "i0" not in {r.item_id for r in cold.items}
+    ranked = rec.rank(["i1", "i2", "nope", "i3"], 2, user_id="u1", explain=True, con=con.cursor())
+    assert ranked.unknown_items == ("nope",)
+    assert len(ranked.items) == 2 and {r.item_id for r in ranked.items} <= {"i1", "i2", "i3"}
+    anonymous = rec.rank(["i1", "i2"], 5, history=["i0"], con=con.cursor())
+    assert anonymous.cold_start and len(anonymous.items) == 2
+
+
+def test_no_champion_says_what_to_run(
+    settings: Settings, store: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsys.errors import ModelNotReadyError
+
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which training.tracking prefers:
+    # without this, the previous test's registry would answer
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    with pytest.raises(ModelNotReadyError, match="recsys train ranker"):
+        Recommender.load(settings, store)
+
+
+def test_evaluate_cli_writes_report(trained: tuple, tmp_path: Path) -> None:
+    from recsys.cli import main
+
+    settings, con, _ = trained
+    con.execute("CHECKPOINT")
+    con.close()  # the CLI opens the store itself
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        main,
+        [
+            "--home",
+            str(settings.home),
+            "evaluate",
+            "--output",
+            str(out),
+            "--systems",
+            "popularity,item_knn,als,text_only,ranker_no_text,ranker",
+        ],
+        env={"RECSYS_RANKER__NUM_CANDIDATES": "20", "RECSYS_RANKER__MIN_DATA_IN_LEAF": "2"},
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["protocol"] == "movielens-v1"
+    assert set(report["systems"]) == {
+        "popularity",
+        "item_knn",
+        "als",
+        "text_only",
+        "ranker_no_text",
+        "ranker",
+    }
+    for m in report["systems"].values():
+        assert {
+            "ndcg@10",
+            "recall@10",
+            "recall@50",
+            "mrr@10",
+            "coverage@10",
+            "cold_ndcg@10",
+            "users",
+        } <= set(m)
+        assert 0.0 <= m["ndcg@10"] <= 1.0 and m["users"] == report["systems"]["popularity"]["users"]
+    assert 0.0 < report["val_candidate_recall@20"] <= 1.0
+    assert 0.0 < report["candidate_recall@20"] <= 1.0
+    assert (out / "report.md").read_text().startswith("# Offline evaluation")
+    assert (out / "metrics_by_system.png").stat().st_size > 0 and (
+        out / "ndcg_by_history.png"
+    ).is_file()

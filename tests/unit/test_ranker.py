@@ -1,0 +1,134 @@
+"""Ranker dataset building, LambdaRank training, the model file format, and protocol scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from feature_store.db import connect
+from feature_store.splits import materialize_protocol_split
+from recsys.config import Settings, load_settings
+from recsys.ranking import TEXT_FEATURES, feature_matrix, feature_names
+from tests.factories import GENRES, load_into_store, make_catalog, make_events
+from training.ranker import dataset
+from training.ranker.model import RankerModel
+from training.ranker.train import protocol_ndcg, train_both
+from training.text.index import TextIndex
+
+N_ITEMS = 36
+
+
+def small_settings(home: Path) -> Settings:
+    return load_settings(
+        environ={},
+        overrides={
+            "home": str(home),
+            "ranker.num_candidates": 20,
+            "ranker.min_data_in_leaf": 2,
+            "ranker.num_boost_round": 30,
+            "ranker.early_stopping_rounds": 5,
+            "ranker.num_leaves": 7,
+            "ranker.early_stopping_holdout": 0.25,
+        },
+    )
+
+
+def genre_index(scope: str) -> TextIndex:
+    matrix = np.zeros((N_ITEMS, len(GENRES)), dtype=np.float32)
+    matrix[np.arange(N_ITEMS), np.arange(N_ITEMS) % len(GENRES)] = 1.0
+    return TextIndex("7", [f"i{k}" for k in range(N_ITEMS)], matrix, scope=scope)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, duckdb.DuckDBPyConnection]:
+    settings = small_settings(tmp_path_factory.mktemp("ranker") / "home")
+    con = connect(settings.db_path)
+    load_into_store(
+        con, make_catalog(N_ITEMS), make_events(n_users=30, n_items=N_ITEMS, events_per_user=24)
+    )
+    materialize_protocol_split(con)
+    return settings, con
+
+
+def test_fit_frame_groups_features_and_labels(
+    env: tuple[Settings, duckdb.DuckDBPyConnection],
+) -> None:
+    settings, con = env
+    frame, gens = dataset.build_frame(con, settings, dataset.FIT, text_index=genre_index("fit_v1"))
+    assert "text" in gens
+    assert frame.group_by("user_id").len()["len"].max() <= 20
+    assert frame.select("user_id", "item_id").is_unique().all()
+    # no candidate was already seen in the fit part
+    seen = con.execute("SELECT user_id, item_id FROM split_v1 WHERE part = 'fit'").pl()
+    assert frame.join(seen, on=["user_id", "item_id"], how="inner").height == 0
+    # labels: graded from the val part only (factory ratings >= 4 are 4.0/4.5/5.0)
+    val = con.execute("SELECT user_id, item_id, rating FROM split_v1 WHERE part = 'val'").pl()
+    joined = frame.join(val, on=["user_id", "item_id"], how="left")
+    expected = (
+        pl.when(pl.col("rating") >= 4.5).then(3).when(pl.col("rating") >= 4.0).then(2).otherwise(0)
+    )
+    assert (joined["label"] == joined.select(expected.alias("e"))["e"]).all()
+    assert frame["label"].max() == 3
+    # text score: the user's text vector is their liked genre, so liked-genre items score 1
+    assert frame["text_score"].drop_nulls().is_in([0.0, 1.0]).all()
+    x = feature_matrix(frame, feature_names(gens, with_text=True))
+    assert x.dtype == np.float32 and x.shape == (
+        frame.height,
+        len(feature_names(gens, with_text=True)),
+    )
+
+
+def test_feature_names_without_text_drop_every_text_column() -> None:
+    names = feature_names(["covisit", "text", "text_cold"], with_text=False)
+    assert not set(names) & set(TEXT_FEATURES)
+    assert not [n for n in names if "text" in n]
+    assert "gen_text_cold_rank" in feature_names(["covisit", "text_cold"], with_text=True)
+    assert {"gen_covisit_rank", "blend_rank", "item_events_7d"} <= set(names)
+
+
+def test_train_ranks_liked_items_first_and_round_trips(
+    env: tuple[Settings, duckdb.DuckDBPyConnection], tmp_path: Path
+) -> None:
+    settings, con = env
+    frame, gens = dataset.build_frame(con, settings, dataset.FIT, text_index=genre_index("fit_v1"))
+    truth = dataset.positives(con, "val")
+    product, ablation = train_both(frame, gens, settings, truth, text_version="7")
+    assert product.model.uses_text and not ablation.model.uses_text
+    assert "text_score" in product.model.feature_names
+    assert "text_score" not in ablation.model.feature_names
+    assert set(product.importance["feature"]) == set(product.model.feature_names)
+    x = feature_matrix(frame, product.model.feature_names)
+    scores = product.model.predict(x)
+    # the learned order beats a random one on the training users' val positives
+    rng = np.random.default_rng(0)
+    assert protocol_ndcg(frame, scores, truth) > protocol_ndcg(
+        frame, rng.random(len(scores)), truth
+    )
+    saved = product.model.save(tmp_path / "m")
+    loaded = RankerModel.load(saved)
+    assert loaded.feature_names == product.model.feature_names
+    assert loaded.text_model_version == "7"
+    np.testing.assert_allclose(loaded.predict(x), scores, rtol=1e-6)
+    contrib = loaded.contributions(x[:3])
+    np.testing.assert_allclose(contrib.sum(axis=1), scores[:3], rtol=1e-5, atol=1e-6)
+    top = loaded.top_contributions(x[:2], top=5)
+    assert all(len(t) == 5 for t in top)
+
+
+def test_protocol_ndcg_counts_missing_positives_as_misses() -> None:
+    frame = pl.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"]})
+    truth = pl.DataFrame({"user_id": ["u", "u"], "item_id": ["b", "zz"]})
+    # b ranked first; zz never proposed -> ideal has 2 hits
+    expected = 1.0 / (1.0 + 1.0 / np.log2(3))
+    assert protocol_ndcg(frame, np.array([0.1, 0.9]), truth) == pytest.approx(expected)
+
+
+def test_model_dir_without_files_is_not_ready(tmp_path: Path) -> None:
+    from recsys.errors import ModelNotReadyError
+
+    with pytest.raises(ModelNotReadyError, match="recsys train ranker"):
+        RankerModel.load(tmp_path)

@@ -1,0 +1,147 @@
+"""Ranker training and evaluation frames under protocol v1, built in DuckDB and polars.
+
+A group is (user, cutoff); its rows are the blender's candidates for that user from the events
+before the cutoff; the label is the user's engagement with the candidate after the cutoff:
+
+    3 rating >= 4.5   2 rating >= 4.0   1 click / like / share / purchase   0 otherwise
+
+Training reads ``events_fit_v1`` with cutoff ``val_start`` and labels from the ``val`` part
+(text vectors of scope ``fit_v1``); test scoring reads ``events_train_v1`` with cutoff
+``test_start`` (scope ``train_v1``).  See docs/ranking.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from recsys.candidates import Blender, default_generators
+from recsys.config import Settings
+from recsys.errors import TrainingError
+from recsys.interactions import Interactions
+from recsys.ranking import TextFeatures, assemble
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Which protocol view, cutoff column, label part and text scope a frame is built from."""
+
+    events: str
+    cutoff: str
+    label_part: str
+    text_scope: str
+
+
+FIT = Stage(events="events_fit_v1", cutoff="val_start", label_part="val", text_scope="fit_v1")
+TEST = Stage(
+    events="events_train_v1", cutoff="test_start", label_part="test", text_scope="train_v1"
+)
+
+LABEL_SQL = """
+    CASE WHEN event_type = 'rate' AND value >= 4.5 THEN 3
+         WHEN event_type = 'rate' AND value >= 4.0 THEN 2
+         WHEN event_type IN ('click', 'like', 'share', 'purchase') THEN 1
+         ELSE 0 END
+"""
+
+
+def cutoffs(con: duckdb.DuckDBPyConnection, stage: Stage) -> pl.DataFrame:
+    """(user_id, as_of) of every user with a cutoff for ``stage``."""
+    return (
+        con.execute(
+            f"SELECT user_id, {stage.cutoff} AS as_of FROM split_v1_users "
+            f"WHERE {stage.cutoff} IS NOT NULL ORDER BY user_id"
+        )
+        .pl()
+        .with_columns(pl.col("as_of").cast(pl.Datetime("us")))
+    )
+
+
+def labels(con: duckdb.DuckDBPyConnection, stage: Stage) -> pl.DataFrame:
+    """(user_id, item_id, label): the best engagement in the stage's label part."""
+    return con.execute(
+        f"""
+        SELECT e.user_id, e.item_id, max({LABEL_SQL})::INTEGER AS label
+        FROM events e JOIN split_v1 s USING (event_id)
+        WHERE s.part = '{stage.label_part}'
+        GROUP BY ALL
+        """
+    ).pl()
+
+
+def build_frame(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    stage: Stage,
+    *,
+    text_index: Any | None,
+    with_labels: bool = True,
+) -> tuple[pl.DataFrame, list[str]]:
+    """Candidates with features (and labels) for every user of ``stage``; generator names."""
+    started = time.perf_counter()
+    data = Interactions.from_store(con, stage.events)
+    users = cutoffs(con, stage)
+    if users.height == 0:
+        raise TrainingError(
+            "no users with a cutoff in split_v1_users; ingest ratings and materialize the split"
+        )
+    blender = Blender(default_generators(settings, text_index), n=settings.ranker.num_candidates)
+    blender.fit(data)
+    user_ids = users["user_id"].to_list()
+    cands = blender.frame(user_ids, as_of=users["as_of"].to_list()).join(users, on="user_id")
+    log.info(
+        "%s: %d candidates for %d users in %.1fs",
+        stage.events,
+        cands.height,
+        users.height,
+        time.perf_counter() - started,
+    )
+    text = TextFeatures(text_index, data) if text_index is not None else None
+    frame = assemble(
+        con,
+        cands,
+        events=stage.events,
+        text=text,
+        covisit_window_days=settings.ranker.covisit_window_days,
+    )
+    if with_labels:
+        frame = frame.join(labels(con, stage), on=["user_id", "item_id"], how="left").with_columns(
+            pl.col("label").fill_null(0).cast(pl.Int32)
+        )
+    log.info(
+        "%s frame: %d rows x %d columns in %.1fs",
+        stage.events,
+        frame.height,
+        frame.width,
+        time.perf_counter() - started,
+    )
+    return frame.sort("user_id", "blend_rank"), [g.name for g in blender.generators]
+
+
+def candidate_recall(frame: pl.DataFrame, truth: pl.DataFrame) -> float:
+    """Mean over users with >= 1 positive of (positives among candidates / positives)."""
+    per_user = (
+        truth.join(
+            frame.select("user_id", "item_id").with_columns(pl.lit(True).alias("hit")),
+            on=["user_id", "item_id"],
+            how="left",
+        )
+        .group_by("user_id")
+        .agg(pl.col("hit").fill_null(False).mean().alias("recall"))
+    )
+    mean = per_user["recall"].mean()
+    return float(mean) if isinstance(mean, int | float) else 0.0
+
+
+def positives(con: duckdb.DuckDBPyConnection, part: str) -> pl.DataFrame:
+    """(user_id, item_id) of the protocol positives (rating >= 4) in ``part``."""
+    return con.execute(
+        "SELECT DISTINCT user_id, item_id FROM split_v1 WHERE part = ? AND rating >= 4.0", [part]
+    ).pl()

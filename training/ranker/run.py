@@ -1,0 +1,132 @@
+"""``recsys train ranker`` end to end: build the fit frame, train, log to MLflow, register."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from recsys.config import Settings
+from training.ranker import dataset
+from training.ranker.train import FitResult, train_both
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+ABLATION_DIR = "no_text"  # inside the model artifact: the ranker_no_text ablation
+PROMOTION_METRIC = "val_ndcg_10"
+
+
+def ensure_split(con: duckdb.DuckDBPyConnection) -> None:
+    """Materialize protocol v1 when its tables are missing."""
+    from feature_store.splits import materialize_protocol_split
+
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'split_v1_users'"
+    ).fetchone()
+    if not exists or not exists[0]:
+        log.info("protocol v1 split not found; materializing it")
+        materialize_protocol_split(con)
+
+
+def train_and_log(
+    settings: Settings, con: duckdb.DuckDBPyConnection, *, promote: bool = True
+) -> dict[str, Any]:
+    """Train the ranker and its no-text ablation; one MLflow run; returns a summary."""
+    from recsys.ranking import load_text_index
+    from training import tracking
+
+    started = time.perf_counter()
+    ensure_split(con)
+    text_index = load_text_index(settings, con, scope=dataset.FIT.text_scope)
+    text_version = text_index.model_version if text_index is not None else None
+    frame, generators = dataset.build_frame(con, settings, dataset.FIT, text_index=text_index)
+    truth = dataset.positives(con, "val")
+    recall = dataset.candidate_recall(frame, truth)
+    log.info(
+        "candidate recall@%d on the validation split: %.4f", settings.ranker.num_candidates, recall
+    )
+    product, ablation = train_both(frame, generators, settings, truth, text_version)
+    fingerprint = tracking.data_fingerprint(con, dataset.FIT.events)
+    with tracking.start_run(
+        settings,
+        "train-ranker",
+        data_fingerprint=fingerprint,
+        tags={"model": tracking.RANKER_MODEL_NAME, "text_model_version": str(text_version)},
+    ) as run:
+        import mlflow
+
+        mlflow.log_params(
+            {
+                "lgb." + k: str(v)
+                for k, v in product.model.booster.params.items()
+                if k not in {"eval_at"}
+            }
+            | {"generators": ",".join(generators), "text_model_version": str(text_version)}
+        )
+        metrics = {
+            **product.metrics,
+            f"val_candidate_recall_{settings.ranker.num_candidates}": recall,
+            **{f"no_text_{k}": v for k, v in ablation.metrics.items()},
+            "total_seconds": time.perf_counter() - started,
+        }
+        mlflow.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            _log_artifacts(Path(tmp), settings, product, ablation)
+        ref = tracking.register(
+            settings, tracking.RANKER_MODEL_NAME, run.info.run_id, MODEL_ARTIFACT
+        )
+    promoted = tracking.promote_if_better(settings, ref, PROMOTION_METRIC) if promote else False
+    summary = {
+        "run_id": ref.run_id,
+        "version": ref.version,
+        "promoted": promoted,
+        "text_model_version": text_version,
+        "metrics": metrics,
+        "top_features": product.importance.head(10).to_dicts(),
+    }
+    log.info(
+        "ranker version %s: %s",
+        ref.version,
+        json.dumps(
+            {k: round(v, 4) for k, v in metrics.items() if k.startswith(("val_", "no_text_val"))}
+        ),
+    )
+    return summary
+
+
+def _log_artifacts(tmp: Path, settings: Settings, product: FitResult, ablation: FitResult) -> None:
+    import mlflow
+
+    model_dir = product.model.save(tmp / MODEL_ARTIFACT)
+    ablation.model.save(model_dir / ABLATION_DIR)
+    (model_dir / "settings.json").write_text(settings.to_json(), encoding="utf-8")
+    mlflow.log_artifacts(str(model_dir), MODEL_ARTIFACT)
+    for name, result in (("ranker", product), ("ranker_no_text", ablation)):
+        table = tmp / f"{name}_importance.csv"
+        result.importance.write_csv(table)
+        mlflow.log_artifact(str(table), "importance")
+        png = tmp / f"{name}_importance.png"
+        _importance_plot(result, png, title=f"{name}: gain importance")
+        mlflow.log_artifact(str(png), "importance")
+
+
+def _importance_plot(result: FitResult, path: Path, title: str, top: int = 25) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    imp = result.importance.head(top).reverse()
+    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.28 * imp.height)))
+    ax.barh(imp["feature"].to_list(), imp["gain"].to_list(), color="#4477aa")
+    ax.set_xlabel("total gain")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,195 @@
+"""LightGBM LambdaRank training on the protocol v1 fit/val frame, logged to MLflow.
+
+Recipe (``recsys train ranker``):
+1. build the fit frame (candidates and features before each user's ``val_start``, graded
+   labels from the val part) -- ``training.ranker.dataset``;
+2. hold out ``early_stopping_holdout`` of the users; train with early stopping on their
+   NDCG@10; refit on every group for the best number of rounds;
+3. train the same recipe without text features (the ``ranker_no_text`` ablation);
+4. log parameters, metrics, gain importance (table + plot) and both models as LightGBM text
+   files; register ``ranker`` and promote it when it beats the champion on ``val_ndcg_10``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys.config import Settings
+from recsys.errors import TrainingError
+from recsys.metrics import ndcg_at_k
+from recsys.ranking import feature_matrix, feature_names
+from training.ranker.model import RankerModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    """One trained ranker and how it did on the held-out users."""
+
+    model: RankerModel
+    metrics: dict[str, float]
+    importance: pl.DataFrame = field(default_factory=pl.DataFrame)
+
+
+def lgb_params(settings: Settings) -> dict[str, Any]:
+    r = settings.ranker
+    return {
+        "objective": "lambdarank",
+        "metric": "ndcg",
+        "eval_at": [10],
+        "num_leaves": r.num_leaves,
+        "learning_rate": r.learning_rate,
+        "min_data_in_leaf": r.min_data_in_leaf,
+        "feature_fraction": r.feature_fraction,
+        "bagging_fraction": r.bagging_fraction,
+        "bagging_freq": 1,
+        "lambdarank_truncation_level": r.lambdarank_truncation_level,
+        "seed": settings.seed,
+        "deterministic": True,
+        "num_threads": 2,
+        "verbose": -1,
+    }
+
+
+def split_users(
+    frame: pl.DataFrame, holdout: float, seed: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Users (whole groups) split into training and early-stopping sets, seeded."""
+    users = np.array(sorted(frame["user_id"].unique().to_list()), dtype=object)
+    rng = np.random.default_rng(seed)
+    n_hold = max(1, int(round(len(users) * holdout)))
+    if len(users) < 2:
+        raise TrainingError("need at least 2 users with positive labels to train the ranker")
+    held = set(rng.choice(users, size=min(n_hold, len(users) - 1), replace=False).tolist())
+    mask = frame["user_id"].is_in(list(held))
+    return frame.filter(~mask), frame.filter(mask)
+
+
+def _dataset(frame: pl.DataFrame, names: list[str]) -> Any:
+    import lightgbm as lgb
+
+    groups = frame.group_by("user_id", maintain_order=True).len()["len"].to_numpy()
+    return lgb.Dataset(
+        feature_matrix(frame, names),
+        label=frame["label"].to_numpy(),
+        group=groups,
+        feature_name=names,
+        free_raw_data=False,
+    )
+
+
+def protocol_ndcg(
+    frame: pl.DataFrame, scores: np.ndarray, truth: pl.DataFrame, k: int = 10
+) -> float:
+    """Binary NDCG@k of the candidates ranked by ``scores`` against ``truth`` positives, over
+    the frame's users with >= 1 positive (positives outside the candidates count as misses)."""
+    ranked = (
+        frame.select("user_id", "item_id")
+        .with_columns(pl.Series("s", scores))
+        .sort(["user_id", "s"], descending=[False, True])
+        .group_by("user_id", maintain_order=True)
+        .agg(pl.col("item_id").head(k))
+    )
+    rel = truth.group_by("user_id").agg("item_id")
+    rel_map = {u: set(items) for u, items in rel.iter_rows()}
+    vals = [ndcg_at_k(items, rel_map[u], k) for u, items in ranked.iter_rows() if u in rel_map]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def fit(
+    frame: pl.DataFrame,
+    names: list[str],
+    settings: Settings,
+    truth: pl.DataFrame,
+    spec: dict[str, Any],
+) -> FitResult:
+    """Early-stopped LambdaRank on ``frame`` (groups with >= 1 positive label), then refit."""
+    import lightgbm as lgb
+
+    started = time.perf_counter()
+    useful = frame.filter((pl.col("label").max().over("user_id")) > 0)
+    if useful.height == 0:
+        raise TrainingError("no candidate has a positive label; check the split and candidates")
+    train, valid = split_users(useful, settings.ranker.early_stopping_holdout, settings.seed)
+    params = lgb_params(settings)
+    dtrain, dvalid = _dataset(train, names), _dataset(valid, names)
+    booster = lgb.train(
+        params,
+        dtrain,
+        num_boost_round=settings.ranker.num_boost_round,
+        valid_sets=[dvalid],
+        valid_names=["holdout"],
+        callbacks=[lgb.early_stopping(settings.ranker.early_stopping_rounds, verbose=False)],
+    )
+    best = int(booster.best_iteration or booster.current_iteration())
+    lgb_ndcg = float(booster.best_score["holdout"]["ndcg@10"])
+    # the protocol's view of the held-out users: every val positive counts, not only candidates
+    held_users = valid["user_id"].unique().to_list()
+    hold_frame = frame.filter(pl.col("user_id").is_in(held_users))
+    val_ndcg = protocol_ndcg(
+        hold_frame,
+        np.asarray(booster.predict(feature_matrix(hold_frame, names), num_iteration=best)),
+        truth.filter(pl.col("user_id").is_in(held_users)),
+    )
+    full = lgb.train(params, _dataset(useful, names), num_boost_round=best)
+    importance = pl.DataFrame(
+        {
+            "feature": names,
+            "gain": full.feature_importance(importance_type="gain").astype(float),
+            "split": full.feature_importance(importance_type="split").astype(float),
+        }
+    ).sort("gain", descending=True)
+    metrics = {
+        "val_ndcg_10": val_ndcg,
+        "val_lgb_ndcg_10": lgb_ndcg,
+        "best_iteration": float(best),
+        "train_groups": float(useful["user_id"].n_unique()),
+        "train_rows": float(useful.height),
+        "fit_seconds": time.perf_counter() - started,
+    }
+    log.info(
+        "ranker (%d features): best iteration %d, holdout NDCG@10 %.4f (LightGBM %.4f)",
+        len(names),
+        best,
+        val_ndcg,
+        lgb_ndcg,
+    )
+    return FitResult(RankerModel(full, names, dict(spec)), metrics, importance)
+
+
+def train_both(
+    frame: pl.DataFrame,
+    generators: list[str],
+    settings: Settings,
+    truth: pl.DataFrame,
+    text_version: str | None,
+) -> tuple[FitResult, FitResult]:
+    """The product ranker (text features when a text model is given) and the no-text ablation."""
+    base = {
+        "generators": generators,
+        "num_candidates": settings.ranker.num_candidates,
+        "covisit_window_days": settings.ranker.covisit_window_days,
+    }
+    with_text = text_version is not None
+    product = fit(
+        frame,
+        feature_names(generators, with_text=with_text),
+        settings,
+        truth,
+        {**base, "uses_text": with_text, "text_model_version": text_version},
+    )
+    ablation = fit(
+        frame,
+        feature_names(generators, with_text=False),
+        settings,
+        truth,
+        {**base, "uses_text": False, "text_model_version": None},
+    )
+    return product, ablation
