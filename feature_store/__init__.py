@@ -1,1 +1,1 @@
-"""The DuckDB feature store: schema, ingest and validation, source adapters, point-in-time features."""
+"""The DuckDB feature store: schema, ingest, validation, source adapters, point-in-time features."""

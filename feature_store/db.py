@@ -45,7 +45,9 @@ class StoreLockedError(RecsysError):
     http_status = 503
 
 
-def connect(db_path: Path | str, *, read_only: bool = False, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    db_path: Path | str, *, read_only: bool = False, threads: int | None = None
+) -> duckdb.DuckDBPyConnection:
     """Open (and, read-write, create) the store at ``db_path`` with its schema in place.
 
     A read-write open waits up to 30 s for another writer to release the file lock.
@@ -62,8 +64,8 @@ def connect(db_path: Path | str, *, read_only: bool = False, threads: int | None
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
                 raise StoreLockedError(
-                    f"cannot open store {path}: {exc}. Another process is writing to it; "
-                    "wait for it to finish (the server's event writer is the only long-lived writer)."
+                    f"cannot open store {path}: {exc}. Another process is writing to it; wait "
+                    "for it to finish (the server's event writer is the only long-lived writer)."
                 ) from exc
             time.sleep(0.5)
     if threads:

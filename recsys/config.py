@@ -1,4 +1,4 @@
-"""One typed, frozen settings object, layered: defaults -> TOML file -> ``RECSYS_*`` env -> overrides.
+"""One typed, frozen settings object: defaults -> TOML file -> ``RECSYS_*`` env -> overrides.
 
 Everything the system writes lives under ``Settings.home`` (``RECSYS_HOME``, default ``./.recsys``)
 so that two homes never interfere.  Nested sections are addressed as ``text.batch_size`` in
@@ -209,7 +209,8 @@ def _apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settin
     for key, raw in values.items():
         if key not in valid:
             raise ConfigError(
-                f"unknown setting {key!r} (from {origin}); valid settings: {', '.join(sorted(valid))}"
+                f"unknown setting {key!r} (from {origin}); "
+                f"valid settings: {', '.join(sorted(valid))}"
             )
         section, _, name = key.partition(".")
         if name:

@@ -34,6 +34,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True)
+def _no_outside_mlflow_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never log to a tracking server named by the caller's environment."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings on a fresh, private home directory (no RECSYS_* leakage from the caller)."""
@@ -53,5 +59,7 @@ def real_data_dir() -> Path:
     """The real public data (../shared/data or RECSYS_DATA_DIR); integration tests need it."""
     path = Path(os.environ.get("RECSYS_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
     if not (path / "movielens-small" / "ratings.csv").is_file():
-        pytest.fail(f"real data not found under {path}; set RECSYS_DATA_DIR to the shared data directory")
+        pytest.fail(
+            f"real data not found under {path}; set RECSYS_DATA_DIR to the shared data directory"
+        )
     return path

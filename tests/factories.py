@@ -76,7 +76,9 @@ def make_events(
     return pl.DataFrame(rows, schema_overrides={"position": pl.Int32})
 
 
-def load_into_store(con: duckdb.DuckDBPyConnection, items: pl.DataFrame, events: pl.DataFrame) -> None:
+def load_into_store(
+    con: duckdb.DuckDBPyConnection, items: pl.DataFrame, events: pl.DataFrame
+) -> None:
     """Write frames into ``items``, ``events`` and ``users`` as they are."""
     con.register("_items_df", items.to_arrow())
     con.execute("INSERT INTO items BY NAME SELECT * FROM _items_df")

@@ -75,7 +75,9 @@ def ensure_experiment(settings: Settings, name: str | None = None) -> str:
     if exp is not None:
         return str(exp.experiment_id)
     local = tracking_uri(settings).startswith("sqlite:")
-    return str(c.create_experiment(exp_name, artifact_location=settings.artifact_root if local else None))
+    return str(
+        c.create_experiment(exp_name, artifact_location=settings.artifact_root if local else None)
+    )
 
 
 @contextlib.contextmanager
@@ -132,7 +134,9 @@ def promote(settings: Settings, name: str, version: str | int) -> ModelRef:
         ) from exc
     c.set_registered_model_alias(name, CHAMPION, str(version))
     log.info("promoted %s version %s to %s", name, version, CHAMPION)
-    return ModelRef(name=name, version=str(mv.version), run_id=str(mv.run_id), source=str(mv.source))
+    return ModelRef(
+        name=name, version=str(mv.version), run_id=str(mv.run_id), source=str(mv.source)
+    )
 
 
 def champion(settings: Settings, name: str) -> ModelRef | None:
@@ -142,7 +146,9 @@ def champion(settings: Settings, name: str) -> ModelRef | None:
         mv = c.get_model_version_by_alias(name, CHAMPION)
     except Exception:
         return None
-    return ModelRef(name=name, version=str(mv.version), run_id=str(mv.run_id), source=str(mv.source))
+    return ModelRef(
+        name=name, version=str(mv.version), run_id=str(mv.run_id), source=str(mv.source)
+    )
 
 
 def run_metric(settings: Settings, run_id: str, key: str) -> float | None:
@@ -167,12 +173,19 @@ def promote_if_better(
     else:
         log.info(
             "%s version %s (%s=%s) does not beat champion version %s (%s); not promoted",
-            ref.name, ref.version, metric_key, new, current.version if current else None, old,
+            ref.name,
+            ref.version,
+            metric_key,
+            new,
+            current.version if current else None,
+            old,
         )
     return better
 
 
-def download(settings: Settings, name: str, version: str | None = None, dst: Path | None = None) -> tuple[ModelRef, Path]:
+def download(
+    settings: Settings, name: str, version: str | None = None, dst: Path | None = None
+) -> tuple[ModelRef, Path]:
     """Download a registered version (default: the champion) and return its local directory."""
     import mlflow
 
@@ -224,7 +237,9 @@ def data_fingerprint(con: duckdb.DuckDBPyConnection, events_relation: str = "eve
     ev = con.execute(
         f"SELECT count(*), min(ts), max(ts), bit_xor(hash(event_id)) FROM {events_relation}"
     ).fetchone()
-    it = con.execute("SELECT count(*), bit_xor(hash(item_id, title, description)) FROM items").fetchone()
+    it = con.execute(
+        "SELECT count(*), bit_xor(hash(item_id, title, description)) FROM items"
+    ).fetchone()
     payload = json.dumps([str(v) for v in (*(ev or ()), *(it or ()))])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -236,7 +251,10 @@ def git_commit() -> str:
         )
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -63,22 +63,51 @@ def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
     return base.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
-@click.group(cls=LazyGroup, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", type=click.Path(file_okay=False), help="Where everything is written (RECSYS_HOME, default ./.recsys).")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Source data directory (RECSYS_DATA_DIR, default ../shared/data).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings file (RECSYS_CONFIG).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device for the text model.")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.group(
+    cls=LazyGroup, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    help="Where everything is written (RECSYS_HOME, default ./.recsys).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Source data directory (RECSYS_DATA_DIR, default ../shared/data).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML settings file (RECSYS_CONFIG).",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device for the text model."
+)
+@click.option(
+    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+)
 @click.version_option(package_name="recsys-text")
 @click.pass_context
-def main(ctx: click.Context, home: str | None, data_dir: str | None, config_file: str | None,
-         device: str | None, log_level: str | None) -> None:
+def main(
+    ctx: click.Context,
+    home: str | None,
+    data_dir: str | None,
+    config_file: str | None,
+    device: str | None,
+    log_level: str | None,
+) -> None:
     """Personalized recommendations with text-aware ranking."""
     try:
         settings = load_settings(
             config_file,
-            overrides={"home": home, "data_dir": data_dir, "device": device,
-                       "log_level": log_level.upper() if log_level else None},
+            overrides={
+                "home": home,
+                "data_dir": data_dir,
+                "device": device,
+                "log_level": log_level.upper() if log_level else None,
+            },
         )
     except RecsysError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -95,7 +124,9 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_recsys", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
         handler._recsys = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)

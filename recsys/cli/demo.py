@@ -79,15 +79,23 @@ def plan_steps(settings: Settings, max_pairs: int, report_dir: Path) -> list[Ste
 
 def _run(settings: Settings, args: Sequence[str], extra_env: dict[str, str] | None = None) -> None:
     cmd = [
-        sys.executable, "-m", "recsys",
-        "--home", str(settings.home), "--data-dir", str(settings.data_dir),
-        "--device", settings.device, *args,
+        sys.executable,
+        "-m",
+        "recsys",
+        "--home",
+        str(settings.home),
+        "--data-dir",
+        str(settings.data_dir),
+        "--device",
+        settings.device,
+        *args,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(extra_env or {})}
     result = subprocess.run(cmd, env=env, check=False)
     if result.returncode != 0:
         raise click.ClickException(
-            f"step `recsys {' '.join(args)}` failed (exit {result.returncode}); see its messages above"
+            f"step `recsys {' '.join(args)}` failed (exit {result.returncode}); "
+            "see its messages above"
         )
 
 
@@ -126,11 +134,12 @@ def _curl_examples(host: str, port: int, api_key: str) -> str:
             f"  curl -s '{base}/v1/users/1/recommendations?k=5' | python -m json.tool",
             f"  curl -s '{base}/v1/users/1/recommendations?k=5&explain=true' | python -m json.tool",
             f"  curl -s -X POST {base}/v1/rank -H 'Content-Type: application/json' \\",
-            "       -d '{\"history\": [\"1\", \"260\", \"1196\"], \"candidates\": [\"2571\", \"318\", \"4993\"], \"k\": 3}'",
+            '       -d \'{"history": ["1", "260", "1196"], '
+            '"candidates": ["2571", "318", "4993"], "k": 3}\'',
             f"  curl -s -X POST {base}/v1/events -H 'Content-Type: application/json' \\",
             f"       -H 'X-API-Key: {api_key}' \\",
-            "       -d '{\"events\": [{\"event_id\": \"demo-1\", \"user_id\": \"1\", \"item_id\": \"318\","
-            " \"event_type\": \"click\", \"ts\": \"2026-01-01T12:00:00Z\"}]}'",
+            '       -d \'{"events": [{"event_id": "demo-1", "user_id": "1", "item_id": "318",'
+            ' "event_type": "click", "ts": "2026-01-01T12:00:00Z"}]}\'',
             f"  curl -s {base}/readyz; curl -s {base}/metrics | head",
             f"  open {base}/docs for the API reference (OpenAPI at {base}/openapi.json)",
         ]
@@ -138,13 +147,25 @@ def _curl_examples(host: str, port: int, api_key: str) -> str:
 
 
 @click.command()
-@click.option("--max-pairs", type=click.IntRange(min=100), default=None,
-              help=f"Text-model training pair cap (default: {CPU_MAX_PAIRS} on CPU, no cap on CUDA).")
-@click.option("--force", is_flag=True, help="Re-run every step even when its inputs did not change.")
-@click.option("--serve/--no-serve", default=True, show_default=True, help="Start the server at the end.")
-@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Server port (default 8000).")
+@click.option(
+    "--max-pairs",
+    type=click.IntRange(min=100),
+    default=None,
+    help=f"Text-model training pair cap (default: {CPU_MAX_PAIRS} on CPU, no cap on CUDA).",
+)
+@click.option(
+    "--force", is_flag=True, help="Re-run every step even when its inputs did not change."
+)
+@click.option(
+    "--serve/--no-serve", default=True, show_default=True, help="Start the server at the end."
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Server port (default 8000)."
+)
 @click.pass_context
-def demo(ctx: click.Context, max_pairs: int | None, force: bool, serve: bool, port: int | None) -> None:
+def demo(
+    ctx: click.Context, max_pairs: int | None, force: bool, serve: bool, port: int | None
+) -> None:
     """Ingest MovieLens + movie text, train text model and ranker, evaluate, promote, serve."""
     settings = settings_from(ctx)
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -153,8 +174,10 @@ def demo(ctx: click.Context, max_pairs: int | None, force: bool, serve: bool, po
     report_dir = settings.reports_dir / "demo"
     state_path = settings.home / "demo-state.json"
     state: dict[str, str] = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    click.echo(f"recsys demo: home={settings.home} data={settings.data_dir} "
-               f"device={'cuda' if cuda else 'cpu'} text pairs cap={pairs or 'none'}")
+    click.echo(
+        f"recsys demo: home={settings.home} data={settings.data_dir} "
+        f"device={'cuda' if cuda else 'cpu'} text pairs cap={pairs or 'none'}"
+    )
     timings: list[tuple[str, float, str]] = []
     steps = plan_steps(settings, pairs, report_dir)
     for number, step in enumerate(steps, start=1):
@@ -182,5 +205,8 @@ def demo(ctx: click.Context, max_pairs: int | None, force: bool, serve: bool, po
     click.echo(_curl_examples(host, bind_port, api_key))
     click.echo(f"\nStarting the server on http://{host}:{bind_port} (Ctrl-C stops it)...")
     sys.stdout.flush()
-    _run(settings, ("serve", "--host", host, "--port", str(bind_port)),
-         extra_env={"RECSYS_SERVING__API_KEY": api_key})
+    _run(
+        settings,
+        ("serve", "--host", host, "--port", str(bind_port)),
+        extra_env={"RECSYS_SERVING__API_KEY": api_key},
+    )

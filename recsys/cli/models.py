@@ -25,7 +25,11 @@ def list_models(ctx: click.Context, name: str | None, as_json: bool) -> None:
     from training import tracking
 
     settings = settings_from(ctx)
-    rows = [row for n in ([name] if name else MODEL_NAMES) for row in tracking.list_versions(settings, n)]
+    rows = [
+        row
+        for n in ([name] if name else MODEL_NAMES)
+        for row in tracking.list_versions(settings, n)
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -33,9 +37,16 @@ def list_models(ctx: click.Context, name: str | None, as_json: bool) -> None:
         click.echo("no registered models yet; run `recsys train text` / `recsys train ranker`")
         return
     for row in rows:
-        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(row["metrics"].items()) if k.startswith(("val_", "test_")))
+        metrics = ", ".join(
+            f"{k}={v:.4f}"
+            for k, v in sorted(row["metrics"].items())
+            if k.startswith(("val_", "test_"))
+        )
         aliases = ",".join(row["aliases"]) or "-"
-        click.echo(f"{row['name']:12s} v{row['version']:<4s} aliases={aliases:10s} run={row['run_id']}  {metrics}")
+        click.echo(
+            f"{row['name']:12s} v{row['version']:<4s} aliases={aliases:10s} "
+            f"run={row['run_id']}  {metrics}"
+        )
 
 
 @models.command("promote")
@@ -62,12 +73,16 @@ def compare(ctx: click.Context, name: str, versions: tuple[str, ...]) -> None:
     by_version = {row["version"]: row for row in tracking.list_versions(settings, name)}
     missing = [v for v in versions if v not in by_version]
     if missing:
-        raise click.ClickException(f"{name} has no version(s) {', '.join(missing)}; see `recsys models list {name}`")
+        raise click.ClickException(
+            f"{name} has no version(s) {', '.join(missing)}; see `recsys models list {name}`"
+        )
     keys = sorted({k for v in versions for k in by_version[v]["metrics"]})
     click.echo("metric".ljust(28) + "".join(f"v{v}".rjust(12) for v in versions))
     for key in keys:
         cells = "".join(
-            (f"{by_version[v]['metrics'][key]:.4f}" if key in by_version[v]["metrics"] else "-").rjust(12)
+            (
+                f"{by_version[v]['metrics'][key]:.4f}" if key in by_version[v]["metrics"] else "-"
+            ).rjust(12)
             for v in versions
         )
         click.echo(key.ljust(28) + cells)

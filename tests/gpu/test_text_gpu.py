@@ -16,13 +16,6 @@ from training.text.train import train_text_model
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(autouse=True)
-def _own_mlflow_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which training.tracking prefers over
-    # the settings: without this, a test would log into an earlier test's store.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def test_training_and_embedding_on_cuda(store, settings, tmp_path: Path) -> None:
     load_into_store(store, make_catalog(30), make_events(12, 30, 15))
     texts = [

@@ -24,7 +24,6 @@ def server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_register_promote_and_download_through_server(
     server_uri: str, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     s = settings.replace(mlflow_tracking_uri=server_uri)
     model_dir = tmp_path / "model"
     model_dir.mkdir()

@@ -21,13 +21,6 @@ from training.text.texts import item_texts, user_texts
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(autouse=True)
-def _own_mlflow_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which training.tracking prefers over
-    # the settings: without this, a test would log into an earlier test's store.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 @pytest.fixture
 def movielens(store, real_data_dir):
     ingest_movielens(store, real_data_dir, progress=False)

@@ -8,7 +8,9 @@ from recsys.errors import ConfigError
 
 def test_defaults_then_toml_then_env_then_overrides(tmp_path: Path) -> None:
     cfg = tmp_path / "recsys.toml"
-    cfg.write_text('seed = 7\n[text]\nbatch_size = 8\nepochs = 3\n[serving]\ncors_origins = ["http://a"]\n')
+    cfg.write_text(
+        'seed = 7\n[text]\nbatch_size = 8\nepochs = 3\n[serving]\ncors_origins = ["http://a"]\n'
+    )
     env = {"RECSYS_TEXT__EPOCHS": "5", "RECSYS_HOME": str(tmp_path / "h"), "OTHER": "x"}
     s = load_settings(cfg, overrides={"text.epochs": 9, "seed": None}, environ=env)
     assert s.seed == 7  # TOML; the None override leaves it
@@ -52,13 +54,17 @@ def test_missing_and_broken_config_file(tmp_path: Path) -> None:
 def test_two_homes_do_not_share_paths(tmp_path: Path) -> None:
     a = load_settings(overrides={"home": str(tmp_path / "a")}, environ={})
     b = load_settings(overrides={"home": str(tmp_path / "b")}, environ={})
-    assert {a.db_path, a.tracking_uri, a.artifact_root}.isdisjoint({b.db_path, b.tracking_uri, b.artifact_root})
+    assert {a.db_path, a.tracking_uri, a.artifact_root}.isdisjoint(
+        {b.db_path, b.tracking_uri, b.artifact_root}
+    )
 
 
 def test_mlflow_tracking_uri_env_is_folded_in_once() -> None:
     s = load_settings(environ={"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
     assert s.tracking_uri == "http://127.0.0.1:5000"
-    ours = load_settings(environ={"MLFLOW_TRACKING_URI": "http://a", "RECSYS_MLFLOW_TRACKING_URI": "http://b"})
+    ours = load_settings(
+        environ={"MLFLOW_TRACKING_URI": "http://a", "RECSYS_MLFLOW_TRACKING_URI": "http://b"}
+    )
     assert ours.tracking_uri == "http://b"
 
 

@@ -18,7 +18,10 @@ def test_changed_inputs_rerun_only_downstream_steps(settings: Settings) -> None:
     assert [n for n in base if base[n] != ranker_changed[n]] == ["train ranker", "evaluate"]
     text_changed = _keys(settings.replace(**{"text.epochs": 5}))
     assert [n for n in base if base[n] != text_changed[n]] == [
-        "train text", "score", "train ranker", "evaluate"
+        "train text",
+        "score",
+        "train ranker",
+        "evaluate",
     ]
 
 
@@ -33,17 +36,31 @@ def test_data_change_reruns_everything(tmp_path: Path, settings: Settings) -> No
     assert all(before[n] != after[n] for n in before)
 
 
-def test_second_run_skips_unchanged_steps(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_second_run_skips_unchanged_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, ...]] = []
-    monkeypatch.setattr(demo_mod, "_run", lambda settings, args, extra_env=None: calls.append(tuple(args)))
-    args = ["--home", str(tmp_path / "h"), "--data-dir", str(tmp_path), "--device", "cpu",
-            "demo", "--no-serve", "--max-pairs", "500"]
+    monkeypatch.setattr(
+        demo_mod, "_run", lambda settings, args, extra_env=None: calls.append(tuple(args))
+    )
+    args = [
+        "--home",
+        str(tmp_path / "h"),
+        "--data-dir",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "demo",
+        "--no-serve",
+        "--max-pairs",
+        "500",
+    ]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     assert [c[:2] for c in calls[:5]] == [
-        ("ingest", "movielens"), ("train", "text"), ("score",), ("train", "ranker"), ("evaluate", "--output")
+        ("ingest", "movielens"),
+        ("train", "text"),
+        ("score",),
+        ("train", "ranker"),
+        ("evaluate", "--output"),
     ]
     calls.clear()
     second = CliRunner().invoke(main, args)
@@ -52,15 +69,30 @@ def test_second_run_skips_unchanged_steps(
     assert calls == [("models", "list")]
 
 
-def test_failed_step_stops_and_is_not_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_step_stops_and_is_not_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def fail_on_score(settings: Settings, args: tuple[str, ...], extra_env: object = None) -> None:
         if args[0] == "score":
             raise demo_mod.click.ClickException("step `recsys score` failed (exit 1)")
 
     monkeypatch.setattr(demo_mod, "_run", fail_on_score)
     home = tmp_path / "h"
-    result = CliRunner().invoke(main, ["--home", str(home), "--data-dir", str(tmp_path), "--device", "cpu",
-                                       "demo", "--no-serve", "--max-pairs", "500"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "--home",
+            str(home),
+            "--data-dir",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "demo",
+            "--no-serve",
+            "--max-pairs",
+            "500",
+        ],
+    )
     assert result.exit_code == 1 and "recsys score" in result.output
     state = (home / "demo-state.json").read_text()
     assert "train text" in state and '"score"' not in state

@@ -22,6 +22,8 @@ def test_protocol_split_counts_and_views(store: duckdb.DuckDBPyConnection) -> No
 
 def test_split_uses_integer_ceil(store: duckdb.DuckDBPyConnection) -> None:
     # 35 ratings: float ceil(0.2 * 35) would give 8 test rows; the protocol says 7.
-    load_into_store(store, make_catalog(n_items=40), make_events(n_users=1, n_items=40, events_per_user=35))
+    load_into_store(
+        store, make_catalog(n_items=40), make_events(n_users=1, n_items=40, events_per_user=35)
+    )
     materialize_protocol_split(store)
     assert store.execute("SELECT n_test FROM split_v1_users").fetchone() == (7,)

@@ -117,10 +117,6 @@ def test_no_champion_says_what_to_run(
 ) -> None:
     from recsys.errors import ModelNotReadyError
 
-    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which training.tracking prefers:
-    # without this, the previous test's registry would answer
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
     with pytest.raises(ModelNotReadyError, match="recsys train ranker"):
         Recommender.load(settings, store)
 

@@ -108,7 +108,6 @@ def test_evaluate_replay_store_without_models(
 ) -> None:
     from recsys.cli import main
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # see test_pipeline
     mind_store.execute("CHECKPOINT")
     out = tmp_path / "rep"
     result = CliRunner().invoke(

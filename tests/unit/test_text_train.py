@@ -23,13 +23,6 @@ from training.text.texts import item_summaries, item_texts
 from training.text.train import train_text_model
 
 
-@pytest.fixture(autouse=True)
-def _own_mlflow_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which training.tracking prefers over
-    # the settings: without this, a test would log into an earlier test's store.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 @pytest.fixture
 def tiny_store(store: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     load_into_store(store, make_catalog(30), make_events(12, 30, 15))
