@@ -1,0 +1,47 @@
+"""The /v1/admin blueprint (API key required): model reload and a status view."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+from serving.errors import StoreNotReadyError
+from serving.security import require_api_key
+from serving.state import state
+
+bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
+
+
+@bp.post("/reload")
+@require_api_key
+def reload_models() -> ResponseReturnValue:
+    """Load the current champions and swap them in atomically; on failure the old ones stay."""
+    st = state()
+    info = st.snapshots.info
+    if info is None:
+        raise StoreNotReadyError("no store snapshot is published yet; models load on top of one")
+    outcome = st.models.load(info.path)  # raises ReloadRefusedError (409) and keeps the old models
+    st.watcher.signal_reload()  # the other workers follow
+    return jsonify({"reloaded": True, **outcome})
+
+
+@bp.get("/status")
+@require_api_key
+def status() -> ResponseReturnValue:
+    """Where this worker stands: models, snapshot, event-log backlog."""
+    st = state()
+    info = st.snapshots.info
+    return jsonify(
+        {
+            "pid": os.getpid(),
+            "model_versions": st.models.model_versions,
+            "model_error": st.models.error,
+            "models_loaded_at": st.models.loaded_at,
+            "snapshot": info.to_dict() if info else None,
+            "snapshot_age_seconds": round(time.time() - info.published_at, 3) if info else None,
+            "event_log": {"path": str(st.event_log.path), "backlog": st.event_log.backlog()},
+        }
+    )

@@ -1,0 +1,36 @@
+"""gunicorn settings for ``recsys serve``.
+
+``recsys serve`` runs ``gunicorn -c python:serving.gunicorn_conf --bind HOST:PORT --workers N
+'serving.app:create_app()'`` with the resolved settings in ``RECSYS_*`` environment variables.
+Every worker builds its own app after the fork (``preload_app`` off): DuckDB connections and
+the watcher thread must not cross a fork.  ``GUNICORN_CMD_ARGS`` overrides anything here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+# Threads let one worker overlap DuckDB queries (which release the GIL) and keep-alive clients.
+worker_class = "gthread"
+threads = 4
+preload_app = False
+timeout = 30
+graceful_timeout = 20
+keepalive = 5
+# Request-line and header limits (the body limit is serving.max_body_bytes, enforced by Flask).
+limit_request_line = 8190
+limit_request_fields = 100
+errorlog = "-"
+loglevel = os.environ.get("RECSYS_LOG_LEVEL", "info").lower()
+accesslog = None
+# gunicorn >= 25 opens a control socket under ~/.gunicorn; servers on one machine would share it.
+control_socket_disable = True
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges from the shared Prometheus files."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,268 @@
+"""Model loading and atomic reload for one worker.
+
+Models come from the MLflow registry alias ``champion`` (``Recommender.load``).  A reload builds
+the new ``Recommender`` completely before swapping one reference, so a request sees either the
+old models or the new ones, never a mix; a model that fails to load is refused and the old one
+keeps serving.  A successful reload in one gunicorn worker writes ``<home>/serving/RELOAD`` and
+the other workers' watchers reload too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from feature_store.db import connect
+from recsys.config import Settings
+from recsys.errors import ModelNotReadyError
+from serving.errors import ReloadRefusedError
+from serving.metrics import Metrics
+from serving.snapshot import SnapshotReader, serving_dir
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[Settings, Any], Any]
+RELOAD_SIGNAL = "RELOAD"
+_RETRY_UNREADY_SECONDS = 30.0
+_RETIRE_AFTER_SECONDS = 120.0
+
+
+def registry_exists(settings: Settings) -> bool:
+    """False when the default local MLflow store was never created (so no model is registered).
+
+    Saves the writer and the watchers from importing MLflow and creating an empty store.
+    """
+    from training import tracking
+
+    uri = tracking.tracking_uri(settings)
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).is_file()
+    return True
+
+
+def load_recommender(settings: Settings, con: Any) -> Any:
+    """The production loader: ``recsys.pipeline.Recommender.load`` on the champion models."""
+    try:
+        from recsys.pipeline import Recommender
+    except ImportError as exc:
+        raise ModelNotReadyError(f"the recommendation pipeline cannot be imported: {exc}") from exc
+    return Recommender.load(settings, con)
+
+
+class ModelHolder:
+    """The ``Recommender`` a worker serves, replaced atomically on reload.
+
+    A recommender keeps the connection it was loaded on (its generators read the store), so
+    each load opens a read-only connection of its own to the snapshot; a replaced
+    recommender's connection is closed once in-flight requests are surely done.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        loader: Loader = load_recommender,
+        *,
+        threads: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.loader = loader
+        self.threads = threads
+        self.recommender: Any | None = None
+        self.error: str | None = "models not loaded yet"
+        self.loaded_at: float | None = None
+        self.snapshot_path: str | None = None
+        self._con: Any | None = None
+        self._retired: list[tuple[float, Any]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def model_versions(self) -> dict[str, str]:
+        rec = self.recommender
+        return dict(rec.model_versions) if rec is not None else {}
+
+    def require(self) -> Any:
+        """The current recommender, or ModelNotReadyError (503) saying why there is none."""
+        rec = self.recommender
+        if rec is None:
+            raise ModelNotReadyError(
+                f"no models are loaded ({self.error}); train them (`recsys train text`, "
+                "`recsys score`, `recsys train ranker`) and POST /v1/admin/reload"
+            )
+        return rec
+
+    def load(self, snapshot_path: str) -> dict[str, Any]:
+        """Load the champion models on the snapshot; on failure keep what serves and raise 409."""
+        with self._lock:
+            previous = self.model_versions
+            started = time.perf_counter()
+            con = None
+            try:
+                con = connect(snapshot_path, read_only=True, threads=self.threads)
+                new = self.loader(self.settings, con)
+            except Exception as exc:
+                if con is not None:
+                    con.close()
+                message = f"{type(exc).__name__}: {exc}"
+                if self.recommender is None:
+                    repeated, self.error = self.error == message, message
+                else:
+                    repeated = False
+                log.log(
+                    logging.DEBUG if repeated else logging.WARNING,
+                    "model load refused (%s); still serving %s",
+                    message,
+                    previous or "nothing",
+                )
+                raise ReloadRefusedError(
+                    f"the new models failed to load and were refused ({message}); "
+                    f"still serving {previous or 'no models'}"
+                ) from exc
+            self.recommender = new  # the atomic swap
+            if self._con is not None:
+                self._retired.append((time.monotonic(), self._con))
+            self._con, self.snapshot_path = con, snapshot_path
+            self.error = None
+            self.loaded_at = time.time()
+        versions = self.model_versions
+        self.metrics.set_model_versions(versions)
+        log.info("serving models %s (loaded in %.2f s)", versions, time.perf_counter() - started)
+        return {"model_versions": versions, "previous_model_versions": previous}
+
+    def close_retired(self, *, everything: bool = False) -> None:
+        """Close replaced recommenders' connections (all of them, and the current one, at exit)."""
+        with self._lock:
+            now = time.monotonic()
+            keep = []
+            for since, con in self._retired:
+                if everything or now - since >= _RETIRE_AFTER_SECONDS:
+                    con.close()
+                else:
+                    keep.append((since, con))
+            self._retired = keep
+            if everything and self._con is not None:
+                self.recommender, self._con = None, None
+
+
+class Watcher:
+    """A worker's background thread: follows snapshots, reload signals, optionally the registry.
+
+    Model loading happens here, never on a request thread, so a slow load does not stall requests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        snapshots: SnapshotReader,
+        models: ModelHolder,
+        *,
+        interval: float = 0.5,
+    ) -> None:
+        self.settings = settings
+        self.snapshots = snapshots
+        self.models = models
+        self.interval = interval
+        self.signal_path = serving_dir(settings) / RELOAD_SIGNAL
+        self._seen_signal = _read_signal(self.signal_path)
+        self._last_poll = time.monotonic()
+        self._last_retry = self._last_load = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="recsys-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def signal_reload(self) -> None:
+        """Tell the other workers to reload (called after a successful reload here)."""
+        payload = json.dumps(
+            {"pid": os.getpid(), "ns": time.time_ns(), "versions": self.models.model_versions}
+        )
+        tmp = self.signal_path.with_name(f".{RELOAD_SIGNAL}.{os.getpid()}.tmp")
+        tmp.write_text(payload, encoding="utf-8")
+        os.replace(tmp, self.signal_path)
+        self._seen_signal = payload
+
+    def tick(self) -> None:
+        """One round of checks (public so tests can drive it without the thread)."""
+        had_snapshot = self.snapshots.info is not None
+        switched = self.snapshots.refresh()
+        info = self.snapshots.info
+        if info is None:
+            return
+        if switched:
+            self.models.metrics.snapshot_published.set(info.published_at)
+        self.models.close_retired()
+        now = time.monotonic()
+        signal = _read_signal(self.signal_path)
+        reason = self._reload_reason(now, signal, info.path, first=switched and not had_snapshot)
+        self._seen_signal = signal
+        if reason is None:
+            return
+        log.debug("loading models: %s", reason)
+        try:
+            self.models.load(info.path)
+        except ReloadRefusedError:
+            pass  # logged by load(); the old models keep serving
+        finally:
+            self._last_load = time.monotonic()  # the refresh interval counts from the end
+
+    def _reload_reason(
+        self, now: float, signal: str | None, path: str, *, first: bool
+    ) -> str | None:
+        if self.models.recommender is None:
+            if first or now - self._last_retry >= _RETRY_UNREADY_SECONDS:
+                self._last_retry = now
+                return "models not loaded yet"
+            return None
+        if signal != self._seen_signal:
+            return "reload signalled by another worker"
+        if self._poll_due(now) and self._champions_changed():
+            return "a new champion was registered"
+        refresh = self.settings.serving.store_refresh_seconds
+        if self.models.snapshot_path != path and now - self._last_load >= refresh:
+            return "a newer store snapshot"
+        return None
+
+    def _poll_due(self, now: float) -> bool:
+        every = self.settings.serving.reload_poll_seconds
+        if every <= 0 or now - self._last_poll < every:
+            return False
+        self._last_poll = now
+        return True
+
+    def _champions_changed(self) -> bool:
+        from training import tracking
+
+        if not registry_exists(self.settings):
+            return False
+        # The ranker names the text-model version it was trained with, so only a new ranker
+        # champion changes what Recommender.load would build.
+        ref = tracking.champion(self.settings, tracking.RANKER_MODEL_NAME)
+        return ref is not None and self.models.model_versions.get(ref.name) != ref.version
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("watcher tick failed")
+
+
+def _read_signal(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None

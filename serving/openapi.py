@@ -1,0 +1,339 @@
+"""The OpenAPI 3.1 document of the HTTP API, built from the same limits the validators enforce."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from feature_store.db import EVENT_TYPES
+from recsys.config import Settings
+from serving import validation as v
+from serving.security import API_KEY_HEADER
+
+_ERRORS = {
+    "400": "Malformed request: bad JSON, a wrong type, an unknown field, a value out of range.",
+    "401": f"Missing or wrong {API_KEY_HEADER} header.",
+    "403": "The server has no API key configured (set RECSYS_SERVING__API_KEY).",
+    "404": "The user (or path) does not exist.",
+    "405": "Method not allowed on this path.",
+    "409": "The new models failed to load; the previous ones keep serving.",
+    "413": "Body over serving.max_body_bytes, or too many events / candidates.",
+    "415": "The body is not sent as application/json.",
+    "503": "No store snapshot or no models loaded yet.",
+}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    return {
+        code: {
+            "description": _ERRORS[code],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for code in codes
+    }
+
+
+def _json(schema_ref: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}},
+    }
+
+
+def _id(description: str) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": v.MAX_ID_LENGTH,
+        "description": description,
+    }
+
+
+def _schemas(settings: Settings) -> dict[str, Any]:
+    nullable_str = {"type": ["string", "null"]}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                }
+            },
+        },
+        "Recommendation": {
+            "type": "object",
+            "required": ["item_id", "rank", "score", "title"],
+            "properties": {
+                "item_id": {"type": "string"},
+                "rank": {"type": "integer", "minimum": 1},
+                "score": {"type": "number"},
+                "title": {"type": "string"},
+                "contributions": {
+                    "type": "object",
+                    "additionalProperties": {"type": "number"},
+                    "description": "Top feature contributions (LightGBM pred_contrib), "
+                    "text score included; only with explain=true.",
+                },
+            },
+        },
+        "RecommendationList": {
+            "type": "object",
+            "required": ["user_id", "items", "unknown_items", "cold_start", "model_versions"],
+            "properties": {
+                "user_id": nullable_str,
+                "items": {
+                    "type": "array",
+                    "items": {"$ref": "#/components/schemas/Recommendation"},
+                },
+                "unknown_items": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Candidate or history ids not in the catalog.",
+                },
+                "cold_start": {"type": "boolean"},
+                "model_versions": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "RankRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["candidates"],
+            "properties": {
+                "user_id": _id("A known user; unknown or absent users are ranked cold."),
+                "history": {
+                    "type": "array",
+                    "maxItems": v.MAX_HISTORY,
+                    "items": _id("An item the (cold) user engaged with."),
+                },
+                "candidates": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": v.MAX_CANDIDATES,
+                    "items": _id("An item id to rank."),
+                },
+                "k": {"type": "integer", "minimum": 1, "maximum": v.MAX_K, "default": v.DEFAULT_K},
+                "explain": {"type": "boolean", "default": False},
+            },
+        },
+        "Event": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["user_id", "item_id", "event_type", "ts"],
+            "description": "One event. An event that breaks a rule is rejected with a reason "
+            "in the response; the rest of the batch is still logged.",
+            "properties": {
+                "event_id": {
+                    "type": "string",
+                    "description": "Idempotency key; when absent, "
+                    "a hash of the event's content is used.",
+                },
+                "user_id": {"type": "string"},
+                "item_id": {"type": "string"},
+                "event_type": {"type": "string", "enum": list(EVENT_TYPES)},
+                "ts": {
+                    "oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
+                    "description": "ISO-8601 (UTC when no offset) or unix seconds.",
+                },
+                "value": {"type": ["number", "null"], "description": "Rating, required for rate."},
+                "text": nullable_str,
+                "request_id": nullable_str,
+                "position": {"type": ["integer", "null"], "minimum": 0},
+            },
+        },
+        "EventBatch": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["events"],
+            "properties": {
+                "events": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": settings.serving.max_events_per_batch,
+                    "items": {"$ref": "#/components/schemas/Event"},
+                }
+            },
+        },
+        "EventResults": {
+            "type": "object",
+            "required": ["accepted", "duplicate", "rejected", "results"],
+            "properties": {
+                "accepted": {"type": "integer"},
+                "duplicate": {"type": "integer"},
+                "rejected": {"type": "integer"},
+                "results": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["index", "event_id", "status", "reason"],
+                        "properties": {
+                            "index": {"type": "integer"},
+                            "event_id": nullable_str,
+                            "status": {
+                                "type": "string",
+                                "enum": ["accepted", "duplicate", "rejected"],
+                            },
+                            "reason": nullable_str,
+                        },
+                    },
+                },
+            },
+        },
+        "Status": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"type": "string"}},
+        },
+    }
+
+
+def _recommendations_op() -> dict[str, Any]:
+    return {
+        "summary": "Top-k recommendations for a user",
+        "description": "Candidates, point-in-time features, text score, LightGBM; a user with "
+        "no events is 404 (use POST /v1/rank with a history instead). "
+        "Example: `curl 'localhost:8000/v1/users/1/recommendations?k=5&explain=true'`",
+        "parameters": [
+            {"name": "user_id", "in": "path", "required": True, "schema": _id("User id.")},
+            {
+                "name": "k",
+                "in": "query",
+                "schema": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": v.MAX_K,
+                    "default": v.DEFAULT_K,
+                },
+            },
+            {"name": "exclude_seen", "in": "query", "schema": {"type": "boolean", "default": True}},
+            {
+                "name": "genre",
+                "in": "query",
+                "schema": {"type": "string", "minLength": 1, "maxLength": v.MAX_GENRE_LENGTH},
+            },
+            {"name": "explain", "in": "query", "schema": {"type": "boolean", "default": False}},
+        ],
+        "responses": {
+            "200": _json("RecommendationList", "Ranked items."),
+            **_errors("400", "404", "405", "503"),
+        },
+    }
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 document served at /openapi.json."""
+    key: list[dict[str, list[str]]] = [{"apiKey": []}]
+    status_ok = _json("Status", "OK.")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "recsys-text",
+            "version": "1",
+            "description": "Personalized recommendations with text-aware ranking.",
+        },
+        "paths": {
+            "/v1/users/{user_id}/recommendations": {"get": _recommendations_op()},
+            "/v1/rank": {
+                "post": {
+                    "summary": "Re-rank caller-supplied candidates",
+                    "description": "For a known user, or a cold user described by a history of "
+                    "item "
+                    "ids (popularity blended with text matching). Unknown candidate "
+                    "ids are reported in unknown_items, not fatal.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/RankRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json("RecommendationList", "The candidates, re-ranked."),
+                        **_errors("400", "405", "413", "415", "503"),
+                    },
+                }
+            },
+            "/v1/events": {
+                "post": {
+                    "summary": "Log a batch of events (idempotent by event_id)",
+                    "description": "Each event is validated and, if accepted, durably logged "
+                    "before "
+                    "the response; it reaches the features within the documented "
+                    "delay (serving.event_flush_seconds plus one flush).",
+                    "security": key,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/EventBatch"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json("EventResults", "Per-event outcome."),
+                        **_errors("400", "401", "403", "405", "413", "415", "503"),
+                    },
+                }
+            },
+            "/v1/admin/reload": {
+                "post": {
+                    "summary": "Reload the champion models (atomic; a failing model is refused)",
+                    "security": key,
+                    "responses": {
+                        "200": {"description": "Reloaded; the versions now served."},
+                        **_errors("401", "403", "405", "409", "503"),
+                    },
+                }
+            },
+            "/v1/admin/status": {
+                "get": {
+                    "summary": "This worker's models, snapshot and event-log backlog",
+                    "security": key,
+                    "responses": {
+                        "200": {"description": "Status."},
+                        **_errors("401", "403", "405"),
+                    },
+                }
+            },
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": status_ok}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: a store snapshot and the models are loaded",
+                    "responses": {"200": status_ok, "503": _json("Status", "Not ready, and why.")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Text exposition format.",
+                            "content": {"text/plain": {}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {
+                        "200": {"description": "OpenAPI 3.1.", "content": {"application/json": {}}}
+                    },
+                }
+            },
+            "/docs": {
+                "get": {
+                    "summary": "Human-readable API docs",
+                    "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}},
+                }
+            },
+        },
+        "components": {
+            "schemas": _schemas(settings),
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}
+            },
+        },
+    }

@@ -1,0 +1,190 @@
+"""The real server with real models: recommendations, re-ranking, explanations, a new user
+picked up after posting events, and schemathesis over every operation.
+
+Slow: it trains a small text model and ranker on MovieLens first, unless
+``RECSYS_SERVE_TEST_HOME`` names a home that has them (its store and registry are copied).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import pytest
+
+from serving.snapshot import read_pointer
+from tests.integration.test_server import KEY, RunningServer, ingest_movielens, running_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TRAINED_HOME_ENV = "RECSYS_SERVE_TEST_HOME"
+_TINY = {"RECSYS_TEXT__MAX_ITEM_TOKENS": "32", "RECSYS_TEXT__MAX_USER_TOKENS": "64"}
+
+
+def _trained_home(target: Path, data_dir: Path) -> Path:
+    """A home with the MovieLens store and champion models: a copy of $RECSYS_SERVE_TEST_HOME
+    (store and registry; artifacts are read from the original), or one trained here."""
+    source = os.environ.get(TRAINED_HOME_ENV)
+    if source:
+        import shutil
+
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(source) / "recsys.duckdb", target / "recsys.duckdb")
+        shutil.copy2(Path(source) / "mlflow.db", target / "mlflow.db")
+        return target
+    ingest_movielens(target, data_dir)
+    env = {**os.environ, **_TINY}
+    base = [sys.executable, "-m", "recsys", "--home", str(target), "--data-dir", str(data_dir)]
+    for step in (
+        ["train", "text", "--max-pairs", "64", "--batch-size", "16", "--epochs", "1"],
+        ["score"],
+        ["train", "ranker", "--num-boost-round", "30"],
+    ):
+        subprocess.run(base + step, check=True, capture_output=True, env=env)
+    return target
+
+
+@pytest.fixture(scope="module")
+def model_server(
+    tmp_path_factory: pytest.TempPathFactory, real_data_dir: Path
+) -> Iterator[RunningServer]:
+    home = _trained_home(tmp_path_factory.mktemp("model-home"), real_data_dir)
+    env = {"RECSYS_SERVING__STORE_REFRESH_SECONDS": "1", **_TINY}
+    with running_server(home, real_data_dir, env=env, need_models=True, timeout=300) as srv:
+        yield srv
+
+
+def test_recommendations_rank_and_explain_on_real_models(model_server: RunningServer) -> None:
+    with httpx.Client(base_url=model_server.base_url, timeout=30) as client:
+        res = client.get("/v1/users/414/recommendations", params={"k": 10, "explain": "true"})
+        assert res.status_code == 200, res.text
+        data = res.json()
+        assert [i["rank"] for i in data["items"]] == list(range(1, 11))
+        assert all(i["title"] and i["contributions"] for i in data["items"])
+        scores = [i["score"] for i in data["items"]]
+        assert scores == sorted(scores, reverse=True)
+        assert set(data["model_versions"]) >= {"ranker"} and data["cold_start"] is False
+        seen = {
+            r[0]
+            for r in _snapshot_rows(
+                model_server, "SELECT item_id FROM events WHERE user_id = '414'"
+            )
+        }
+        assert not seen & {i["item_id"] for i in data["items"]}  # exclude_seen by default
+
+        items = [
+            r[0]
+            for r in _snapshot_rows(
+                model_server, "SELECT item_id FROM items ORDER BY item_id LIMIT 299"
+            )
+        ]
+        res = client.post(
+            "/v1/rank", json={"user_id": "414", "candidates": [*items, "no-such"], "k": 10}
+        )
+        assert res.status_code == 200 and res.json()["unknown_items"] == ["no-such"]
+        assert {i["item_id"] for i in res.json()["items"]} <= set(items)
+
+        cold = client.post(
+            "/v1/rank", json={"history": ["260", "1196"], "candidates": items[:50], "k": 5}
+        )
+        assert cold.status_code == 200 and cold.json()["cold_start"] is True
+        assert client.get("/v1/users/nobody-here/recommendations").status_code == 404
+
+        reload = client.post("/v1/admin/reload", headers=KEY)
+        assert (
+            reload.status_code == 200 and reload.json()["model_versions"] == data["model_versions"]
+        )
+
+
+def test_a_new_user_becomes_known_after_posting_events(model_server: RunningServer) -> None:
+    events = [
+        {
+            "event_id": f"newbie-{i}",
+            "user_id": "newbie",
+            "item_id": item,
+            "event_type": "rate",
+            "value": 5.0,
+            "ts": 1_700_000_000 + i,
+        }
+        for i, item in enumerate(["260", "1196", "1210"])
+    ]
+    with httpx.Client(base_url=model_server.base_url, timeout=30) as client:
+        assert client.get("/v1/users/newbie/recommendations").status_code == 404
+        assert (
+            client.post("/v1/events", headers=KEY, json={"events": events}).json()["accepted"] == 3
+        )
+        model_server.wait_landed()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # each worker rebuilds its recommender on the snapshot
+            codes = set()
+            for _ in range(6):
+                with httpx.Client(base_url=model_server.base_url, timeout=30) as fresh:
+                    codes.add(fresh.get("/v1/users/newbie/recommendations").status_code)
+            if codes == {200}:
+                break
+            time.sleep(1)
+        assert codes == {200}
+        versions = client.get("/v1/users/newbie/recommendations").json()["model_versions"]
+    refreshed = [
+        int(n) for n in re.findall(r"(\d+) user vectors refreshed", model_server.log_tail(10**6))
+    ]
+    if "text-scorer" in versions:  # the writer re-encoded the new user's text vector
+        assert max(refreshed) >= 1
+
+
+def test_schemathesis_on_every_operation_with_models(model_server: RunningServer) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
+    schema = schemathesis.openapi.from_url(f"{model_server.base_url}/openapi.json")
+    for result in schema.get_all_operations():
+        op = result.ok()
+        modes = [schemathesis.GenerationMode.POSITIVE]
+        if op.path in {"/v1/users/{user_id}/recommendations", "/v1/rank", "/v1/events"}:
+            modes.append(schemathesis.GenerationMode.NEGATIVE)
+        for mode in modes:
+
+            @settings(
+                max_examples=3 if op.path == "/v1/admin/reload" else 30,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                database=None,
+            )
+            @given(case=op.as_strategy(generation_mode=mode))
+            def run(case: Any) -> None:
+                # a reload rebuilds the recommender: seconds on a busy 2-core machine
+                case.call_and_validate(
+                    base_url=model_server.base_url, headers=KEY, checks=checks, timeout=120
+                )
+
+            run()
+
+
+def _snapshot_rows(server: RunningServer, sql: str) -> list[tuple]:
+    info = read_pointer(server.settings)
+    assert info is not None
+    con = duckdb.connect(info.path, read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
