@@ -46,3 +46,61 @@ def test_register_promote_and_download_through_server(
     assert "git_commit" in run.data.tags and run.data.params["seed"] == "42"
     # the store home stays clean: nothing was written to a local sqlite store
     assert not (s.home / "mlflow.db").exists()
+
+
+def test_models_trained_through_the_server_are_served_from_it(
+    server_uri: str, tmp_path: Path
+) -> None:
+    """Train the text model (tiny BERT) and the ranker on tiny data, logging and registering
+    through the real server; the serving app then loads both champions from that server."""
+    from feature_store.db import connect
+    from feature_store.splits import materialize_protocol_split
+    from serving.app import create_app
+    from serving.snapshot import publish_snapshot
+    from serving.state import EXTENSION
+    from tests.factories import load_into_store, make_catalog, make_events
+    from tests.tiny_bert import vocab_from_texts, write_tiny_bert
+    from tests.unit.test_ranker import small_settings
+    from training.ranker.run import train_and_log
+    from training.text.scoring import score_store
+    from training.text.texts import item_texts
+    from training.text.train import train_text_model
+
+    home = tmp_path / "home"
+    con = connect(home / "recsys.duckdb")
+    load_into_store(con, make_catalog(30), make_events(n_users=30, n_items=30, events_per_user=24))
+    materialize_protocol_split(con)
+    bert = write_tiny_bert(tmp_path / "bert", vocab_from_texts(item_texts(con).values()))
+    s = small_settings(home).replace(
+        **{
+            "mlflow_tracking_uri": server_uri,
+            "experiment": "served-from-server",
+            "device": "cpu",
+            "text.base_model": str(bert),
+            "text.epochs": 1,
+            "text.batch_size": 16,
+            "text.eval_negatives": 10,
+        }
+    )
+    text = train_text_model(s, con, progress=False)
+    tracking.promote(s, tracking.TEXT_MODEL_NAME, text.model_version)
+    score_store(s, con, text.model_dir, text.model_version, progress=False)
+    ranker = train_and_log(s, con, promote=False)
+    tracking.promote(s, tracking.RANKER_MODEL_NAME, ranker["version"])
+    publish_snapshot(con, s, log_seq=0)
+    con.close()
+    assert not (home / "mlflow.db").exists()  # everything went through the server
+
+    app = create_app(s, start_watcher=False)
+    app.extensions[EXTENSION].watcher.tick()
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200
+    res = client.get("/v1/users/u3/recommendations", query_string={"k": 5, "explain": "true"})
+    assert res.status_code == 200, res.get_data(as_text=True)
+    body = res.get_json()
+    assert body["model_versions"] == {
+        "ranker": ranker["version"],
+        "text-scorer": text.model_version,
+    }
+    assert [item["rank"] for item in body["items"]] == [1, 2, 3, 4, 5]
+    assert all(item["contributions"] for item in body["items"])
