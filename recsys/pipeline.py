@@ -11,9 +11,14 @@ is live or historical.  No Flask, no torch, no training loop is imported here.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -30,6 +35,9 @@ log = logging.getLogger(__name__)
 
 EXPLAIN_TOP = 5
 _RECENT = 20
+# Per-user candidates and text vectors are precomputed at load for up to this many users (about
+# 15 ms of CPU each at load on MovieLens, ~300 rows each); beyond it requests compute them.
+PRECOMPUTE_MAX_USERS = 5000
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,8 @@ class Recommender:
         model_versions: dict[str, str],
         clock: datetime,
         snapshot: Any | None = None,
+        *,
+        precompute: bool = True,
     ) -> None:
         self.settings, self.model, self.data, self.blender, self.text = (
             settings,
@@ -87,15 +97,27 @@ class Recommender:
                     [text.index.model_version],
                 ).fetchall()
             )
+        # What a known user's request needs that does not depend on the request.
+        self._cands: pl.DataFrame | None = None
+        self._cand_rows: dict[str, tuple[int, int]] = {}
+        self._vectors: dict[str, np.ndarray | None] = {}
+        if precompute and 0 < len(data.user_ids) <= PRECOMPUTE_MAX_USERS:
+            self._precompute()
 
     @classmethod
-    def load(cls, settings: Settings, con: duckdb.DuckDBPyConnection) -> Recommender:
-        """Champion ranker + its text model's index + generators fitted on ``con``'s events."""
+    def load(
+        cls, settings: Settings, con: duckdb.DuckDBPyConnection, *, precompute: bool = True
+    ) -> Recommender:
+        """Champion ranker + its text model's index + generators fitted on ``con``'s events.
+
+        ``precompute`` builds every known user's candidates and text vector now (see
+        ``PRECOMPUTE_MAX_USERS``) so that a request only looks them up.
+        """
         from training import tracking
         from training.ranker.model import RankerModel
 
         try:
-            ref, path = tracking.download(settings, tracking.RANKER_MODEL_NAME)
+            ref, path = _cached_champion(settings, tracking.RANKER_MODEL_NAME)
         except ModelNotReadyError as exc:
             raise ModelNotReadyError(f"{exc}; run `recsys train ranker`") from exc
         model = RankerModel.load(path)
@@ -133,7 +155,72 @@ class Recommender:
             data.n_items,
             clock,
         )
-        return cls(settings, model, data, blender, text, versions, clock, snapshot)
+        return cls(
+            settings, model, data, blender, text, versions, clock, snapshot, precompute=precompute
+        )
+
+    def _precompute(self) -> None:
+        """Every known user's blended candidates and text vector, as of the clock.
+
+        Candidates are exactly ``blender.frame([user], as_of=[clock])`` (the blender is per
+        user); the vector is what ``_user_vector`` gives without a history.
+        """
+        started = time.perf_counter()
+        users = [str(u) for u in self.data.user_ids]
+        frame = self.blender.frame(users, as_of=[self.clock] * len(users))
+        lengths = frame.group_by("user_id", maintain_order=True).len()
+        start = 0
+        for user_id, n in lengths.iter_rows():
+            self._cand_rows[str(user_id)] = (start, int(n))
+            start += int(n)
+        self._cands = frame
+        if self.text is not None:
+            recent = self._recent_positives(self.data.con.cursor())
+            for user_id in users:
+                self._vectors[user_id] = self._vector_of(user_id, recent.get(user_id))
+        log.info(
+            "precomputed %d candidate rows and %d text vectors for %d users in %.1f s",
+            frame.height,
+            len(self._vectors),
+            len(users),
+            time.perf_counter() - started,
+        )
+
+    def _recent_positives(
+        self, con: duckdb.DuckDBPyConnection, user_id: str | None = None
+    ) -> dict[str, tuple[list[str], datetime]]:
+        """Per user: their latest ``_RECENT`` positive items, oldest first, and the newest time.
+
+        Ties in time are broken by item id so that every load picks the same items.
+        """
+        where = "AND user_id = ?" if user_id is not None else ""
+        rows = con.execute(
+            f"SELECT user_id, list(item_id ORDER BY ts DESC, item_id DESC)[1:{_RECENT}], max(ts) "
+            f"FROM events WHERE {POSITIVE_SQL} {where} GROUP BY user_id",
+            [user_id] if user_id is not None else [],
+        ).fetchall()
+        return {str(u): ([str(i) for i in reversed(items)], ts) for u, items, ts in rows}
+
+    def _vector_of(
+        self, user_id: str, recent: tuple[list[str], datetime] | None
+    ) -> np.ndarray | None:
+        """Stored embedding, unless the user has positive events newer than it."""
+        assert self.text is not None  # noqa: S101 - only called when text features are on
+        stored = self.text.index.user_vector(user_id)
+        if not recent or not recent[0]:
+            return stored
+        items, newest = recent
+        embedded_at = self._embedded_at.get(user_id)
+        if stored is not None and embedded_at is not None and newest <= embedded_at:
+            return stored
+        return self.text.index.vector_from_history(items)
+
+    def _candidates(self, user_id: str) -> pl.DataFrame:
+        """The blender's candidate frame of a known user (precomputed when possible)."""
+        span = self._cand_rows.get(user_id)
+        if self._cands is not None and span is not None:
+            return self._cands.slice(*span)
+        return self.blender.frame([user_id], as_of=[self.clock])
 
     def known_user(self, user_id: str) -> bool:
         return user_id in self.data.user_index
@@ -159,7 +246,7 @@ class Recommender:
         """Top-k for a user; unknown users or an explicit history get the cold-start list."""
         if user_id is None or history or not self.known_user(user_id):
             return self._cold(k, history, genre=genre)
-        cands = self.blender.frame([user_id], as_of=[self.clock])
+        cands = self._candidates(user_id)
         if not exclude_seen:
             seen = self.data.item_ids[self.data.seen_items(user_id)]
             cands = pl.concat(
@@ -192,7 +279,7 @@ class Recommender:
             schema={"user_id": pl.Utf8, "item_id": pl.Utf8},
         )
         if uid is not None and known:
-            gen = self.blender.frame([uid], as_of=[self.clock])
+            gen = self._candidates(uid)
             frame = frame.join(gen, on=["user_id", "item_id"], how="left")
         result = self._score(
             uid or "", frame, k, explain=explain, con=con, cold=uid is None, history=history
@@ -252,18 +339,9 @@ class Recommender:
         known_history = [h for h in history if h in self.data.item_index]
         if known_history or not user_id:
             return self.text.user_vector(None, known_history) if known_history else None
-        rows = con.execute(
-            f"SELECT item_id, ts FROM events e WHERE user_id = ? AND {POSITIVE_SQL} "
-            f"ORDER BY ts DESC LIMIT {_RECENT}",
-            [user_id],
-        ).fetchall()
-        stored = self.text.index.user_vector(user_id)
-        embedded_at = self._embedded_at.get(user_id)
-        newer = bool(rows) and (embedded_at is None or rows[0][1] > embedded_at)
-        if stored is not None and not newer:
-            return stored
-        recent = [str(r[0]) for r in reversed(rows)]
-        return self.text.index.vector_from_history(recent) if recent else stored
+        if user_id in self._vectors:
+            return self._vectors[user_id]
+        return self._vector_of(user_id, self._recent_positives(con, user_id).get(user_id))
 
     # -- cold start ------------------------------------------------------------------------
 
@@ -304,3 +382,32 @@ class Recommender:
                 lambda i: genre in self._genres(i), return_dtype=pl.Boolean
             )
         )
+
+
+def _cached_champion(settings: Settings, name: str) -> tuple[Any, Path]:
+    """The champion of ``name`` and its artifacts in a per-version cache folder.
+
+    ``<home>/serving/models/<name>/<version>`` is downloaded once (into a temporary sibling,
+    then renamed, so a reader never sees half a download) and reused by every later load.
+    """
+    from training import tracking
+
+    ref = tracking.champion(settings, name)
+    if ref is None:
+        return tracking.download(settings, name)  # raises the registry's "no champion" error
+    cache = settings.home / "serving" / "models" / name / str(ref.version)
+    if cache.is_dir() and any(cache.iterdir()):
+        return ref, cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache.parent))
+    try:
+        _, local = tracking.download(settings, name, str(ref.version), dst=tmp)
+        try:
+            os.replace(local, cache)
+        except OSError:
+            if not (cache.is_dir() and any(cache.iterdir())):
+                raise  # not a concurrent download that finished first
+        log.info("downloaded %s v%s to %s", name, ref.version, cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ref, cache

@@ -76,6 +76,18 @@ class TextFeatures:
     ) -> np.ndarray:
         """``text_score`` for each row of ``frame`` (NaN where the user has no text vector)."""
         out = np.full(frame.height, np.nan, dtype=np.float64)
+        if frame.height and frame["user_id"].n_unique() == 1:
+            # one user (the request path): the same scores without a polars group_by
+            user_id = frame["user_id"][0]
+            vec = (
+                vectors[user_id]
+                if vectors is not None and user_id in vectors
+                else self.user_vector(user_id)
+            )
+            if vec is not None:
+                items = frame["item_id"].to_list()
+                out[:] = np.asarray(self.index.scores(vec, items), dtype=np.float64)
+            return out
         idx = (
             frame.with_row_index("_row")
             .group_by("user_id", maintain_order=True)

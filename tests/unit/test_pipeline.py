@@ -121,6 +121,78 @@ def test_no_champion_says_what_to_run(
         Recommender.load(settings, store)
 
 
+def _as_tuples(result: RecommendationResult) -> list[tuple[str, float]]:
+    return [(r.item_id, r.score) for r in result.items]
+
+
+def test_precomputed_requests_equal_the_computed_ones(trained: tuple) -> None:
+    """The load-time per-user candidates and vectors give exactly the per-request values."""
+    import numpy as np
+    import polars as pl
+
+    from recsys.ranking import assemble
+
+    settings, con, _ = trained
+    fast = Recommender.load(settings, con)
+    slow = Recommender.load(settings, con, precompute=False)
+    assert fast._cands is not None and slow._cands is None
+    users = [str(u) for u in fast.data.user_ids]
+    items = [str(i) for i in fast.data.item_ids]
+    for user in users:
+        cands = fast._candidates(user)
+        expected = slow.blender.frame([user], as_of=[slow.clock])
+        assert cands.equals(expected)
+        got, want = fast._vectors[user], slow._user_vector(user, (), con.cursor())
+        assert (got is None and want is None) or np.array_equal(got, want)
+        assert _as_tuples(fast.recommend(user, 10)) == _as_tuples(slow.recommend(user, 10))
+        assert _as_tuples(fast.recommend(user, 5, exclude_seen=False)) == _as_tuples(
+            slow.recommend(user, 5, exclude_seen=False)
+        )
+        some = items[int(user[1:]) % 7 :: 3]
+        assert _as_tuples(fast.rank(some, 8, user_id=user)) == _as_tuples(
+            slow.rank(some, 8, user_id=user)
+        )
+    # the request's feature rows are those training's assemble builds for the same candidates
+    user = users[0]
+    cands = fast._candidates(user).with_columns(
+        pl.lit(fast.clock).cast(pl.Datetime("us")).alias("as_of")
+    )
+    kwargs = {
+        "events": "events",
+        "text": fast.text,
+        "covisit_window_days": settings.ranker.covisit_window_days,
+    }
+    served = assemble(
+        con.cursor(), cands, vectors={user: fast._vectors[user]}, snapshot=fast.snapshot, **kwargs
+    )
+    assert served.equals(assemble(con.cursor(), cands, **kwargs))
+    # text scores: the one-user shortcut gives what the per-user group_by gives in a batch
+    both = pl.concat([fast._candidates(u) for u in users[:3]])
+    batch = fast.text.scores(both)
+    singles = np.concatenate([fast.text.scores(fast._candidates(u)) for u in users[:3]])
+    assert np.array_equal(batch, singles, equal_nan=True) and np.isfinite(batch).any()
+
+
+def test_two_loads_give_identical_results(trained: tuple) -> None:
+    settings, con, _ = trained
+    first, second = Recommender.load(settings, con), Recommender.load(settings, con)
+    for user in [str(u) for u in first.data.user_ids]:
+        assert first._candidates(user).equals(second._candidates(user))
+        assert _as_tuples(first.recommend(user, 10)) == _as_tuples(second.recommend(user, 10))
+
+
+def test_model_artifacts_are_cached_per_version(trained: tuple) -> None:
+    settings, con, summary = trained
+    Recommender.load(settings, con, precompute=False)
+    cache = settings.home / "serving" / "models" / tracking.RANKER_MODEL_NAME
+    version_dir = cache / summary["version"]
+    assert (version_dir / "ranker.txt").is_file()
+    stamp = (version_dir / "ranker.txt").stat().st_mtime_ns
+    Recommender.load(settings, con, precompute=False)
+    assert [p.name for p in cache.iterdir()] == [summary["version"]]  # no leftover downloads
+    assert (version_dir / "ranker.txt").stat().st_mtime_ns == stamp  # reused, not re-downloaded
+
+
 def test_evaluate_cli_writes_report(trained: tuple, tmp_path: Path) -> None:
     from recsys.cli import main
 
