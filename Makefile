@@ -37,11 +37,14 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Run as modules: as scripts, benchmarks/feature_store.py would shadow the feature_store package.
+# ranker, pipeline_latency and serve_load need a trained home (RECSYS_HOME, e.g. after `make demo`).
 bench: venv
-	$(BIN)/python benchmarks/feature_store.py
-	$(BIN)/python benchmarks/text_model.py
-	$(BIN)/python benchmarks/ranker.py
-	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python -m benchmarks.feature_store
+	$(BIN)/python -m benchmarks.text_model
+	$(BIN)/python -m benchmarks.ranker
+	$(BIN)/python -m benchmarks.pipeline_latency
+	$(BIN)/python -m benchmarks.serve_load
 
 serve: venv
 	$(BIN)/recsys serve --host 127.0.0.1 --port 8000 --workers 2
