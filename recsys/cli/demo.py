@@ -86,7 +86,10 @@ def plan_steps(
     ]
 
 
-def _run(settings: Settings, args: Sequence[str], extra_env: dict[str, str] | None = None) -> None:
+def _command(
+    settings: Settings, args: Sequence[str], extra_env: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of one ``recsys`` step on this demo's home."""
     cmd = [
         sys.executable,
         "-m",
@@ -100,6 +103,11 @@ def _run(settings: Settings, args: Sequence[str], extra_env: dict[str, str] | No
         *args,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(extra_env or {})}
+    return cmd, env
+
+
+def _run(settings: Settings, args: Sequence[str], extra_env: dict[str, str] | None = None) -> None:
+    cmd, env = _command(settings, args, extra_env)
     result = subprocess.run(cmd, env=env, check=False)
     if result.returncode != 0:
         raise click.ClickException(
@@ -216,8 +224,10 @@ def demo(
     click.echo(_curl_examples(host, bind_port, api_key))
     click.echo(f"\nStarting the server on http://{host}:{bind_port} (Ctrl-C stops it)...")
     sys.stdout.flush()
-    _run(
+    # The server replaces this process, so Ctrl-C / SIGTERM reach it directly (no orphan).
+    cmd, env = _command(
         settings,
         ("serve", "--host", host, "--port", str(bind_port)),
         extra_env={"RECSYS_SERVING__API_KEY": api_key},
     )
+    os.execve(sys.executable, cmd, env)
