@@ -25,6 +25,8 @@ demo: venv
 	$(BIN)/recsys demo
 
 test: venv
+	$(BIN)/ruff check recsys feature_store training serving tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not gpu and not slow" -p no:cacheprovider
 
 test-fast: venv

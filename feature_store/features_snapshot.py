@@ -105,7 +105,7 @@ class ItemKeys:
         keys = keys.with_columns(code=both.rank("dense").cast(pl.Int64) - 1).sort("i", "code")
         counts = np.bincount(keys["i"].to_numpy(), minlength=n_items)[:n_items]
         start = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-        n_keys = int(keys["code"].max()) + 1 if keys.height else 0
+        n_keys = int(keys["code"].to_numpy().max()) + 1 if keys.height else 0
         return cls(start, keys["code"].to_numpy(), keys["kind"].to_numpy(), n_keys)
 
     def of(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -253,7 +253,8 @@ class FeatureIndex:
         # for the two directions: they never share a group, as a != b).
         a, b, ts, tick = a[near], b[near], ts[near], tick[near]
         rank = tl.order[k][near] * 2
-        fwd = bwd = slice(None)
+        fwd: slice | np.ndarray = slice(None)
+        bwd: slice | np.ndarray = slice(None)
         if want is not None and recent is not None:
             fwd = np.flatnonzero(recent[a] & want.items[b])
             bwd = np.flatnonzero(recent[b] & want.items[a])
