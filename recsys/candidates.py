@@ -10,6 +10,7 @@ arrays (popularity answers everyone).
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -60,14 +61,15 @@ def top_n(scores: np.ndarray, exclude: np.ndarray, n: int, item_ids: np.ndarray)
     return item_ids[order], s[order].astype(np.float32)
 
 
-class _Dense:
+class _Dense(ABC):
     """Base for generators that score the whole catalog per user with a dense vector."""
 
     name = "dense"
     data: Interactions
 
+    @abstractmethod
     def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
-        raise NotImplementedError
+        """Scores of every catalog item for user row ``u`` (None: unknown user), or None."""
 
     def generate(
         self, user_ids: Sequence[str], n: int, as_of: Sequence[datetime] | None = None
