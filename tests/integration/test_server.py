@@ -203,7 +203,7 @@ def click(
 
 
 def test_probes_docs_and_metrics(server: RunningServer) -> None:
-    with httpx.Client(base_url=server.base_url) as client:
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz").json()
         assert ready["checks"]["store"]["ok"] is True
@@ -212,7 +212,7 @@ def test_probes_docs_and_metrics(server: RunningServer) -> None:
         res = client.get("/v1/users/1/recommendations", params={"k": 0})
         assert res.status_code == 400 and res.json()["error"]["code"] == "invalid_request"
         for _ in range(8):  # several connections: both workers answer some
-            with httpx.Client(base_url=server.base_url) as other:
+            with httpx.Client(base_url=server.base_url, timeout=30) as other:
                 other.get("/healthz")
         metrics = client.get("/metrics").text
         served = [
@@ -224,7 +224,7 @@ def test_probes_docs_and_metrics(server: RunningServer) -> None:
 
 
 def test_events_need_the_key_and_report_per_event(server: RunningServer) -> None:
-    with httpx.Client(base_url=server.base_url) as client:
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
         assert client.post("/v1/events", json={"events": [click("k1")]}).status_code == 401
         res = client.post(
             "/v1/events",
