@@ -7,7 +7,6 @@ Model-dependent endpoints use ``TableRecommender``, a deterministic recommender 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -15,28 +14,13 @@ from flask import Flask
 
 from feature_store.db import connect
 from recsys.config import Settings
+from recsys.pipeline import Recommendation as Rec
+from recsys.pipeline import RecommendationResult as Result
 from serving.app import create_app
 from serving.writer import EventWriter
 from tests.factories import load_into_store, make_catalog, make_events
 
 KEY = {"X-API-Key": "s3cret"}
-
-
-@dataclass(frozen=True)
-class Rec:
-    item_id: str
-    rank: int
-    score: float
-    title: str
-    contributions: dict[str, float] | None = None
-
-
-@dataclass(frozen=True)
-class Result:
-    items: tuple[Rec, ...]
-    model_versions: dict[str, str]
-    cold_start: bool
-    unknown_items: tuple[str, ...] = ()
 
 
 class TableRecommender:
