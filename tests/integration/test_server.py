@@ -364,8 +364,18 @@ def test_writer_blocked_by_a_batch_job(server: RunningServer) -> None:
     assert server.api_event_counts()["during-job"] == 1
 
 
-def test_schemathesis_finds_no_server_errors(server: RunningServer) -> None:
-    """Positive and negative cases for every operation that does not need models."""
+def fuzz_operations(
+    base_url: str,
+    *,
+    paths: set[str] | None,
+    negative: set[str],
+    max_examples: int,
+    fewer: dict[str, int] | None = None,
+    timeout: float | None = None,
+) -> int:
+    """Schemathesis over the served OpenAPI document: no 5xx, and status codes, content types
+    and bodies conform to it.  ``paths`` None: every operation; ``negative``: operations that
+    also get schema-violating requests.  Returns the number of (operation, mode) runs."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
     from schemathesis.checks import not_a_server_error
@@ -381,28 +391,37 @@ def test_schemathesis_finds_no_server_errors(server: RunningServer) -> None:
         content_type_conformance,
         response_schema_conformance,
     ]
-    schema = schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
-    model_free = {"/v1/events", "/v1/admin/status", "/healthz", "/metrics", "/docs"}
+    extra = {} if timeout is None else {"timeout": timeout}
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     ran = 0
     for result in schema.get_all_operations():
         op = result.ok()
-        if op.path not in model_free:
+        if paths is not None and op.path not in paths:
             continue
         modes = [schemathesis.GenerationMode.POSITIVE]
-        if op.path == "/v1/events":
+        if op.path in negative:
             modes.append(schemathesis.GenerationMode.NEGATIVE)
         for mode in modes:
 
             @settings(
-                max_examples=40,
+                max_examples=(fewer or {}).get(op.path, max_examples),
                 deadline=None,
                 suppress_health_check=list(HealthCheck),
                 database=None,
             )
             @given(case=op.as_strategy(generation_mode=mode))
             def run(case: Any) -> None:
-                case.call_and_validate(base_url=server.base_url, headers=KEY, checks=checks)
+                case.call_and_validate(base_url=base_url, headers=KEY, checks=checks, **extra)
 
             run()
             ran += 1
+    return ran
+
+
+def test_schemathesis_finds_no_server_errors(server: RunningServer) -> None:
+    """Positive and negative cases for every operation that does not need models."""
+    model_free = {"/v1/events", "/v1/admin/status", "/healthz", "/metrics", "/docs"}
+    ran = fuzz_operations(
+        server.base_url, paths=model_free, negative={"/v1/events"}, max_examples=40
+    )
     assert ran == 6

@@ -14,14 +14,19 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import httpx
 import pytest
 
 from serving.snapshot import read_pointer
-from tests.integration.test_server import KEY, RunningServer, ingest_movielens, running_server
+from tests.integration.test_server import (
+    KEY,
+    RunningServer,
+    fuzz_operations,
+    ingest_movielens,
+    running_server,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -141,43 +146,15 @@ def test_a_new_user_becomes_known_after_posting_events(model_server: RunningServ
 
 
 def test_schemathesis_on_every_operation_with_models(model_server: RunningServer) -> None:
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import (
-        content_type_conformance,
-        response_schema_conformance,
-        status_code_conformance,
+    fuzz_operations(
+        model_server.base_url,
+        paths=None,
+        negative={"/v1/users/{user_id}/recommendations", "/v1/rank", "/v1/events"},
+        max_examples=30,
+        # a reload rebuilds the recommender: seconds on a busy 2-core machine
+        fewer={"/v1/admin/reload": 3},
+        timeout=120,
     )
-
-    checks = [
-        not_a_server_error,
-        status_code_conformance,
-        content_type_conformance,
-        response_schema_conformance,
-    ]
-    schema = schemathesis.openapi.from_url(f"{model_server.base_url}/openapi.json")
-    for result in schema.get_all_operations():
-        op = result.ok()
-        modes = [schemathesis.GenerationMode.POSITIVE]
-        if op.path in {"/v1/users/{user_id}/recommendations", "/v1/rank", "/v1/events"}:
-            modes.append(schemathesis.GenerationMode.NEGATIVE)
-        for mode in modes:
-
-            @settings(
-                max_examples=3 if op.path == "/v1/admin/reload" else 30,
-                deadline=None,
-                suppress_health_check=list(HealthCheck),
-                database=None,
-            )
-            @given(case=op.as_strategy(generation_mode=mode))
-            def run(case: Any) -> None:
-                # a reload rebuilds the recommender: seconds on a busy 2-core machine
-                case.call_and_validate(
-                    base_url=model_server.base_url, headers=KEY, checks=checks, timeout=120
-                )
-
-            run()
 
 
 def _snapshot_rows(server: RunningServer, sql: str) -> list[tuple]:
