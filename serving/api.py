@@ -11,7 +11,7 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from feature_store.validation import validate_event_record
-from recsys.errors import NotFoundError
+from recsys.core.errors import NotFoundError
 from serving.errors import MalformedJSONError, UnsupportedMediaTypeError
 from serving.security import require_api_key
 from serving.snapshot import existing_event_ids, existing_items

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys.config import Settings
-from recsys.errors import TrainingError
-from training import tracking
+from recsys.core.config import Settings
+from recsys.core.errors import TrainingError
+from training import registry
 from training.text import model as tm
 from training.text.baselines import tfidf_metrics
 from training.text.evaluate import EvalSet, build_eval_set, evaluate_encoder
@@ -255,11 +255,11 @@ def train_text_model(
         len(pairs),
         len(eval_set),
     )
-    with tracking.start_run(
+    with registry.start_run(
         settings,
         "text-scorer",
         data_fingerprint=fingerprint,
-        tags={"model": tracking.TEXT_MODEL_NAME},
+        tags={"model": registry.TEXT_MODEL_NAME},
     ) as run:
         mlflow.log_params(
             {
@@ -307,8 +307,8 @@ def train_text_model(
             encoder, settings, run.info.run_id, {**meta, "data_fingerprint": fingerprint}
         )
         run_id = run.info.run_id
-    ref = tracking.register(settings, tracking.TEXT_MODEL_NAME, run_id, "model")
-    promoted = promote and tracking.promote_if_better(settings, ref, "val_auc")
+    ref = registry.register(settings, registry.TEXT_MODEL_NAME, run_id, "model")
+    promoted = promote and registry.promote_if_better(settings, ref, "val_auc")
     return TextTrainResult(run_id, ref.version, metrics, promoted, model_dir, history)
 
 
@@ -323,7 +323,7 @@ def _prepare_data(
     summaries = item_summaries(con)
     pairs = build_training_pairs(con, settings, max_pairs=max_pairs, summaries=summaries)
     eval_set = build_eval_set(con, settings, summaries=summaries)
-    return item_text, pairs, eval_set, tracking.data_fingerprint(con, FIT_RELATION)
+    return item_text, pairs, eval_set, registry.data_fingerprint(con, FIT_RELATION)
 
 
 def _save_and_log(
