@@ -58,11 +58,11 @@ class ProtocolData:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def load_protocol(con: duckdb.DuckDBPyConnection) -> ProtocolData:
-    """Read the protocol v1 split (materializing it when missing)."""
+def load_protocol(con: duckdb.DuckDBPyConnection, settings: Settings | None = None) -> ProtocolData:
+    """Read the split of ``settings.split`` (materializing it when missing or stale)."""
     from training.ranker.run import ensure_split
 
-    ensure_split(con)
+    ensure_split(con, settings)
     train = Interactions.from_store(con, "events_train_v1")
     rows = con.execute(
         f"""
@@ -148,7 +148,7 @@ def run_protocol(
     settings: Settings, con: duckdb.DuckDBPyConnection, systems: Sequence[str] = SYSTEMS
 ) -> dict[str, Any]:
     """Evaluate ``systems`` on protocol v1; systems that cannot run are listed under ``skipped``."""
-    data = load_protocol(con)
+    data = load_protocol(con, settings)
     report: dict[str, Any] = {"protocol": PROTOCOL, "systems": {}, "skipped": {}, "timings_s": {}}
     builders = _builders(settings, con, data, report)
     for name in systems:

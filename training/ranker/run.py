@@ -22,16 +22,11 @@ ABLATION_DIR = "no_text"  # inside the model artifact: the ranker_no_text ablati
 PROMOTION_METRIC = "val_ndcg_10"
 
 
-def ensure_split(con: duckdb.DuckDBPyConnection) -> None:
-    """Materialize protocol v1 when its tables are missing."""
-    from feature_store.splits import materialize_protocol_split
+def ensure_split(con: duckdb.DuckDBPyConnection, settings: Settings | None = None) -> None:
+    """Materialize the split of ``settings.split`` when missing or built with other settings."""
+    from feature_store.splits import ensure_split as _ensure
 
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'split_v1_users'"
-    ).fetchone()
-    if not exists or not exists[0]:
-        log.info("protocol v1 split not found; materializing it")
-        materialize_protocol_split(con)
+    _ensure(con, settings.split if settings is not None else None)
 
 
 def train_and_log(
@@ -42,7 +37,7 @@ def train_and_log(
     from training.registry import load_text_index
 
     started = time.perf_counter()
-    ensure_split(con)
+    ensure_split(con, settings)
     text_index = load_text_index(settings, con, scope=dataset.FIT.text_scope)
     text_version = text_index.model_version if text_index is not None else None
     frame, generators = dataset.build_frame(con, settings, dataset.FIT, text_index=text_index)

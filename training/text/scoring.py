@@ -265,7 +265,7 @@ def score_store(
     meta = tm.read_meta(model_dir, settings)
     batch = batch_size or settings.text.score_batch_size
     if any(s != "live" for s in scopes):
-        ensure_split(con)
+        ensure_split(con, settings)
     texts = item_texts(con)
     item_ids = sorted(texts)
     log.info("embedding %d items with model %s on %s", len(item_ids), model_version, device)

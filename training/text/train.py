@@ -219,15 +219,11 @@ def fit(
     return history
 
 
-def ensure_split(con: duckdb.DuckDBPyConnection) -> None:
-    """Materialize protocol v1 when ``split_v1`` is missing."""
-    from feature_store.splits import materialize_protocol_split
+def ensure_split(con: duckdb.DuckDBPyConnection, settings: Settings | None = None) -> None:
+    """Materialize the split of ``settings.split`` when missing or built with other settings."""
+    from feature_store.splits import ensure_split as _ensure
 
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'split_v1'"
-    ).fetchone()
-    if not exists or not exists[0]:
-        materialize_protocol_split(con)
+    _ensure(con, settings.split if settings is not None else None)
 
 
 def train_text_model(
@@ -318,7 +314,7 @@ def _prepare_data(
     settings: Settings, con: duckdb.DuckDBPyConnection, max_pairs: int | None
 ) -> tuple[dict[str, str], PairSet, EvalSet, str]:
     """Split (if missing), item texts, training pairs, validation set and data fingerprint."""
-    ensure_split(con)
+    ensure_split(con, settings)
     item_text = item_texts(con)
     if not item_text:
         raise TrainingError("the store has no items; run `recsys ingest` first")
