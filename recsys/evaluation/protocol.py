@@ -22,6 +22,7 @@ import numpy as np
 from feature_store.interactions import Interactions
 from recsys.algorithms.metrics import coverage_at_k, mrr_at_k, ndcg_at_k, recall_at_k
 from recsys.core.config import Settings
+from recsys.core.errors import EvaluationError
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ def load_protocol(con: duckdb.DuckDBPyConnection, settings: Settings | None = No
             cold.setdefault(user, set()).add(item)
     history = dict(con.execute("SELECT user_id, n_fit + n_val FROM split_v1_users").fetchall())
     users = sorted(truth)
+    if not users:
+        raise EvaluationError(_no_users_reason(con))
     log.info(
         "protocol v1: %d users with test positives (%d with cold positives), catalog %d",
         len(users),
@@ -88,6 +91,23 @@ def load_protocol(con: duckdb.DuckDBPyConnection, settings: Settings | None = No
         train.n_items,
     )
     return ProtocolData(train, users, truth, cold, history, train.n_items)
+
+
+def _no_users_reason(con: duckdb.DuckDBPyConnection) -> str:
+    row = con.execute(
+        """SELECT count(DISTINCT user_id), count(*) FILTER (WHERE part = 'test'),
+                  count(*) FILTER (WHERE part = 'test' AND rating IS NOT NULL),
+                  (SELECT any_value(kind) FROM split_v1_spec)
+           FROM split_v1"""
+    ).fetchone()
+    users, test, rated, kind = row if row is not None else (0, 0, 0, None)
+    return (
+        "nothing to evaluate: no user has a positive (a rating >= 4) in the test part of the "
+        f"{kind or 'user_time'} split ({users} users with split events, {test} test events, "
+        f"{rated} of them ratings). Ingest ratings (`recsys ingest movielens`, or an events "
+        "file with `rate` events); for an impression log, `recsys evaluate --replay store`"
+        " scores the logged lists."
+    )
 
 
 def score_rankings(rankings: Mapping[str, Sequence[str]], data: ProtocolData) -> dict[str, Any]:
