@@ -68,19 +68,28 @@ class FlushResult:
 
 
 @contextlib.contextmanager
-def writer_lock(settings: Settings) -> Iterator[None]:
-    """Hold ``<home>/serving/writer.lock`` so that only one writer runs per home."""
+def writer_lock(settings: Settings, wait_seconds: float = 0.0) -> Iterator[None]:
+    """Hold ``<home>/serving/writer.lock`` so that only one writer runs per home.
+
+    ``wait_seconds``: how long to wait for a writer that is still stopping (a restart).
+    """
     path = serving_dir(settings) / "writer.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_seconds
     with open(path, "a+", encoding="utf-8") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            fh.seek(0)
-            raise WriterBusyError(
-                f"another event writer (pid {fh.read().strip() or '?'}) is running for home "
-                f"{settings.home}; stop it or use another RECSYS_HOME"
-            ) from exc
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                fh.seek(0)
+                raise WriterBusyError(
+                    f"another event writer (pid {fh.read().strip() or '?'}) is running for home "
+                    f"{settings.home}; stop it or use another RECSYS_HOME"
+                ) from exc
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
