@@ -9,7 +9,8 @@ Rules for an event (column contract in docs/ingest.md):
 - ``event_type`` is one of :data:`feature_store.db.EVENT_TYPES` (case-insensitive);
 - ``ts`` is unix seconds or ISO-8601 (an offset converts to UTC; no offset means UTC), between
   1970-01-01 and 2100-01-01;
-- ``value`` is numeric or empty; ``rate`` events need a value in [0, 10];
+- ``value`` is numeric (at most 1e12 in magnitude) or empty; ``rate`` events need a value in
+  [0, 10];
 - ``position`` is an integer from 0 to 2**31 - 1 (the store's INTEGER) or empty;
 - ``item_id`` names an item in the store (or in the same batch).
 
@@ -61,6 +62,7 @@ ITEM_COLUMNS = (
 ITEM_REQUIRED = ("item_id", "title")
 
 POSITION_MAX = 2**31 - 1  # events.position is an INTEGER (int32)
+VALUE_MAX = 1e12  # |value|; the content hash takes round(value * 1e6) as a BIGINT
 TS_MIN = datetime(1970, 1, 1)
 TS_MAX = datetime(2100, 1, 1)
 RATING_MIN, RATING_MAX = 0.0, 10.0
@@ -107,6 +109,7 @@ _EVENT_RULES_SQL: tuple[tuple[str, str, str], ...] = (
         "non-numeric value",
         "value",
     ),
+    (f"abs(value) > {VALUE_MAX:.0f}", "value out of range", "value"),
     ("event_type = 'rate' AND value IS NULL", "rate without value", "value"),
     (
         f"event_type = 'rate' AND (value < {RATING_MIN} OR value > {RATING_MAX})",
@@ -162,8 +165,9 @@ def events_reason_sql(known_items: str) -> tuple[str, str]:
 
 EVENT_ID_SQL = (
     "coalesce(event_id_in, 'h:' || md5(concat_ws(chr(31), user_id, item_id, event_type, "
-    "CAST(epoch_us(ts) AS VARCHAR), coalesce(CAST(CAST(round(value * 1e6) AS BIGINT) AS VARCHAR),"
-    " ''), coalesce(text, ''), coalesce(request_id, ''), coalesce(CAST(position AS VARCHAR), ''))))"
+    "CAST(epoch_us(ts) AS VARCHAR), "
+    "coalesce(CAST(TRY_CAST(round(value * 1e6) AS BIGINT) AS VARCHAR), ''), "
+    "coalesce(text, ''), coalesce(request_id, ''), coalesce(CAST(position AS VARCHAR), ''))))"
 )
 
 
@@ -266,6 +270,7 @@ def validate_event_record(
         (event_type not in EVENT_TYPES, "unknown event type"),
         (ts_reason is not None, ts_reason),
         (value_bad, "non-numeric value"),
+        (value is not None and abs(value) > VALUE_MAX, "value out of range"),
         (event_type == "rate" and value is None, "rate without value"),
         (
             event_type == "rate" and value is not None and not RATING_MIN <= value <= RATING_MAX,

@@ -300,7 +300,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": status_ok}}},
             "/readyz": {
                 "get": {
-                    "summary": "Readiness: snapshot and models loaded, event log writable, writer alive",
+                    "summary": "Readiness: snapshot, models, a writable event log, a live writer",
                     "responses": {"200": status_ok, "503": _json("Status", "Not ready, and why.")},
                 }
             },

@@ -100,6 +100,23 @@ def writer_lock(settings: Settings, wait_seconds: float = 0.0) -> Iterator[None]
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def ensure_snapshot(settings: Settings) -> None:
+    """Publish the store as it is (no log drain) when no snapshot exists yet, so that API
+    workers boot with one; the writer ingests the log afterwards, while they serve."""
+    if read_pointer(settings) is not None:
+        return
+    try:
+        with writer_lock(settings):
+            con = connect(settings.db_path)
+            try:
+                checkpoint = EventLog(settings.event_log_dir).checkpoint()
+                publish_snapshot(con, settings, log_seq=checkpoint)
+            finally:
+                con.close()
+    except RecsysError as exc:
+        log.warning("no first snapshot (%s); the workers start unready until the writer runs", exc)
+
+
 class EventWriter:
     """Moves logged events into the store and publishes snapshots; see the module docstring."""
 

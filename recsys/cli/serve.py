@@ -100,6 +100,9 @@ def _serve_gunicorn(settings: Settings, stop: threading.Event) -> int:
         Child,
         Supervisor,
     )
+    from serving.writer import ensure_snapshot
+
+    ensure_snapshot(settings)  # a first run: workers boot with the store; never drains the log
 
     s = settings.serving
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}

@@ -106,6 +106,8 @@ BAD_EVENTS = [
     (event("value", value=10**400), "non-numeric value"),
     (event("value-str", value="\u0663"), "non-numeric value"),
     (event("value-inf", value="inf"), "non-numeric value"),
+    # no event_id: the content hash took round(value * 1e6) and overflowed
+    ({**event("-"), "event_id": None, "value": 1e305}, "value out of range"),
 ]
 
 
