@@ -106,20 +106,29 @@ class Recommender:
 
     @classmethod
     def load(
-        cls, settings: Settings, con: duckdb.DuckDBPyConnection, *, precompute: bool = True
+        cls,
+        settings: Settings,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        precompute: bool = True,
+        ranker: tuple[Any, Path] | None = None,
     ) -> Recommender:
         """Champion ranker + its text model's index + generators fitted on ``con``'s events.
 
         ``precompute`` builds every known user's candidates and text vector now (see
-        ``PRECOMPUTE_MAX_USERS``) so that a request only looks them up.
+        ``PRECOMPUTE_MAX_USERS``) so that a request only looks them up.  ``ranker`` (a model
+        reference and its local directory, e.g. a version serving verified) replaces the champion.
         """
         from training import tracking
         from training.ranker.model import RankerModel
 
-        try:
-            ref, path = _cached_champion(settings, tracking.RANKER_MODEL_NAME)
-        except ModelNotReadyError as exc:
-            raise ModelNotReadyError(f"{exc}; run `recsys train ranker`") from exc
+        if ranker is not None:
+            ref, path = ranker
+        else:
+            try:
+                ref, path = cached_model(settings, tracking.RANKER_MODEL_NAME)
+            except ModelNotReadyError as exc:
+                raise ModelNotReadyError(f"{exc}; run `recsys train ranker`") from exc
         model = RankerModel.load(path)
         versions = {tracking.RANKER_MODEL_NAME: ref.version}
         data = Interactions.from_store(con, "events")
@@ -384,17 +393,20 @@ class Recommender:
         )
 
 
-def _cached_champion(settings: Settings, name: str) -> tuple[Any, Path]:
-    """The champion of ``name`` and its artifacts in a per-version cache folder.
+def cached_model(settings: Settings, name: str, version: str | None = None) -> tuple[Any, Path]:
+    """A version of ``name`` (default: the champion) and its artifacts in a per-version cache.
 
     ``<home>/serving/models/<name>/<version>`` is downloaded once (into a temporary sibling,
     then renamed, so a reader never sees half a download) and reused by every later load.
     """
     from training import tracking
 
-    ref = tracking.champion(settings, name)
-    if ref is None:
-        return tracking.download(settings, name)  # raises the registry's "no champion" error
+    if version is None:
+        ref = tracking.champion(settings, name)
+        if ref is None:
+            return tracking.download(settings, name)  # raises the registry's "no champion" error
+    else:
+        ref = tracking.model_version(settings, name, version)
     cache = settings.home / "serving" / "models" / name / str(ref.version)
     if cache.is_dir() and any(cache.iterdir()):
         return ref, cache

@@ -21,6 +21,7 @@ from serving import metrics as metrics_mod
 from serving.errors import ReloadRefusedError, register_error_handlers
 from serving.eventlog import EventLog
 from serving.metrics import Metrics
+from serving.modelcheck import ModelVerifier
 from serving.models import Loader, ModelHolder, Watcher, load_recommender
 from serving.security import init_cors
 from serving.snapshot import SnapshotReader
@@ -50,7 +51,11 @@ def create_app(
     # DuckDB threads per connection: the machine's cores shared by the gunicorn workers
     threads = max(1, (os.cpu_count() or 1) // max(1, settings.serving.workers))
     snapshots = SnapshotReader(settings, threads=threads)
-    models = ModelHolder(settings, metrics, loader or load_recommender, threads=threads)
+    # the production loader verifies every ranker version before this process parses it
+    verifier = ModelVerifier(settings) if loader is None else None
+    models = ModelHolder(
+        settings, metrics, loader or load_recommender, threads=threads, verifier=verifier
+    )
     state = ServingState(
         settings=settings,
         snapshots=snapshots,

@@ -31,6 +31,8 @@ def readyz() -> ResponseReturnValue:
             "ok": st.models.recommender is not None,
             "model_versions": st.models.model_versions,
             "error": st.models.error,
+            # a refused champion and the verified version served instead
+            "fallback": st.models.fallback,
         },
     }
     if all(c["ok"] for c in checks.values()):

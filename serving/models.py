@@ -23,11 +23,15 @@ from recsys.config import Settings
 from recsys.errors import ModelNotReadyError
 from serving.errors import ReloadRefusedError
 from serving.metrics import Metrics
+from serving.modelcheck import ModelRefusedError, ModelVerifier
 from serving.snapshot import SnapshotReader, serving_dir
+from training.tracking import RANKER_MODEL_NAME
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[Settings, Any], Any]
+# (settings, connection) -> Recommender; called with ``ranker=(ref, directory)`` when a
+# ModelVerifier chose the ranker version.
+Loader = Callable[..., Any]
 RELOAD_SIGNAL = "RELOAD"
 _RETRY_UNREADY_SECONDS = 30.0
 _RETIRE_AFTER_SECONDS = 120.0
@@ -46,13 +50,13 @@ def registry_exists(settings: Settings) -> bool:
     return True
 
 
-def load_recommender(settings: Settings, con: Any) -> Any:
-    """The production loader: ``recsys.pipeline.Recommender.load`` on the champion models."""
+def load_recommender(settings: Settings, con: Any, *, ranker: Any | None = None) -> Any:
+    """The production loader: ``recsys.pipeline.Recommender.load`` (on ``ranker`` if given)."""
     try:
         from recsys.pipeline import Recommender
     except ImportError as exc:
         raise ModelNotReadyError(f"the recommendation pipeline cannot be imported: {exc}") from exc
-    return Recommender.load(settings, con)
+    return Recommender.load(settings, con, ranker=ranker)
 
 
 class ModelHolder:
@@ -70,11 +74,15 @@ class ModelHolder:
         loader: Loader = load_recommender,
         *,
         threads: int | None = None,
+        verifier: ModelVerifier | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.loader = loader
         self.threads = threads
+        self.verifier = verifier
+        # set while a refused champion is replaced by the last verified version
+        self.fallback: dict[str, Any] | None = None
         self.recommender: Any | None = None
         self.error: str | None = "models not loaded yet"
         self.loaded_at: float | None = None
@@ -98,15 +106,23 @@ class ModelHolder:
             )
         return rec
 
-    def load(self, snapshot_path: str) -> dict[str, Any]:
-        """Load the champion models on the snapshot; on failure keep what serves and raise 409."""
+    def load(self, snapshot_path: str, *, fallback: bool = True) -> dict[str, Any]:
+        """Load the champion models on the snapshot; on failure keep what serves and raise 409.
+
+        With a verifier, a champion that fails verification is replaced by the last verified
+        version when ``fallback`` (boot, snapshot refreshes) and refused otherwise (a reload).
+        """
         with self._lock:
             previous = self.model_versions
             started = time.perf_counter()
             con = None
             try:
+                ranker, note = self._choose_ranker(fallback)
                 con = connect(snapshot_path, read_only=True, threads=self.threads)
-                new = self.loader(self.settings, con)
+                if ranker is None:
+                    new = self.loader(self.settings, con)
+                else:
+                    new = self.loader(self.settings, con, ranker=ranker)
             except Exception as exc:
                 if con is not None:
                     con.close()
@@ -130,11 +146,39 @@ class ModelHolder:
                 self._retired.append((time.monotonic(), self._con))
             self._con, self.snapshot_path = con, snapshot_path
             self.error = None
+            self.fallback = note
             self.loaded_at = time.time()
         versions = self.model_versions
         self.metrics.set_model_versions(versions)
         log.info("serving models %s (loaded in %.2f s)", versions, time.perf_counter() - started)
         return {"model_versions": versions, "previous_model_versions": previous}
+
+    def _choose_ranker(self, fallback: bool) -> tuple[Any | None, dict[str, Any] | None]:
+        """(ranker to load or None for the loader's own choice, fallback note or None)."""
+        if self.verifier is None:
+            return None, None
+        try:
+            return self.verifier.champion(), None
+        except ModelRefusedError as exc:
+            if not fallback:
+                raise
+            serving = self.model_versions.get(RANKER_MODEL_NAME)
+            alt = self.verifier.fallback(exclude=exc.version, prefer=serving)
+            if alt is None:
+                raise
+            note = {
+                "refused": {"name": exc.name, "version": exc.version, "reason": exc.reason},
+                "serving": {"name": alt[0].name, "version": alt[0].version},
+            }
+            log.warning(
+                "falling back to the last verified %s version %s: champion version %s was "
+                "refused (%s)",
+                exc.name,
+                alt[0].version,
+                exc.version,
+                exc.reason,
+            )
+            return alt, note
 
     def close_retired(self, *, everything: bool = False) -> None:
         """Close replaced recommenders' connections (all of them, and the current one, at exit)."""
@@ -251,7 +295,12 @@ class Watcher:
         # The ranker names the text-model version it was trained with, so only a new ranker
         # champion changes what Recommender.load would build.
         ref = tracking.champion(self.settings, tracking.RANKER_MODEL_NAME)
-        return ref is not None and self.models.model_versions.get(ref.name) != ref.version
+        if ref is None:
+            return False
+        refused = (self.models.fallback or {}).get("refused", {})
+        if refused.get("version") == ref.version:
+            return False  # already refused; serving the fallback until another is promoted
+        return self.models.model_versions.get(ref.name) != ref.version
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

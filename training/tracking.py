@@ -29,6 +29,8 @@ from recsys.errors import ModelNotReadyError, NotFoundError
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+# Model version tag holding {relative path: sha256} of every artifact file, set at registration.
+CHECKSUM_TAG = "sha256"
 TEXT_MODEL_NAME = "text-scorer"
 RANKER_MODEL_NAME = "ranker"
 
@@ -119,8 +121,51 @@ def register(settings: Settings, name: str, run_id: str, artifact_path: str) -> 
         c.create_registered_model(name)
     source = f"{c.get_run(run_id).info.artifact_uri}/{artifact_path}"
     mv = c.create_model_version(name=name, source=source, run_id=run_id)
+    ref = ModelRef(name=name, version=str(mv.version), run_id=run_id, source=source)
+    record_checksums(settings, ref)
     log.info("registered %s version %s from run %s", name, mv.version, run_id)
-    return ModelRef(name=name, version=str(mv.version), run_id=run_id, source=source)
+    return ref
+
+
+def sha256_tree(directory: Path) -> dict[str, str]:
+    """``{relative posix path: sha256 hex}`` of every file under ``directory``."""
+    out: dict[str, str] = {}
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        out[path.relative_to(directory).as_posix()] = digest.hexdigest()
+    return out
+
+
+def record_checksums(settings: Settings, ref: ModelRef) -> dict[str, str]:
+    """Hash the registered version's artifact files (as the store holds them) into a version tag.
+
+    Serving checks the files it loads against this record, so a file damaged or replaced after
+    registration is refused instead of parsed.
+    """
+    with tempfile.TemporaryDirectory(prefix="checksum-") as tmp:
+        _, local = download(settings, ref.name, ref.version, dst=Path(tmp))
+        sums = sha256_tree(local)
+    client(settings).set_model_version_tag(ref.name, ref.version, CHECKSUM_TAG, json.dumps(sums))
+    return sums
+
+
+def recorded_checksums(settings: Settings, name: str, version: str) -> dict[str, str] | None:
+    """The checksums recorded at registration, or ``None`` for a version registered without."""
+    try:
+        mv = client(settings).get_model_version(name, str(version))
+    except Exception as exc:
+        raise NotFoundError(f"model {name!r} has no version {version}") from exc
+    raw = (mv.tags or {}).get(CHECKSUM_TAG)
+    if raw is None:
+        return None
+    try:
+        sums = json.loads(raw)
+    except ValueError:
+        return {}  # an unreadable record matches no file: the version is refused
+    return {str(k): str(v) for k, v in sums.items()} if isinstance(sums, dict) else {}
 
 
 def promote(settings: Settings, name: str, version: str | int) -> ModelRef:
@@ -149,6 +194,15 @@ def champion(settings: Settings, name: str) -> ModelRef | None:
     return ModelRef(
         name=name, version=str(mv.version), run_id=str(mv.run_id), source=str(mv.source)
     )
+
+
+def model_version(settings: Settings, name: str, version: str | int) -> ModelRef:
+    """One registered version of ``name``; NotFoundError when there is no such version."""
+    try:
+        mv = client(settings).get_model_version(name, str(version))
+    except Exception as exc:
+        raise NotFoundError(f"model {name!r} has no version {version}") from exc
+    return ModelRef(name, str(mv.version), str(mv.run_id), str(mv.source))
 
 
 def run_metric(settings: Settings, run_id: str, key: str) -> float | None:
@@ -189,7 +243,7 @@ def download(
     """Download a registered version (default: the champion) and return its local directory."""
     import mlflow
 
-    c = client(settings)
+    client(settings)
     if version is None:
         ref = champion(settings, name)
         if ref is None:
@@ -198,11 +252,7 @@ def download(
                 f"or promote one (`recsys models promote {name} VERSION`)"
             )
     else:
-        try:
-            mv = c.get_model_version(name, str(version))
-        except Exception as exc:
-            raise NotFoundError(f"model {name!r} has no version {version}") from exc
-        ref = ModelRef(name, str(mv.version), str(mv.run_id), str(mv.source))
+        ref = model_version(settings, name, version)
     target = dst or Path(tempfile.mkdtemp(prefix=f"{name}-v{ref.version}-"))
     local = mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(target))
     return ref, Path(local)
