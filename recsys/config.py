@@ -85,6 +85,8 @@ class ServingSettings:
     # workers rebuild their recommender (known users, generators, clock) on a newer store
     # snapshot at most this often; a rebuild costs seconds of CPU
     store_refresh_seconds: float = 60.0
+    # the writer copies the store into a new snapshot only after a change, at most this often
+    snapshot_min_seconds: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from feature_store.db import connect
 from recsys.config import Settings
 from recsys.errors import ModelNotReadyError
 from serving.errors import ReloadRefusedError
 from serving.metrics import Metrics
 from serving.modelcheck import ModelRefusedError, ModelVerifier
-from serving.snapshot import SnapshotReader, serving_dir
+from serving.snapshot import SnapshotReader, close_snapshot, open_snapshot, serving_dir
 from training.tracking import RANKER_MODEL_NAME
 
 log = logging.getLogger(__name__)
@@ -88,7 +87,7 @@ class ModelHolder:
         self.loaded_at: float | None = None
         self.snapshot_path: str | None = None
         self._con: Any | None = None
-        self._retired: list[tuple[float, Any]] = []
+        self._retired: list[tuple[float, Any, str]] = []
         self._lock = threading.Lock()
 
     @property
@@ -118,14 +117,14 @@ class ModelHolder:
             con = None
             try:
                 ranker, note = self._choose_ranker(fallback)
-                con = connect(snapshot_path, read_only=True, threads=self.threads)
+                con = open_snapshot(snapshot_path, threads=self.threads)
                 if ranker is None:
                     new = self.loader(self.settings, con)
                 else:
                     new = self.loader(self.settings, con, ranker=ranker)
             except Exception as exc:
                 if con is not None:
-                    con.close()
+                    close_snapshot(con, snapshot_path)
                 message = f"{type(exc).__name__}: {exc}"
                 if self.recommender is None:
                     repeated, self.error = self.error == message, message
@@ -142,8 +141,8 @@ class ModelHolder:
                     f"still serving {previous or 'no models'}"
                 ) from exc
             self.recommender = new  # the atomic swap
-            if self._con is not None:
-                self._retired.append((time.monotonic(), self._con))
+            if self._con is not None and self.snapshot_path is not None:
+                self._retired.append((time.monotonic(), self._con, self.snapshot_path))
             self._con, self.snapshot_path = con, snapshot_path
             self.error = None
             self.fallback = note
@@ -185,13 +184,14 @@ class ModelHolder:
         with self._lock:
             now = time.monotonic()
             keep = []
-            for since, con in self._retired:
+            for since, con, path in self._retired:
                 if everything or now - since >= _RETIRE_AFTER_SECONDS:
-                    con.close()
+                    close_snapshot(con, path)
                 else:
-                    keep.append((since, con))
+                    keep.append((since, con, path))
             self._retired = keep
-            if everything and self._con is not None:
+            if everything and self._con is not None and self.snapshot_path is not None:
+                close_snapshot(self._con, self.snapshot_path)
                 self.recommender, self._con = None, None
 
 

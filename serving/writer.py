@@ -36,7 +36,7 @@ from recsys.config import Settings
 from recsys.errors import RecsysError
 from serving.eventlog import EventLog
 from serving.models import registry_exists
-from serving.snapshot import SnapshotInfo, publish_snapshot, read_pointer, serving_dir
+from serving.snapshot import SnapshotInfo, SnapshotPublisher, read_pointer, serving_dir
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,14 @@ class EventWriter:
         self.event_log = event_log or EventLog(settings.event_log_dir)
         self.refresh_embeddings = refresh_embeddings
         self._store_stat: tuple[int, int] | None = None
+        self.publisher = SnapshotPublisher(settings)
         self._text_model: tuple[str, Path] | None = None
 
     def flush(self) -> FlushResult:
         """One pass; publishes a snapshot when events arrived or the store changed on disk."""
         pending = self.event_log.pending(MAX_EVENTS_PER_FLUSH)
-        if not pending and not self._store_changed():
+        store_changed = self._store_changed()
+        if not pending and not store_changed and not self.publisher.due():
             return FlushResult()
         # resolved before taking the store: the first lookup imports MLflow (seconds)
         text_model = self._text_model_safely() if pending and self.refresh_embeddings else None
@@ -133,7 +135,9 @@ class EventWriter:
                 )
                 refreshed = self._refresh_users(con, changed, text_model)
             seq = pending[-1].seq if pending else self.event_log.checkpoint()
-            info = publish_snapshot(con, self.settings, log_seq=seq)
+            # what workers read changed: new events, refreshed vectors, a batch job's writes
+            news = bool(accepted or refreshed or store_changed)
+            info = self.publisher.maybe_publish(con, log_seq=seq, changed=news)
         finally:
             con.close()
         self._store_stat = _stat(self.settings.db_path)
