@@ -87,6 +87,8 @@ class ServingSettings:
     store_refresh_seconds: float = 60.0
     # the writer copies the store into a new snapshot only after a change, at most this often
     snapshot_min_seconds: float = 30.0
+    # a request that waited longer in the queue is answered 503 + Retry-After (0: never shed)
+    queue_deadline_ms: float = 500.0
 
 
 @dataclass(frozen=True)

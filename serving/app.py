@@ -16,7 +16,7 @@ import sys
 from flask import Flask
 
 from recsys.config import Settings, load_settings
-from serving import admin, api, health
+from serving import admin, api, health, overload
 from serving import metrics as metrics_mod
 from serving.errors import ReloadRefusedError, register_error_handlers
 from serving.eventlog import EventLog
@@ -69,6 +69,7 @@ def create_app(
     register_error_handlers(app)
     metrics_mod.init_app(app, metrics)
     init_cors(app, settings.serving.cors_origins)
+    overload.init_app(app, settings.serving.queue_deadline_ms)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(health.bp)
