@@ -101,7 +101,7 @@ def test_a_zero_deadline_never_sheds() -> None:
     assert app.before_request_funcs == {}
 
 
-def test_gunicorn_worker_sheds_queued_requests() -> None:
+def test_gunicorn_worker_sheds_queued_requests(tmp_path: Path) -> None:
     """1 worker x 1 thread, 0.2 s per request, 300 ms deadline, 12 requests at once: only the
     first few are computed (the rest would have waited up to 12 x 0.2 s), the rest get 503."""
     port = free_port()
@@ -120,9 +120,8 @@ def test_gunicorn_worker_sheds_queued_requests() -> None:
         f"127.0.0.1:{port}",
         "tests.unit.test_overload:slow_app()",
     ]
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    with open(tmp_path / "gunicorn.log", "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=proc)
 
