@@ -178,7 +178,7 @@ def _server(cmd: list[str], env: dict[str, str], probe: str, need: str) -> Itera
     log = tempfile.NamedTemporaryFile(prefix="serve-load-", suffix=".log", delete=False)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        _wait(probe, proc, 180, need)
+        _wait(probe, proc, 600, need)  # a busy machine loads models slowly
         yield
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -197,9 +197,11 @@ class ModelVerifier:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
                 record = self.records()
+                before = json.dumps(record, sort_keys=True)
                 yield record
-                tmp = self.record_path.with_name(f".{RECORD_FILE}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
-                os.replace(tmp, self.record_path)
+                if json.dumps(record, sort_keys=True) != before:
+                    tmp = self.record_path.with_name(f".{RECORD_FILE}.{os.getpid()}.tmp")
+                    tmp.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
+                    os.replace(tmp, self.record_path)
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
