@@ -122,7 +122,10 @@ def register(settings: Settings, name: str, run_id: str, artifact_path: str) -> 
     source = f"{c.get_run(run_id).info.artifact_uri}/{artifact_path}"
     mv = c.create_model_version(name=name, source=source, run_id=run_id)
     ref = ModelRef(name=name, version=str(mv.version), run_id=run_id, source=source)
-    record_checksums(settings, ref)
+    try:
+        record_checksums(settings, ref)
+    except Exception:  # the version stays usable; serving then verifies it by parsing only
+        log.exception("could not record checksums for %s version %s", name, ref.version)
     log.info("registered %s version %s from run %s", name, mv.version, run_id)
     return ref
 
