@@ -19,15 +19,20 @@ look dead.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, request
+from flask import Flask
 from gunicorn.workers.gthread import ThreadWorker
 
-from serving.errors import OverloadedError
+from serving.errors import OverloadedError, error_body
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +86,51 @@ def parse_request_start(value: str | None) -> float | None:
     return stamp
 
 
-def init_app(app: Flask, deadline_ms: float) -> None:
-    """Shed requests that waited longer than ``deadline_ms`` (0: never)."""
-    if deadline_ms <= 0:
-        return
-    deadline = deadline_ms / 1000.0
-    retry_after = max(1, round(deadline))
+class SheddingMiddleware:
+    """WSGI middleware: answer a late request 503 before Flask does any work for it.
 
-    @app.before_request
-    def _shed_late_requests() -> None:
-        if request.path in NEVER_SHED:
-            return
-        waited = queued_seconds(request.headers.get(REQUEST_START_HEADER))
-        if waited is not None and waited > deadline:
-            raise OverloadedError(
-                f"the server is overloaded: this request waited {waited * 1000:.0f} ms in the "
-                f"queue (limit {deadline_ms:g} ms) and was not processed; retry later",
-                retry_after=retry_after,
-            )
+    Shedding must cost far less than computing, or an overloaded worker spends its time
+    refusing; so this runs outside Flask (no request context, no body read, a fixed body).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        deadline_ms: float,
+        on_shed: Callable[[], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.deadline = deadline_ms / 1000.0
+        self.retry_after = str(max(1, round(self.deadline)))
+        self.on_shed = on_shed
+        self._message = (
+            "the server is overloaded: this request waited longer than "
+            f"{deadline_ms:g} ms in the queue and was not processed; retry later"
+        )
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") not in NEVER_SHED:
+            waited = queued_seconds(environ.get("HTTP_X_REQUEST_START"))
+            if waited is not None and waited > self.deadline:
+                return self._shed(waited, start_response)
+        return self.app(environ, start_response)
+
+    def _shed(self, waited: float, start_response: StartResponse) -> list[bytes]:
+        body = json.dumps(
+            error_body(OverloadedError.code, f"{self._message} (waited {waited * 1000:.0f} ms)")
+        ).encode()
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Retry-After", self.retry_after),
+        ]
+        start_response("503 SERVICE UNAVAILABLE", headers)
+        if self.on_shed is not None:
+            self.on_shed()
+        return [body]
+
+
+def init_app(app: Flask, deadline_ms: float, on_shed: Callable[[], None] | None = None) -> None:
+    """Shed requests that waited longer than ``deadline_ms`` (0: never)."""
+    if deadline_ms > 0:
+        app.wsgi_app = SheddingMiddleware(app.wsgi_app, deadline_ms, on_shed)  # type: ignore[method-assign]

@@ -97,8 +97,10 @@ def test_a_late_request_is_shed_without_running_its_view(app: Flask) -> None:
 
 def test_a_zero_deadline_never_sheds() -> None:
     app = Flask("x")
+    plain = app.wsgi_app
     overload.init_app(app, deadline_ms=0)
-    assert app.before_request_funcs == {}
+    assert not isinstance(app.wsgi_app, overload.SheddingMiddleware)
+    assert app.wsgi_app == plain
 
 
 def test_gunicorn_worker_sheds_queued_requests(tmp_path: Path) -> None:
