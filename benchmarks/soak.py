@@ -48,10 +48,13 @@ class Load:
         self.counts = {"events_accepted": 0, "events_failed": 0, "rank_ok": 0, "rank_failed": 0}
         self.stop = threading.Event()
         self._lock = threading.Lock()
+        # one sender per 5 req/s, so a slow answer does not lower the offered rate much
+        self.senders = {kind: max(1, round(rate / 5)) for kind, rate in self.rates.items()}
         self._threads = [
-            threading.Thread(target=self._run, args=(kind,), daemon=True)
+            threading.Thread(target=self._run, args=(kind, n), daemon=True)
             for kind, rate in self.rates.items()
             if rate > 0
+            for n in range(self.senders[kind])
         ]
 
     def start(self) -> None:
@@ -67,9 +70,9 @@ class Load:
         with self._lock:
             self.counts[key] += n
 
-    def _run(self, kind: str) -> None:
-        rng = random.Random(kind)
-        interval = 1.0 / self.rates[kind]
+    def _run(self, kind: str, sender: int) -> None:
+        rng = random.Random(f"{kind}-{sender}")
+        interval = self.senders[kind] / self.rates[kind]
         next_at = time.monotonic()
         with httpx.Client(base_url=self.base, timeout=10) as client:
             while not self.stop.is_set():
