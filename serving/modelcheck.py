@@ -5,7 +5,7 @@ process that parses it (SIGSEGV / SIGABRT), and every gunicorn worker that loads
 at boot would die the same way.  So before a worker parses a version it is checked twice:
 
 1. the sha256 of every artifact file against the checksums recorded at registration
-   (``training.tracking.record_checksums``): a file damaged or replaced since is refused;
+   (``training.registry.record_checksums``): a file damaged or replaced since is refused;
 2. a parse (and one prediction) in a child process, which may crash without harm.
 
 Outcomes are recorded per version and file digest in ``<home>/serving/verified-models.json``, so
@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from recsys.config import Settings
-from recsys.pipeline import cached_model
+from recsys.core.config import Settings
+from recsys.pipeline.recommender import cached_model
 from serving.errors import ReloadRefusedError
-from training import tracking
+from training import registry
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ _CHILD_CODE = (
     "import sys; from serving.modelcheck import child_main; sys.exit(child_main(sys.argv))"
 )
 
-Ranker = tuple[tracking.ModelRef, Path]
+Ranker = tuple[registry.ModelRef, Path]
 Parser = Callable[[Path], str | None]
 
 
@@ -106,13 +106,13 @@ class ModelVerifier:
 
     def champion(self) -> Ranker:
         """The champion ranker and its local files, verified; ModelRefusedError if it fails."""
-        ref, directory = cached_model(self.settings, tracking.RANKER_MODEL_NAME)
+        ref, directory = cached_model(self.settings, registry.RANKER_MODEL_NAME)
         self.verify(ref, directory)
         return ref, directory
 
-    def verify(self, ref: tracking.ModelRef, directory: Path) -> None:
+    def verify(self, ref: registry.ModelRef, directory: Path) -> None:
         """Raise ModelRefusedError unless ``directory`` holds a sound copy of ``ref``."""
-        files = tracking.sha256_tree(directory)
+        files = registry.sha256_tree(directory)
         digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         with self._locked() as record:
             known = record.get(ref.name, {}).get(ref.version)
@@ -144,7 +144,7 @@ class ModelVerifier:
     def fallback(self, *, exclude: str, prefer: str | None = None) -> Ranker | None:
         """The version to serve instead of a refused champion: ``prefer`` (what serves now) if
         it was verified, else the newest verified version; ``None`` when none passes."""
-        name = tracking.RANKER_MODEL_NAME
+        name = registry.RANKER_MODEL_NAME
         entries = self.records().get(name, {})
         good = [v for v, e in entries.items() if e.get("status") == "verified" and v != exclude]
         good.sort(key=lambda v: (v != prefer, -float(entries[v].get("at", 0))))
@@ -170,9 +170,9 @@ class ModelVerifier:
         return data if isinstance(data, dict) else {}
 
     def _checksum_problem(
-        self, ref: tracking.ModelRef, files: dict[str, str], directory: Path
+        self, ref: registry.ModelRef, files: dict[str, str], directory: Path
     ) -> str | None:
-        recorded = tracking.recorded_checksums(self.settings, ref.name, ref.version)
+        recorded = registry.recorded_checksums(self.settings, ref.name, ref.version)
         if recorded is None:
             log.warning(
                 "%s v%s has no checksums recorded at registration; verified by parsing only",

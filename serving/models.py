@@ -18,13 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from recsys.config import Settings
-from recsys.errors import ModelNotReadyError
+from recsys.core.config import Settings
+from recsys.core.errors import ModelNotReadyError
 from serving.errors import ReloadRefusedError
 from serving.metrics import Metrics
 from serving.modelcheck import ModelRefusedError, ModelVerifier
 from serving.snapshot import SnapshotReader, close_snapshot, open_snapshot, serving_dir
-from training.tracking import RANKER_MODEL_NAME
+from training.registry import RANKER_MODEL_NAME
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,18 @@ def registry_exists(settings: Settings) -> bool:
 
     Saves the writer and the watchers from importing MLflow and creating an empty store.
     """
-    from training import tracking
+    from training import registry
 
-    uri = tracking.tracking_uri(settings)
+    uri = registry.tracking_uri(settings)
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).is_file()
     return True
 
 
 def load_recommender(settings: Settings, con: Any, *, ranker: Any | None = None) -> Any:
-    """The production loader: ``recsys.pipeline.Recommender.load`` (on ``ranker`` if given)."""
+    """The production loader: ``Recommender.load`` (on ``ranker`` if given, else the champion)."""
     try:
-        from recsys.pipeline import Recommender
+        from recsys.pipeline.recommender import Recommender
     except ImportError as exc:
         raise ModelNotReadyError(f"the recommendation pipeline cannot be imported: {exc}") from exc
     return Recommender.load(settings, con, ranker=ranker)
@@ -288,13 +288,13 @@ class Watcher:
         return True
 
     def _champions_changed(self) -> bool:
-        from training import tracking
+        from training import registry
 
         if not registry_exists(self.settings):
             return False
         # The ranker names the text-model version it was trained with, so only a new ranker
         # champion changes what Recommender.load would build.
-        ref = tracking.champion(self.settings, tracking.RANKER_MODEL_NAME)
+        ref = registry.champion(self.settings, registry.RANKER_MODEL_NAME)
         if ref is None:
             return False
         refused = (self.models.fallback or {}).get("refused", {})

@@ -17,10 +17,10 @@ import httpx
 import numpy as np
 import pytest
 
-from recsys.config import Settings
+from recsys.core.config import Settings
 from tests.integration.test_server import KEY, RunningServer, running_server
 from tests.integration.test_server_models import _TINY, _trained_home
-from training import tracking
+from training import registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,12 +41,12 @@ def _promote_damaged(settings: Settings, damage: Callable[[Path], None]) -> str:
     import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
-        _, local = tracking.download(settings, tracking.RANKER_MODEL_NAME, dst=Path(tmp))
+        _, local = registry.download(settings, registry.RANKER_MODEL_NAME, dst=Path(tmp))
         damage(local / "ranker.txt")
-        with tracking.start_run(settings, f"damaged-{damage.__name__}") as run:
+        with registry.start_run(settings, f"damaged-{damage.__name__}") as run:
             mlflow.log_artifacts(str(local), "model")
-    ref = tracking.register(settings, tracking.RANKER_MODEL_NAME, run.info.run_id, "model")
-    tracking.promote(settings, ref.name, ref.version)
+    ref = registry.register(settings, registry.RANKER_MODEL_NAME, run.info.run_id, "model")
+    registry.promote(settings, ref.name, ref.version)
     return ref.version
 
 

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from recsys.config import Settings
+from recsys.core.config import Settings
 from serving import modelcheck
 from serving.errors import ReloadRefusedError
 from serving.metrics import Metrics
 from serving.modelcheck import ModelRefusedError, ModelVerifier, parse_in_child
 from serving.models import ModelHolder
-from training import tracking
+from training import registry
 from training.ranker.model import MODEL_FILE, RankerModel
 
 
@@ -45,14 +45,14 @@ def _garble(directory: Path) -> None:
     model.write_bytes(bytes(data))
 
 
-def _register(settings: Settings, directory: Path, promote: bool = True) -> tracking.ModelRef:
+def _register(settings: Settings, directory: Path, promote: bool = True) -> registry.ModelRef:
     import mlflow
 
-    with tracking.start_run(settings, "ranker-files") as run:
+    with registry.start_run(settings, "ranker-files") as run:
         mlflow.log_artifacts(str(directory), "model")
-    ref = tracking.register(settings, tracking.RANKER_MODEL_NAME, run.info.run_id, "model")
+    ref = registry.register(settings, registry.RANKER_MODEL_NAME, run.info.run_id, "model")
     if promote:
-        tracking.promote(settings, ref.name, ref.version)
+        registry.promote(settings, ref.name, ref.version)
     return ref
 
 
@@ -79,8 +79,8 @@ def test_a_crash_of_the_parser_is_reported_not_suffered(
 def test_registration_records_checksums(settings: Settings, tmp_path: Path) -> None:
     directory = _ranker_dir(tmp_path / "m")
     ref = _register(settings, directory)
-    recorded = tracking.recorded_checksums(settings, ref.name, ref.version)
-    assert recorded == tracking.sha256_tree(directory)
+    recorded = registry.recorded_checksums(settings, ref.name, ref.version)
+    assert recorded == registry.sha256_tree(directory)
     assert set(recorded) == {"ranker.txt", "features.json"}
 
 
@@ -97,7 +97,7 @@ def test_verifier_refuses_and_falls_back_to_the_last_verified(
     with pytest.raises(ModelRefusedError) as refused:
         verifier.champion()
     assert refused.value.version == bad.version and refused.value.http_status == 409
-    record = verifier.records()[tracking.RANKER_MODEL_NAME]
+    record = verifier.records()[registry.RANKER_MODEL_NAME]
     assert record[good.version]["status"] == "verified"
     assert record[bad.version]["status"] == "refused"
     fallback = verifier.fallback(exclude=bad.version)
@@ -123,7 +123,7 @@ def test_a_file_changed_after_registration_fails_its_checksum(
 
 class _Loaded:
     def __init__(self, version: str) -> None:
-        self.model_versions = {tracking.RANKER_MODEL_NAME: version}
+        self.model_versions = {registry.RANKER_MODEL_NAME: version}
 
 
 def _loader(settings: Settings, con: Any, *, ranker: Any = None) -> _Loaded:

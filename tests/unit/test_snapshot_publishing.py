@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from feature_store.db import connect
-from recsys.config import Settings
+from recsys.core.config import Settings
 from serving import snapshot as snap
 from serving.eventlog import EventLog
 from serving.metrics import Metrics
