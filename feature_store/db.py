@@ -31,9 +31,6 @@ EVENT_TYPES: tuple[str, ...] = (
     "purchase",
     "tag",
 )
-# Engagement that counts as a positive signal (rate events count when value >= POSITIVE_RATING).
-POSITIVE_EVENT_TYPES: tuple[str, ...] = ("click", "like", "share", "purchase")
-POSITIVE_RATING = 4.0
 
 _LOCK_RETRY_SECONDS = 30.0
 

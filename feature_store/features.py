@@ -26,6 +26,7 @@ from feature_store import features_snapshot as fs
 from feature_store import features_sql
 from recsys.core.config import RankerSettings
 from recsys.core.errors import DataValidationError, RecsysError
+from recsys.core.rules import SCOPES
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
 )
 REQUEST_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "as_of")
 # The event relations features may read: the live table and the protocol v1 views.
-EVENT_RELATIONS: tuple[str, ...] = ("events", "events_train_v1", "events_fit_v1")
+EVENT_RELATIONS: tuple[str, ...] = tuple(s.events for s in SCOPES.values())
 DEFAULT_COVISIT_WINDOW_DAYS: float = RankerSettings().covisit_window_days
 _EVENT_COLUMNS = {"event_id", "user_id", "item_id", "event_type", "value", "ts"}
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

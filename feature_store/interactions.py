@@ -11,23 +11,21 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import duckdb
 import numpy as np
 import scipy.sparse as sp
 
-from feature_store.db import POSITIVE_EVENT_TYPES, POSITIVE_RATING
+from feature_store.rules_sql import positive_sql
 from recsys.core.errors import RecsysError
 
 log = logging.getLogger(__name__)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# A positive interaction: a good rating or an engagement event.
-POSITIVE_SQL = (
-    f"((event_type = 'rate' AND value >= {POSITIVE_RATING}) "
-    f"OR event_type IN ({', '.join(repr(t) for t in POSITIVE_EVENT_TYPES)}))"
-)
+# A positive interaction (recsys.core.rules) over an unaliased events relation.
+POSITIVE_SQL = positive_sql()
 
 
 def relation_name(name: str) -> str:
@@ -130,6 +128,22 @@ class Interactions:
             positives.nnz,
         )
         return cls(con, rel, item_ids, user_ids, seen, positives, genres)
+
+
+def recent_positives(
+    con: duckdb.DuckDBPyConnection, relation: str, n: int, user_id: str | None = None
+) -> dict[str, tuple[list[str], datetime]]:
+    """Per user (or just ``user_id``): their latest ``n`` positive items, oldest first, and the
+    time of the newest.  Ties in time are broken by item id so every read picks the same items.
+    """
+    rel = relation_name(relation)
+    where = "AND user_id = ?" if user_id is not None else ""
+    rows = con.execute(
+        f"SELECT user_id, list(item_id ORDER BY ts DESC, item_id DESC)[1:{int(n)}], max(ts) "
+        f"FROM {rel} WHERE {POSITIVE_SQL} {where} GROUP BY user_id",
+        [user_id] if user_id is not None else [],
+    ).fetchall()
+    return {str(u): ([str(i) for i in reversed(items)], ts) for u, items, ts in rows}
 
 
 def _id_table(ids: np.ndarray, column: str) -> Any:

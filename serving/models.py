@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from feature_store.db import connect
+from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError
 from serving.errors import ReloadRefusedError
@@ -250,7 +251,7 @@ class Watcher:
             return False
         # The ranker names the text-model version it was trained with, so only a new ranker
         # champion changes what Recommender.load would build.
-        ref = registry.champion(self.settings, registry.RANKER_MODEL_NAME)
+        ref = registry.champion(self.settings, rules.RANKER_MODEL_NAME)
         return ref is not None and self.models.model_versions.get(ref.name) != ref.version
 
     def _run(self) -> None:

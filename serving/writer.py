@@ -34,6 +34,7 @@ from feature_store.db import connect
 from feature_store.ingest import ingest_event_records
 from recsys.core.config import Settings
 from recsys.core.errors import RecsysError
+from recsys.core.rules import LIVE_SCOPE, TEXT_MODEL_NAME
 from serving.eventlog import EventLog
 from serving.models import registry_exists
 from serving.snapshot import SnapshotInfo, publish_snapshot, read_pointer, serving_dir
@@ -41,7 +42,6 @@ from serving.snapshot import SnapshotInfo, publish_snapshot, read_pointer, servi
 log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_FLUSH = 50_000
-TEXT_MODEL_NAME = "text-scorer"
 
 
 class WriterBusyError(RecsysError):
@@ -196,7 +196,7 @@ class EventWriter:
 
             return int(
                 refresh_user_embeddings(
-                    con, self.settings, model_dir, version, list(user_ids), scope="live"
+                    con, self.settings, model_dir, version, list(user_ids), scope=LIVE_SCOPE.name
                 )
             )
         except Exception:

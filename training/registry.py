@@ -26,12 +26,10 @@ import duckdb
 from recsys.algorithms.text_index import TextIndex
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError, NotFoundError
+from recsys.core.rules import CHAMPION_ALIAS as CHAMPION
+from recsys.core.rules import TEXT_MODEL_NAME
 
 log = logging.getLogger(__name__)
-
-CHAMPION = "champion"
-TEXT_MODEL_NAME = "text-scorer"
-RANKER_MODEL_NAME = "ranker"
 
 
 @dataclass(frozen=True)

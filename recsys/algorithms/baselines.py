@@ -1,6 +1,6 @@
 """Protocol baselines beside popularity (``candidates.Popularity``): item-kNN and ALS.
 
-Both are fitted on positive interactions only (protocol v1: rating >= 4) and rank the whole
+Both are fitted on positive interactions only (``recsys.core.rules``) and rank the whole
 catalog minus what the user has seen, through the same generator protocol as the candidates.
 """
 

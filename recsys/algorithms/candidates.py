@@ -20,12 +20,11 @@ import polars as pl
 import scipy.sparse as sp
 
 from feature_store.interactions import POSITIVE_SQL, Interactions
+from recsys.core.rules import COLD_ITEM_MAX_EVENTS, HISTORY_LENGTH
 
 log = logging.getLogger(__name__)
 
 Scored = tuple[np.ndarray, np.ndarray]  # (item ids, scores), best first
-# Items with at most this many interactions are "cold" (protocol v1's cold slice uses <= 5).
-COLD_ITEM_EVENTS = 5
 _EMPTY: Scored = (np.empty(0, dtype=object), np.empty(0, dtype=np.float32))
 
 
@@ -239,7 +238,11 @@ class TextNeighbours:
     name = "text"
 
     def __init__(
-        self, index: Any, recent: int = 20, max_item_events: int | None = None, name: str = ""
+        self,
+        index: Any,
+        recent: int = HISTORY_LENGTH,
+        max_item_events: int | None = None,
+        name: str = "",
     ) -> None:
         self.index = index
         self.recent = int(recent)
@@ -427,5 +430,5 @@ def default_generators(settings: Any, text_index: Any | None = None) -> list[Gen
     ]
     if text_index is not None:
         gens.insert(1, TextNeighbours(text_index))
-        gens.insert(2, TextNeighbours(text_index, max_item_events=COLD_ITEM_EVENTS))
+        gens.insert(2, TextNeighbours(text_index, max_item_events=COLD_ITEM_MAX_EVENTS))
     return gens

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from feature_store.interactions import Interactions
+from recsys.core.rules import HISTORY_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,9 @@ class TextFeatures:
     newer, see ``history``) gets ``vector_from_history`` of their latest positive items.
     """
 
-    def __init__(self, index: Any, data: Interactions | None = None, recent: int = 20) -> None:
+    def __init__(
+        self, index: Any, data: Interactions | None = None, recent: int = HISTORY_LENGTH
+    ) -> None:
         self.index = index
         self.data = data
         self.recent = int(recent)

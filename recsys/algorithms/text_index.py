@@ -12,6 +12,7 @@ import duckdb
 import numpy as np
 
 from recsys.core.errors import ModelNotReadyError
+from recsys.core.rules import LIVE_SCOPE
 
 # Registry versions are integers written as text; order numerically, then as text.
 _NEWEST_VERSION_SQL = (
@@ -41,7 +42,7 @@ class TextIndex:
         item_matrix: np.ndarray,
         user_ids: Sequence[str] = (),
         user_matrix: np.ndarray | None = None,
-        scope: str = "live",
+        scope: str = LIVE_SCOPE.name,
     ) -> None:
         self.model_version = model_version
         self.scope = scope
@@ -61,7 +62,7 @@ class TextIndex:
         cls,
         con: duckdb.DuckDBPyConnection,
         model_version: str | None = None,
-        scope: str = "live",
+        scope: str = LIVE_SCOPE.name,
         *,
         users: bool = True,
     ) -> TextIndex:

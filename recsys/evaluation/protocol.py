@@ -1,10 +1,11 @@
 """Evaluation protocol v1 (ARCHITECTURE.md), every system in one run on one split.
 
-Definitions (see docs/ranking.md): positives are test ratings >= 4; a user counts when they
-have >= 1 test positive; each system ranks the catalog minus the user's train items from train
-events only (``events_train_v1``), top 50 kept; items a system never proposes are misses.
-``coverage@10`` = distinct items in all top-10 lists / catalog size.  The cold slice keeps test
-positives whose item has <= 5 train ratings: ``cold_ndcg@10`` is NDCG@10 with only those as
+Definitions (see docs/ranking.md): positives are positive test ratings
+(``recsys.core.rules``); a user counts when they have >= 1 test positive; each system ranks
+the catalog minus the user's train items from train events only (``events_train_v1``), top 50
+kept; items a system never proposes are misses.  ``coverage@10`` = distinct items in all top-10
+lists / catalog size.  The cold slice keeps test positives whose item has at most
+``COLD_ITEM_MAX_EVENTS`` train ratings: ``cold_ndcg@10`` is NDCG@10 with only those as
 relevant, averaged over users with >= 1 cold test positive.
 """
 
@@ -20,8 +21,12 @@ import duckdb
 import numpy as np
 
 from feature_store.interactions import Interactions
+from feature_store.rules_sql import positive_rating_sql
+from feature_store.splits import ensure_split
 from recsys.algorithms.metrics import coverage_at_k, mrr_at_k, ndcg_at_k, recall_at_k
+from recsys.core import rules
 from recsys.core.config import Settings
+from recsys.core.rules import COLD_ITEM_MAX_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +39,6 @@ SYSTEMS: tuple[str, ...] = (
     "ranker_no_text",
     "ranker",
 )
-COLD_MAX_TRAIN_RATINGS = 5
 TOP = 50
 HISTORY_BUCKETS: tuple[tuple[int, int], ...] = (
     (0, 30),
@@ -60,17 +64,15 @@ class ProtocolData:
 
 def load_protocol(con: duckdb.DuckDBPyConnection) -> ProtocolData:
     """Read the protocol v1 split (materializing it when missing)."""
-    from training.ranker.run import ensure_split
-
     ensure_split(con)
-    train = Interactions.from_store(con, "events_train_v1")
+    train = Interactions.from_store(con, rules.TRAIN_SCOPE.events)
     rows = con.execute(
         f"""
         WITH counts AS (SELECT item_id, count(*) AS n FROM split_v1
                         WHERE part IN ('fit', 'val') GROUP BY item_id)
-        SELECT s.user_id, s.item_id, coalesce(c.n, 0) <= {COLD_MAX_TRAIN_RATINGS} AS cold
+        SELECT s.user_id, s.item_id, coalesce(c.n, 0) <= {COLD_ITEM_MAX_EVENTS} AS cold
         FROM split_v1 s LEFT JOIN counts c USING (item_id)
-        WHERE s.part = 'test' AND s.rating >= 4.0
+        WHERE s.part = 'test' AND {positive_rating_sql("s.rating")}
         """
     ).fetchall()
     truth: dict[str, set[str]] = {}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import polars as pl
 
+from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError
 
@@ -30,7 +31,7 @@ def text_only_rankings(
     from recsys.evaluation.protocol import generator_rankings
     from training.registry import load_text_index
 
-    index = load_text_index(settings, con, scope="train_v1")
+    index = load_text_index(settings, con, scope=rules.TRAIN_SCOPE.name)
     if index is None:
         return None, (
             "no text model embeddings for scope train_v1: run `recsys train text` "
@@ -49,7 +50,7 @@ def _load_rankers(settings: Settings, state: dict[str, Any]) -> str:
         return state["models_reason"]
     state["models"] = {}
     try:
-        ref, path = registry.download(settings, registry.RANKER_MODEL_NAME)
+        ref, path = registry.download(settings, rules.RANKER_MODEL_NAME)
     except ModelNotReadyError as exc:
         state["models_reason"] = f"{exc}; run `recsys train ranker`"
         return state["models_reason"]
@@ -58,9 +59,10 @@ def _load_rankers(settings: Settings, state: dict[str, Any]) -> str:
         state["models"]["ranker_no_text"] = RankerModel.load(Path(path) / ABLATION_DIR)
     state["ranker_version"] = ref.version
     n = state["models"]["ranker"].spec.get("num_candidates", settings.ranker.num_candidates)
-    val_recall = registry.run_metric(settings, ref.run_id, f"val_candidate_recall_{n}")
+    key = rules.metric_name("candidate_recall", n, prefix="val_")
+    val_recall = registry.run_metric(settings, ref.run_id, rules.mlflow_key(key))
     if val_recall is not None:
-        state["val_candidate_recall"] = (f"val_candidate_recall@{n}", val_recall)
+        state["val_candidate_recall"] = (key, val_recall)
     state["models_reason"] = ""
     return ""
 

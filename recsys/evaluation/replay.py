@@ -21,6 +21,7 @@ import polars as pl
 
 from recsys.algorithms.metrics import auc, mrr, ndcg_graded
 from recsys.core.errors import RecsysError
+from recsys.core.rules import HISTORY_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def score_lists(frame: pl.DataFrame, scores: np.ndarray) -> dict[str, Any]:
 
 
 def history_vectors(
-    con: duckdb.DuckDBPyConnection, index: Any, frame: pl.DataFrame, recent: int = 20
+    con: duckdb.DuckDBPyConnection, index: Any, frame: pl.DataFrame, recent: int = HISTORY_LENGTH
 ) -> np.ndarray:
     """Text scores from each request's click history strictly before the impression time."""
     reqs = frame.select("request_id", "user_id", "as_of").unique(maintain_order=True)

@@ -25,16 +25,16 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from feature_store.interactions import POSITIVE_SQL, Interactions
+from feature_store.interactions import Interactions, recent_positives
 from recsys.algorithms.candidates import Blender, Popularity, default_generators
 from recsys.algorithms.ranking import TextFeatures, assemble, feature_matrix
+from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError
 
 log = logging.getLogger(__name__)
 
 EXPLAIN_TOP = 5
-_RECENT = 20
 # Per-user candidates and text vectors are precomputed at load for up to this many users (about
 # 15 ms of CPU each at load on MovieLens, ~300 rows each); beyond it requests compute them.
 PRECOMPUTE_MAX_USERS = 5000
@@ -113,15 +113,14 @@ class Recommender:
         ``precompute`` builds every known user's candidates and text vector now (see
         ``PRECOMPUTE_MAX_USERS``) so that a request only looks them up.
         """
-        from training import registry
         from training.ranker.model import RankerModel
 
         try:
-            ref, path = _cached_champion(settings, registry.RANKER_MODEL_NAME)
+            ref, path = _cached_champion(settings, rules.RANKER_MODEL_NAME)
         except ModelNotReadyError as exc:
             raise ModelNotReadyError(f"{exc}; run `recsys train ranker`") from exc
         model = RankerModel.load(path)
-        versions = {registry.RANKER_MODEL_NAME: ref.version}
+        versions = {rules.RANKER_MODEL_NAME: ref.version}
         data = Interactions.from_store(con, "events")
         if len(data.user_ids) == 0:
             raise ModelNotReadyError("the store has no events; run `recsys ingest` first")
@@ -129,9 +128,11 @@ class Recommender:
         if model.uses_text:
             from recsys.algorithms.text_index import TextIndex
 
-            index = TextIndex.load(con, model_version=model.text_model_version, scope="live")
+            index = TextIndex.load(
+                con, model_version=model.text_model_version, scope=rules.LIVE_SCOPE.name
+            )
             text = TextFeatures(index, data)
-            versions[registry.TEXT_MODEL_NAME] = str(model.text_model_version)
+            versions[rules.TEXT_MODEL_NAME] = str(model.text_model_version)
         wanted = list(model.spec.get("generators", []))
         gens = [
             g
@@ -189,17 +190,8 @@ class Recommender:
     def _recent_positives(
         self, con: duckdb.DuckDBPyConnection, user_id: str | None = None
     ) -> dict[str, tuple[list[str], datetime]]:
-        """Per user: their latest ``_RECENT`` positive items, oldest first, and the newest time.
-
-        Ties in time are broken by item id so that every load picks the same items.
-        """
-        where = "AND user_id = ?" if user_id is not None else ""
-        rows = con.execute(
-            f"SELECT user_id, list(item_id ORDER BY ts DESC, item_id DESC)[1:{_RECENT}], max(ts) "
-            f"FROM events WHERE {POSITIVE_SQL} {where} GROUP BY user_id",
-            [user_id] if user_id is not None else [],
-        ).fetchall()
-        return {str(u): ([str(i) for i in reversed(items)], ts) for u, items, ts in rows}
+        """Per user: their latest ``rules.HISTORY_LENGTH`` positive items and the newest time."""
+        return recent_positives(con, "events", rules.HISTORY_LENGTH, user_id)
 
     def _vector_of(
         self, user_id: str, recent: tuple[list[str], datetime] | None

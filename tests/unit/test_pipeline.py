@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from feature_store.db import connect
 from feature_store.splits import materialize_protocol_split
+from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.pipeline.recommender import Recommendation, RecommendationResult, Recommender
 from tests.factories import GENRES, load_into_store, make_catalog, make_events
@@ -24,7 +25,7 @@ def _write_text_model(settings: Settings, con: duckdb.DuckDBPyConnection) -> str
 
     with registry.start_run(settings, "fake-text") as run:
         mlflow.log_text("genre one-hot vectors for tests", "model/README.txt")
-    ref = registry.register(settings, registry.TEXT_MODEL_NAME, run.info.run_id, "model")
+    ref = registry.register(settings, rules.TEXT_MODEL_NAME, run.info.run_id, "model")
     registry.promote(settings, ref.name, ref.version)
     onehot = lambda g: [1.0 if k == g else 0.0 for k in range(len(GENRES))]  # noqa: E731
     con.executemany(
@@ -64,15 +65,15 @@ def trained(
 def test_training_registers_and_promotes_with_artifacts(trained: tuple) -> None:
     settings, _, summary = trained
     assert summary["promoted"]
-    ref = registry.champion(settings, registry.RANKER_MODEL_NAME)
+    ref = registry.champion(settings, rules.RANKER_MODEL_NAME)
     assert ref is not None and ref.version == summary["version"]
     run = registry.client(settings).get_run(ref.run_id)
-    assert {"val_ndcg_10", "no_text_val_ndcg_10", "val_candidate_recall_20"} <= set(
+    assert {"val_ndcg_at_10", "no_text_val_ndcg_at_10", "val_candidate_recall_at_20"} <= set(
         run.data.metrics
     )
     arts = {a.path for a in registry.client(settings).list_artifacts(ref.run_id, "importance")}
     assert "importance/ranker_importance.png" in arts and "importance/ranker_importance.csv" in arts
-    _, path = registry.download(settings, registry.RANKER_MODEL_NAME)
+    _, path = registry.download(settings, rules.RANKER_MODEL_NAME)
     assert (Path(path) / "ranker.txt").is_file() and (
         Path(path) / "no_text" / "ranker.txt"
     ).is_file()
@@ -184,7 +185,7 @@ def test_two_loads_give_identical_results(trained: tuple) -> None:
 def test_model_artifacts_are_cached_per_version(trained: tuple) -> None:
     settings, con, summary = trained
     Recommender.load(settings, con, precompute=False)
-    cache = settings.home / "serving" / "models" / registry.RANKER_MODEL_NAME
+    cache = settings.home / "serving" / "models" / rules.RANKER_MODEL_NAME
     version_dir = cache / summary["version"]
     assert (version_dir / "ranker.txt").is_file()
     stamp = (version_dir / "ranker.txt").stat().st_mtime_ns

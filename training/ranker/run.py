@@ -11,6 +11,8 @@ from typing import Any
 
 import duckdb
 
+from feature_store.splits import ensure_split
+from recsys.core import rules
 from recsys.core.config import Settings
 from training.ranker import dataset
 from training.ranker.train import FitResult, train_both
@@ -19,19 +21,7 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 ABLATION_DIR = "no_text"  # inside the model artifact: the ranker_no_text ablation
-PROMOTION_METRIC = "val_ndcg_10"
-
-
-def ensure_split(con: duckdb.DuckDBPyConnection) -> None:
-    """Materialize protocol v1 when its tables are missing."""
-    from feature_store.splits import materialize_protocol_split
-
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'split_v1_users'"
-    ).fetchone()
-    if not exists or not exists[0]:
-        log.info("protocol v1 split not found; materializing it")
-        materialize_protocol_split(con)
+PROMOTION_METRIC = rules.mlflow_key(rules.metric_name("ndcg", 10, prefix="val_"))
 
 
 def train_and_log(
@@ -57,7 +47,7 @@ def train_and_log(
         settings,
         "train-ranker",
         data_fingerprint=fingerprint,
-        tags={"model": registry.RANKER_MODEL_NAME, "text_model_version": str(text_version)},
+        tags={"model": rules.RANKER_MODEL_NAME, "text_model_version": str(text_version)},
     ) as run:
         import mlflow
 
@@ -71,16 +61,16 @@ def train_and_log(
         )
         metrics = {
             **product.metrics,
-            f"val_candidate_recall_{settings.ranker.num_candidates}": recall,
+            rules.metric_name(
+                "candidate_recall", settings.ranker.num_candidates, prefix="val_"
+            ): recall,
             **{f"no_text_{k}": v for k, v in ablation.metrics.items()},
             "total_seconds": time.perf_counter() - started,
         }
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics(rules.mlflow_metrics(metrics))
         with tempfile.TemporaryDirectory() as tmp:
             _log_artifacts(Path(tmp), settings, product, ablation)
-        ref = registry.register(
-            settings, registry.RANKER_MODEL_NAME, run.info.run_id, MODEL_ARTIFACT
-        )
+        ref = registry.register(settings, rules.RANKER_MODEL_NAME, run.info.run_id, MODEL_ARTIFACT)
     promoted = registry.promote_if_better(settings, ref, PROMOTION_METRIC) if promote else False
     summary = {
         "run_id": ref.run_id,
