@@ -112,7 +112,7 @@ def compute_features(
     if req.height == 0:
         return _empty(req)
     started = time.perf_counter()
-    out = FeatureSnapshot._load(con, events, covisit_window_days, requests=req).evaluate(req)
+    out = FeatureSnapshot.read(con, events, covisit_window_days, requests=req).evaluate(req)
     log.debug(
         "features for %d rows from %s in %.1f ms",
         req.height,
@@ -166,7 +166,7 @@ class FeatureSnapshot:
         if covisit_window_days <= 0:
             raise RecsysError(f"covisit_window_days must be > 0, got {covisit_window_days}")
         started = time.perf_counter()
-        snap = cls._load(con, events, covisit_window_days)
+        snap = cls.read(con, events, covisit_window_days)
         log.info(
             "feature snapshot of %s: %d events, newest %s, built in %.2f s",
             events,
@@ -177,7 +177,7 @@ class FeatureSnapshot:
         return snap
 
     @classmethod
-    def _load(
+    def read(
         cls,
         con: duckdb.DuckDBPyConnection,
         events: str,
@@ -189,7 +189,7 @@ class FeatureSnapshot:
         """Read the events (all, or what validated ``requests`` need) and index them.
 
         With ``requests`` the index covers only what those rows ask about, so it must answer
-        only them (hence private: ``compute_features`` is the public way).  ``full_read``
+        only them (``compute_features`` is the usual way in).  ``full_read``
         forces one scan of the whole relation (True) or reading only the rows the requests can
         depend on (False); by default small request sets on large logs read less.
         """

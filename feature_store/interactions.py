@@ -146,6 +146,18 @@ def recent_positives(
     return {str(u): ([str(i) for i in reversed(items)], ts) for u, items, ts in rows}
 
 
+def item_titles(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Item id -> title (any one title when an id was ingested twice)."""
+    rows = con.execute("SELECT item_id, any_value(title) FROM items GROUP BY item_id").fetchall()
+    return {str(i): str(t) for i, t in rows}
+
+
+def newest_event(con: duckdb.DuckDBPyConnection, relation: str) -> datetime | None:
+    """The latest event time of ``relation`` (``None`` when it is empty)."""
+    row = con.execute(f"SELECT max(ts) FROM {relation_name(relation)}").fetchone()
+    return row[0] if row and row[0] else None
+
+
 def _id_table(ids: np.ndarray, column: str) -> Any:
     import pyarrow as pa
 

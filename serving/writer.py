@@ -224,10 +224,7 @@ class EventWriter:
         if ref is None:
             return None
         if self._text_model is None or self._text_model[0] != ref.version:
-            target = serving_dir(self.settings) / "models" / f"{TEXT_MODEL_NAME}-v{ref.version}"
-            target.mkdir(parents=True, exist_ok=True)
-            _, local = registry.download(self.settings, TEXT_MODEL_NAME, ref.version, dst=target)
-            self._text_model = (ref.version, local)
+            self._text_model = (ref.version, registry.cached_download(self.settings, ref))
         return self._text_model
 
 

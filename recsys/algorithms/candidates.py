@@ -10,7 +10,6 @@ arrays (popularity answers everyone).
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -20,12 +19,11 @@ import polars as pl
 import scipy.sparse as sp
 
 from feature_store.interactions import POSITIVE_SQL, Interactions
+from recsys.algorithms.baselines import ALS, ItemKNN
+from recsys.algorithms.topk import EMPTY, DenseGenerator, Scored, top_n
 from recsys.core.rules import COLD_ITEM_MAX_EVENTS, HISTORY_LENGTH
 
 log = logging.getLogger(__name__)
-
-Scored = tuple[np.ndarray, np.ndarray]  # (item ids, scores), best first
-_EMPTY: Scored = (np.empty(0, dtype=object), np.empty(0, dtype=np.float32))
 
 
 @runtime_checkable
@@ -41,50 +39,7 @@ class Generator(Protocol):
     ) -> list[Scored]: ...
 
 
-def top_n(scores: np.ndarray, exclude: np.ndarray, n: int, item_ids: np.ndarray) -> Scored:
-    """The n best catalog entries of a dense score vector, excluded indices and -inf removed.
-
-    Ties are broken by catalog index (integer item id ascending), so results are deterministic.
-    """
-    s = scores.astype(np.float64, copy=True)
-    if len(exclude):
-        s[exclude] = -np.inf
-    valid = np.flatnonzero(np.isfinite(s))
-    if len(valid) == 0 or n <= 0:
-        return _EMPTY
-    if len(valid) > n:
-        # keep everything tied with the n-th score so the tie-break below stays exact
-        kth = np.partition(-s[valid], n - 1)[n - 1]
-        valid = valid[-s[valid] <= kth]
-    order = valid[np.lexsort((valid, -s[valid]))][:n]
-    return item_ids[order], s[order].astype(np.float32)
-
-
-class _Dense(ABC):
-    """Base for generators that score the whole catalog per user with a dense vector."""
-
-    name = "dense"
-    data: Interactions
-
-    @abstractmethod
-    def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
-        """Scores of every catalog item for user row ``u`` (None: unknown user), or None."""
-
-    def generate(
-        self, user_ids: Sequence[str], n: int, as_of: Sequence[datetime] | None = None
-    ) -> list[Scored]:
-        out: list[Scored] = []
-        for k, user_id in enumerate(user_ids):
-            u = self.data.user_index.get(user_id)
-            scores = self.user_scores(u, as_of[k] if as_of is not None else None)
-            if scores is None:
-                out.append(_EMPTY)
-                continue
-            out.append(top_n(scores, self.data.seen_items(user_id), n, self.data.item_ids))
-        return out
-
-
-class Popularity(_Dense):
+class Popularity(DenseGenerator):
     """Count of positive interactions per item (protocol v1's popularity baseline)."""
 
     name = "popularity"
@@ -98,7 +53,7 @@ class Popularity(_Dense):
         return self.counts
 
 
-class RecentPopularity(_Dense):
+class RecentPopularity(DenseGenerator):
     """Positive interactions per item in the ``window_days`` before each user's ``as_of``."""
 
     name = "recent_pop"
@@ -133,7 +88,7 @@ class RecentPopularity(_Dense):
         return np.where(counts > 0, counts, -np.inf)
 
 
-class CoVisitation(_Dense):
+class CoVisitation(DenseGenerator):
     """Item-item co-occurrence within ``window_days`` in users' positive histories.
 
     Each positive event pairs with up to ``neighbours`` events on either side of it in the
@@ -196,7 +151,7 @@ class CoVisitation(_Dense):
         return np.where(scores > 0, scores, -np.inf)
 
 
-class GenreAffinity(_Dense):
+class GenreAffinity(DenseGenerator):
     """Items in the genres (categories) the user likes, weighted by log popularity."""
 
     name = "genre"
@@ -277,7 +232,7 @@ class TextNeighbours:
         for user_id in user_ids:
             vec = self.user_vector(user_id)
             if vec is None:
-                out.append(_EMPTY)
+                out.append(EMPTY)
                 continue
             seen = self.data.item_ids[self.data.seen_items(user_id)]
             if self.cold_ids is None:
@@ -341,7 +296,7 @@ class Blender:
                     k = pos.get(item)
                     if k is not None:
                         rank[k], score[k] = r + 1, sc
-                if isinstance(gen, _Dense):
+                if isinstance(gen, DenseGenerator):
                     score = self._dense_scores(gen, user_id, when[u], items, score)
                 cols[f"gen_{gen.name}_score"].append(score)
                 cols[f"gen_{gen.name}_rank"].append(rank)
@@ -383,7 +338,11 @@ class Blender:
 
     @staticmethod
     def _dense_scores(
-        gen: _Dense, user_id: str, as_of: datetime | None, items: np.ndarray, score: np.ndarray
+        gen: DenseGenerator,
+        user_id: str,
+        as_of: datetime | None,
+        items: np.ndarray,
+        score: np.ndarray,
     ) -> np.ndarray:
         """A dense generator's score for every candidate, not only those it proposed: the
         ranker then compares, say, the ALS score of a co-visitation candidate."""
@@ -403,7 +362,7 @@ class Blender:
         for user_id in user_ids:
             g = by_user.get(user_id)
             if g is None:
-                out.append(_EMPTY)
+                out.append(EMPTY)
                 continue
             g = g.head(n)
             out.append(
@@ -418,8 +377,6 @@ class Blender:
 def default_generators(settings: Any, text_index: Any | None = None) -> list[Generator]:
     """The product's generators (text neighbours only when a text index is available)."""
     r = settings.ranker
-    from recsys.algorithms.baselines import ALS, ItemKNN
-
     gens: list[Generator] = [
         CoVisitation(window_days=r.covisit_window_days),
         ALS(seed=settings.seed),

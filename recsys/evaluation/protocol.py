@@ -14,19 +14,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import numpy as np
 
-from feature_store.interactions import Interactions
-from feature_store.rules_sql import positive_rating_sql
-from feature_store.splits import ensure_split
+from recsys.algorithms.baselines import ALS, ItemKNN
+from recsys.algorithms.candidates import Popularity
 from recsys.algorithms.metrics import coverage_at_k, mrr_at_k, ndcg_at_k, recall_at_k
-from recsys.core import rules
 from recsys.core.config import Settings
-from recsys.core.rules import COLD_ITEM_MAX_EVENTS
+from recsys.evaluation.protocol_data import ProtocolData, generator_rankings, load_protocol
+from recsys.evaluation.protocol_models import ranker_rankings, text_only_rankings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +37,6 @@ SYSTEMS: tuple[str, ...] = (
     "ranker_no_text",
     "ranker",
 )
-TOP = 50
 HISTORY_BUCKETS: tuple[tuple[int, int], ...] = (
     (0, 30),
     (30, 60),
@@ -47,49 +44,6 @@ HISTORY_BUCKETS: tuple[tuple[int, int], ...] = (
     (120, 300),
     (300, 10**9),
 )
-
-
-@dataclass
-class ProtocolData:
-    """Everything the protocol needs from the store, read once."""
-
-    train: Interactions
-    users: list[str]  # users with >= 1 test positive
-    truth: dict[str, set[str]]
-    cold_truth: dict[str, set[str]]
-    history: dict[str, int]  # train ratings per user
-    catalog_size: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def load_protocol(con: duckdb.DuckDBPyConnection) -> ProtocolData:
-    """Read the protocol v1 split (materializing it when missing)."""
-    ensure_split(con)
-    train = Interactions.from_store(con, rules.TRAIN_SCOPE.events)
-    rows = con.execute(
-        f"""
-        WITH counts AS (SELECT item_id, count(*) AS n FROM split_v1
-                        WHERE part IN ('fit', 'val') GROUP BY item_id)
-        SELECT s.user_id, s.item_id, coalesce(c.n, 0) <= {COLD_ITEM_MAX_EVENTS} AS cold
-        FROM split_v1 s LEFT JOIN counts c USING (item_id)
-        WHERE s.part = 'test' AND {positive_rating_sql("s.rating")}
-        """
-    ).fetchall()
-    truth: dict[str, set[str]] = {}
-    cold: dict[str, set[str]] = {}
-    for user, item, is_cold in rows:
-        truth.setdefault(user, set()).add(item)
-        if is_cold:
-            cold.setdefault(user, set()).add(item)
-    history = dict(con.execute("SELECT user_id, n_fit + n_val FROM split_v1_users").fetchall())
-    users = sorted(truth)
-    log.info(
-        "protocol v1: %d users with test positives (%d with cold positives), catalog %d",
-        len(users),
-        len(cold),
-        train.n_items,
-    )
-    return ProtocolData(train, users, truth, cold, history, train.n_items)
 
 
 def score_rankings(rankings: Mapping[str, Sequence[str]], data: ProtocolData) -> dict[str, Any]:
@@ -139,13 +93,6 @@ def _by_history(ndcg: np.ndarray, data: ProtocolData) -> dict[str, dict[str, flo
     return out
 
 
-def generator_rankings(gen: Any, data: ProtocolData) -> dict[str, list[str]]:
-    """Fit a generator/baseline on train events and take its top 50 per evaluated user."""
-    gen.fit(data.train)
-    results = gen.generate(data.users, TOP)
-    return {u: list(ids) for u, (ids, _) in zip(data.users, results, strict=True)}
-
-
 def run_protocol(
     settings: Settings, con: duckdb.DuckDBPyConnection, systems: Sequence[str] = SYSTEMS
 ) -> dict[str, Any]:
@@ -185,9 +132,6 @@ Builder = Callable[[], tuple[dict[str, list[str]] | None, str]]
 def _builders(
     settings: Settings, con: duckdb.DuckDBPyConnection, data: ProtocolData, report: dict[str, Any]
 ) -> dict[str, Builder]:
-    from recsys.algorithms.baselines import ALS, ItemKNN
-    from recsys.algorithms.candidates import Popularity
-    from recsys.evaluation.protocol_models import ranker_rankings, text_only_rankings
 
     state: dict[str, Any] = {}
     return {

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
 import polars as pl
 
+from recsys.algorithms.candidates import TextNeighbours
+from recsys.algorithms.ranking import feature_matrix
 from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError
-
-if TYPE_CHECKING:
-    from recsys.evaluation.protocol import ProtocolData
+from recsys.evaluation.protocol_data import TOP, ProtocolData, generator_rankings
+from training import registry
+from training.ranker import dataset
+from training.ranker.model import RankerModel
+from training.ranker.run import ABLATION_DIR
+from training.registry import load_text_index
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +32,6 @@ def text_only_rankings(
     settings: Settings, con: duckdb.DuckDBPyConnection, data: ProtocolData
 ) -> tuple[dict[str, list[str]] | None, str]:
     """Rank the catalog by the champion text model's score (user vectors of scope train_v1)."""
-    from recsys.algorithms.candidates import TextNeighbours
-    from recsys.evaluation.protocol import generator_rankings
-    from training.registry import load_text_index
 
     index = load_text_index(settings, con, scope=rules.TRAIN_SCOPE.name)
     if index is None:
@@ -42,9 +44,6 @@ def text_only_rankings(
 
 def _load_rankers(settings: Settings, state: dict[str, Any]) -> str:
     """Download the champion ranker (and its ablation) into ``state``; '' or why not."""
-    from training import registry
-    from training.ranker.model import RankerModel
-    from training.ranker.run import ABLATION_DIR
 
     if "models" in state:
         return state["models_reason"]
@@ -71,8 +70,6 @@ def _test_frame(
     settings: Settings, con: duckdb.DuckDBPyConnection, data: ProtocolData, state: dict[str, Any]
 ) -> pl.DataFrame | str:
     """Candidates + features of every user at ``test_start`` (train events), built once."""
-    from training.ranker import dataset
-    from training.registry import load_text_index
 
     if "frame" in state:
         return state["frame"]
@@ -114,8 +111,6 @@ def ranker_rankings(
     ablation: bool,
 ) -> tuple[dict[str, list[str]] | None, str]:
     """Top 50 of the champion ranker (or its no-text ablation) over its candidates."""
-    from recsys.algorithms.ranking import feature_matrix
-    from recsys.evaluation.protocol import TOP
 
     reason = _load_rankers(settings, state)
     if reason:

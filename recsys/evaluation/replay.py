@@ -19,7 +19,9 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from feature_store.features import compute_features
 from recsys.algorithms.metrics import auc, mrr, ndcg_graded
+from recsys.algorithms.ranking import add_text_features, feature_matrix
 from recsys.core.errors import RecsysError
 from recsys.core.rules import HISTORY_LENGTH
 
@@ -58,7 +60,6 @@ def builtin_scorers() -> dict[str, Scorer]:
 
 def ranker_scorer(model: Any) -> Scorer:
     """A trained ranker over the replay rows (features it lacks, e.g. generator ranks, are NaN)."""
-    from recsys.algorithms.ranking import feature_matrix
 
     return lambda f: model.predict(feature_matrix(f, model.feature_names))
 
@@ -67,8 +68,6 @@ def replay(
     con: duckdb.DuckDBPyConnection, scorers: dict[str, Scorer], text: Any | None = None
 ) -> dict[str, Any]:
     """Replay every impression list of the store under each scorer; MIND metrics per system."""
-    from feature_store.features import compute_features
-    from recsys.algorithms.ranking import add_text_features
 
     started = time.perf_counter()
     rows = impressions(con)

@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from recsys.core.rules import COLD_ITEM_MAX_EVENTS, POSITIVE_RATING, mlflow_metrics
+from recsys.core.rules import COLD_ITEM_MAX_EVENTS, POSITIVE_RATING
+from training import registry
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +180,6 @@ def log_to_mlflow(
     settings: Any, report: dict[str, Any], files: list[Path], fingerprint: str | None
 ) -> str:
     """One MLflow run holding every system's metrics and the report files; returns its id."""
-    import mlflow
-
-    from training import registry
 
     with registry.start_run(
         settings,
@@ -196,7 +194,7 @@ def log_to_mlflow(
             metrics.update(
                 {f"replay.{name}.{k}": float(m[k]) for k in ("auc", "mrr", "ndcg@5", "ndcg@10")}
             )
-        mlflow.log_metrics(mlflow_metrics(metrics))
+        registry.log_metrics(metrics)
         for f in files:
-            mlflow.log_artifact(str(f), "report")
+            registry.log_artifact(f, "report")
         return str(run.info.run_id)

@@ -124,7 +124,7 @@ def test_score_writes_all_scopes_and_refresh_updates_one_user(tiny_store, tiny_s
     assert refresh_user_embeddings(tiny_store, tiny_settings, model_dir, "7", ["u0"]) == 1
     after = TextIndex.load(tiny_store)
     assert not np.allclose(before, after.user_vector("u0"))
-    assert len(after._user_row) == 12  # the other users' rows are kept
+    assert len(after.user_ids) == 12  # the other users' rows are kept
     assert tiny_store.execute(
         "SELECT count(*) FROM text_scores"
         " WHERE user_id = 'u0' AND item_id = 'i3' AND scope = 'live'"
