@@ -35,6 +35,20 @@ def relation_name(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class PositiveEvents:
+    """Every positive event of the relation as catalog/user indices, in no particular order."""
+
+    user: np.ndarray  # int64 user index
+    item: np.ndarray  # int64 catalog index
+    ts: np.ndarray  # datetime64[us]
+
+    @classmethod
+    def empty(cls) -> PositiveEvents:
+        z = np.empty(0, dtype=np.int64)
+        return cls(z, z.copy(), np.empty(0, dtype="datetime64[us]"))
+
+
 @dataclass
 class Interactions:
     """Catalog, seen and positive matrices (users x items) of one events relation."""
@@ -46,6 +60,7 @@ class Interactions:
     seen: sp.csr_matrix  # any non-impression event
     positives: sp.csr_matrix  # positive count per (user, item)
     item_genres: list[tuple[str, ...]]
+    positive_events: PositiveEvents = field(default_factory=PositiveEvents.empty)
     item_index: dict[str, int] = field(init=False)
     user_index: dict[str, int] = field(init=False)
 
@@ -119,6 +134,7 @@ class Interactions:
         positives = sp.csr_matrix((pos[keep], (rows[keep], cols[keep])), shape=shape)
         seen.sort_indices()
         positives.sort_indices()
+        events = _positive_events(con, rel, user_ids, item_ids)
         log.info(
             "read %s: %d users, %d catalog items, %d seen pairs, %d positive pairs",
             rel,
@@ -127,7 +143,30 @@ class Interactions:
             seen.nnz,
             positives.nnz,
         )
-        return cls(con, rel, item_ids, user_ids, seen, positives, genres)
+        return cls(con, rel, item_ids, user_ids, seen, positives, genres, events)
+
+
+def _positive_events(
+    con: duckdb.DuckDBPyConnection, rel: str, user_ids: np.ndarray, item_ids: np.ndarray
+) -> PositiveEvents:
+    con.register("_ix_items", _id_table(item_ids, "item_id"))
+    con.register("_ix_users", _id_table(user_ids, "user_id"))
+    try:
+        ev = con.execute(
+            f"""
+            SELECT u.idx AS u, i.idx AS i, e.ts
+            FROM {rel} e JOIN _ix_users u USING (user_id) JOIN _ix_items i USING (item_id)
+            WHERE {POSITIVE_SQL}
+            """
+        ).fetchnumpy()
+    finally:
+        con.unregister("_ix_items")
+        con.unregister("_ix_users")
+    return PositiveEvents(
+        np.asarray(ev["u"], dtype=np.int64),
+        np.asarray(ev["i"], dtype=np.int64),
+        np.asarray(ev["ts"], dtype="datetime64[us]"),
+    )
 
 
 def recent_positives(

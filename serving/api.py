@@ -10,11 +10,11 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from feature_store.db import existing_event_ids, existing_items
 from feature_store.validation import validate_event_record
 from recsys.core.errors import NotFoundError
 from serving.errors import MalformedJSONError, UnsupportedMediaTypeError
 from serving.security import require_api_key
-from serving.snapshot import existing_event_ids, existing_items
 from serving.state import get_cursor, state
 from serving.validation import (
     check_id,

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from feature_store.interactions import POSITIVE_SQL, Interactions
+from feature_store.interactions import Interactions
 from recsys.algorithms.baselines import ALS, ItemKNN
 from recsys.algorithms.topk import EMPTY, DenseGenerator, Scored, top_n
 from recsys.core.rules import COLD_ITEM_MAX_EVENTS, HISTORY_LENGTH
@@ -63,12 +63,10 @@ class RecentPopularity(DenseGenerator):
 
     def fit(self, data: Interactions) -> RecentPopularity:
         self.data = data
-        ev = data.con.execute(
-            f"SELECT item_id, ts FROM {data.relation} WHERE {POSITIVE_SQL} ORDER BY ts"
-        ).fetchnumpy()
-        idx = np.array([data.item_index.get(i, -1) for i in ev["item_id"]], dtype=np.int64)
-        self.ts = np.asarray(ev["ts"], dtype="datetime64[s]")
-        self.items = idx
+        ev = data.positive_events
+        order = np.argsort(ev.ts, kind="stable")
+        self.ts = ev.ts[order].astype("datetime64[s]")
+        self.items = ev.item[order]
         self._cache: dict[Any, np.ndarray] = {}
         return self
 
@@ -106,24 +104,9 @@ class CoVisitation(DenseGenerator):
 
     def fit(self, data: Interactions) -> CoVisitation:
         self.data = data
-        pairs = data.con.execute(
-            f"""
-            WITH p AS (
-                SELECT user_id, item_id, epoch(ts) AS t,
-                       row_number() OVER (PARTITION BY user_id ORDER BY ts, item_id) AS rn
-                FROM {data.relation} WHERE {POSITIVE_SQL}
-            )
-            SELECT a.item_id AS a, b.item_id AS b, count(*)::FLOAT AS w
-            FROM p a JOIN p b ON a.user_id = b.user_id
-                 AND b.rn BETWEEN a.rn - {self.neighbours} AND a.rn + {self.neighbours}
-            WHERE a.rn <> b.rn AND a.item_id <> b.item_id AND abs(a.t - b.t) <= {self.window_s}
-            GROUP BY ALL
-            """
-        ).fetchnumpy()
-        ix = data.item_index
-        a = np.array([ix[i] for i in pairs["a"]], dtype=np.int64)
-        b = np.array([ix[i] for i in pairs["b"]], dtype=np.int64)
-        w = np.asarray(pairs["w"], dtype=np.float64)
+        counts = self._pair_counts(data).tocoo()
+        a, b = counts.row.astype(np.int64), counts.col.astype(np.int64)
+        w = np.asarray(counts.data, dtype=np.float64)
         freq = np.asarray(data.positives.astype(bool).sum(axis=0)).ravel() + 1.0
         w = w / np.sqrt(freq[a] * freq[b])
         self.matrix = sp.csr_matrix((w, (a, b)), shape=(data.n_items, data.n_items))
@@ -131,15 +114,41 @@ class CoVisitation(DenseGenerator):
         log.info("co-visitation: %d item pairs", self.matrix.nnz)
         return self
 
+    def _pair_counts(self, data: Interactions) -> sp.csr_matrix:
+        """(item a, item b) -> how often b is within ``neighbours`` positions and ``window``
+        seconds of a in one user's positive timeline, ordered by (time, item id)."""
+        ev = data.positive_events
+        rank = _id_rank(data.item_ids)
+        micros = ev.ts.astype(np.int64)
+        order = np.lexsort((rank[ev.item], micros, ev.user))
+        user, item = ev.user[order], ev.item[order]
+        t = micros[order].astype(np.float64) / 1e6
+        left: list[np.ndarray] = []
+        right: list[np.ndarray] = []
+        for d in range(1, self.neighbours + 1):
+            ok = (user[d:] == user[:-d]) & (item[d:] != item[:-d])
+            ok &= np.abs(t[d:] - t[:-d]) <= self.window_s
+            left += [item[:-d][ok], item[d:][ok]]
+            right += [item[d:][ok], item[:-d][ok]]
+        rows = np.concatenate(left) if left else np.empty(0, dtype=np.int64)
+        cols = np.concatenate(right) if right else np.empty(0, dtype=np.int64)
+        n = data.n_items
+        counts = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+        counts.sum_duplicates()
+        return counts
+
     def _recent_positives(self, data: Interactions) -> dict[str, np.ndarray]:
-        rows = data.con.execute(
-            f"""
-            SELECT user_id, list(item_id ORDER BY ts DESC, item_id) AS items
-            FROM {data.relation} WHERE {POSITIVE_SQL} GROUP BY user_id
-            """
-        ).fetchall()
-        ix = data.item_index
-        return {u: np.array([ix[i] for i in items[: self.recent]]) for u, items in rows}
+        """Per user, their latest ``recent`` positive items (newest first, ties by item id)."""
+        ev = data.positive_events
+        rank = _id_rank(data.item_ids)
+        order = np.lexsort((rank[ev.item], -ev.ts.astype(np.int64), ev.user))
+        user, item = ev.user[order], ev.item[order]
+        users, starts = np.unique(user, return_index=True)
+        ends = np.append(starts[1:], len(user))
+        return {
+            str(data.user_ids[u]): item[s:e][: self.recent]
+            for u, s, e in zip(users, starts, ends, strict=True)
+        }
 
     def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
         if u is None:
@@ -149,6 +158,11 @@ class CoVisitation(DenseGenerator):
             return None
         scores = np.asarray(self.matrix[recent].sum(axis=0)).ravel()
         return np.where(scores > 0, scores, -np.inf)
+
+
+def _id_rank(ids: np.ndarray) -> np.ndarray:
+    """Each id's position in string order (DuckDB's ``ORDER BY item_id``)."""
+    return np.unique(np.asarray(ids, dtype=str), return_inverse=True)[1].astype(np.int64)
 
 
 class GenreAffinity(DenseGenerator):
