@@ -1,10 +1,10 @@
 """Model loading and atomic reload for one worker.
 
-Models come from the MLflow registry alias ``champion`` (``Recommender.load``).  A reload builds
-the new ``Recommender`` completely before swapping one reference, so a request sees either the
-old models or the new ones, never a mix; a model that fails to load is refused and the old one
-keeps serving.  A successful reload in one gunicorn worker writes ``<home>/serving/RELOAD`` and
-the other workers' watchers reload too.
+Models come from the MLflow registry alias ``champion`` (``recsys.pipeline.loader``).  A
+reload builds the new ``Recommender`` completely before swapping one reference, so a request
+sees either the old models or the new ones, never a mix; a model that fails to load is refused
+and the old one keeps serving.  A successful reload in one gunicorn worker writes
+``<home>/serving/RELOAD`` and the other workers' watchers reload too.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from feature_store.db import connect
+from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError
 from serving.errors import ReloadRefusedError
@@ -47,12 +48,12 @@ def registry_exists(settings: Settings) -> bool:
 
 
 def load_recommender(settings: Settings, con: Any) -> Any:
-    """The production loader: ``recsys.pipeline.recommender.Recommender.load``."""
+    """The production loader: ``recsys.pipeline.loader.load_recommender``."""
     try:
-        from recsys.pipeline.recommender import Recommender
+        from recsys.pipeline import loader
     except ImportError as exc:
         raise ModelNotReadyError(f"the recommendation pipeline cannot be imported: {exc}") from exc
-    return Recommender.load(settings, con)
+    return loader.load_recommender(settings, con)
 
 
 class ModelHolder:
@@ -249,8 +250,8 @@ class Watcher:
         if not registry_exists(self.settings):
             return False
         # The ranker names the text-model version it was trained with, so only a new ranker
-        # champion changes what Recommender.load would build.
-        ref = registry.champion(self.settings, registry.RANKER_MODEL_NAME)
+        # champion changes what load_recommender would build.
+        ref = registry.champion(self.settings, rules.RANKER_MODEL_NAME)
         return ref is not None and self.models.model_versions.get(ref.name) != ref.version
 
     def _run(self) -> None:
