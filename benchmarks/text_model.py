@@ -56,10 +56,11 @@ def bench_training(con: Any, settings: Any, device: Any, steps: int) -> dict[str
     import numpy as np
     import torch
 
+    from feature_store.splits import ensure_split
     from training.text import model as tm
     from training.text.pairs import build_training_pairs
     from training.text.texts import item_texts
-    from training.text.train import LabelHead, _batches, _train_step, ensure_split
+    from training.text.train import LabelHead, _batches, _train_step
 
     ensure_split(con)
     batch = settings.text.batch_size

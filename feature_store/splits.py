@@ -19,11 +19,37 @@ import logging
 
 import duckdb
 
+from recsys.core.rules import FIT_SCOPE, TRAIN_SCOPE
+
 log = logging.getLogger(__name__)
 
 PROTOCOL = "movielens-v1"
 TEST_PERCENT = 20
 DEFAULT_VAL_PERCENT = 20
+
+
+PROTOCOL_TABLES: tuple[str, ...] = (
+    "split_v1",
+    "split_v1_users",
+    TRAIN_SCOPE.events,
+    FIT_SCOPE.events,
+)
+
+
+def ensure_split(con: duckdb.DuckDBPyConnection) -> None:
+    """Materialize protocol v1 when any of its tables or views is missing."""
+    present = {
+        str(r[0])
+        for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_name IN "
+            f"({', '.join('?' for _ in PROTOCOL_TABLES)})",
+            list(PROTOCOL_TABLES),
+        ).fetchall()
+    }
+    missing = [t for t in PROTOCOL_TABLES if t not in present]
+    if missing:
+        log.info("protocol v1 split: %s missing; materializing it", ", ".join(missing))
+        materialize_protocol_split(con)
 
 
 def materialize_protocol_split(
@@ -68,8 +94,8 @@ def materialize_protocol_split(
         """
     )
     for view, parts, start in (
-        ("events_train_v1", "('fit', 'val')", "test_start"),
-        ("events_fit_v1", "('fit')", "val_start"),
+        (TRAIN_SCOPE.events, "('fit', 'val')", "test_start"),
+        (FIT_SCOPE.events, "('fit')", "val_start"),
     ):
         con.execute(
             f"""

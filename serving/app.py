@@ -38,7 +38,7 @@ def create_app(
 ) -> Flask:
     """Build the serving app for ``settings`` (default: resolved from RECSYS_* and the config file).
 
-    ``loader`` replaces ``Recommender.load`` (tests); ``start_watcher=False`` leaves snapshot and
+    ``loader`` replaces ``load_recommender`` (tests); ``start_watcher=False`` leaves snapshot and
     reload checks to explicit ``app.extensions["recsys"].watcher.tick()`` calls.
     """
     settings = settings or load_settings()

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from recsys.core import rules
 from recsys.core.config import Settings
-from recsys.pipeline.recommender import cached_model
 from serving.errors import ReloadRefusedError
 from training import registry
 
@@ -106,7 +106,7 @@ class ModelVerifier:
 
     def champion(self) -> Ranker:
         """The champion ranker and its local files, verified; ModelRefusedError if it fails."""
-        ref, directory = cached_model(self.settings, registry.RANKER_MODEL_NAME)
+        ref, directory = registry.cached_champion(self.settings, rules.RANKER_MODEL_NAME)
         self.verify(ref, directory)
         return ref, directory
 
@@ -144,13 +144,14 @@ class ModelVerifier:
     def fallback(self, *, exclude: str, prefer: str | None = None) -> Ranker | None:
         """The version to serve instead of a refused champion: ``prefer`` (what serves now) if
         it was verified, else the newest verified version; ``None`` when none passes."""
-        name = registry.RANKER_MODEL_NAME
+        name = rules.RANKER_MODEL_NAME
         entries = self.records().get(name, {})
         good = [v for v, e in entries.items() if e.get("status") == "verified" and v != exclude]
         good.sort(key=lambda v: (v != prefer, -float(entries[v].get("at", 0))))
         for version in good:
             try:
-                ref, directory = cached_model(self.settings, name, version)
+                ref = registry.model_version(self.settings, name, version)
+                directory = registry.cached_download(self.settings, ref)
                 self.verify(ref, directory)
             except Exception as exc:  # deleted from the registry, damaged since, ...
                 log.warning("cannot fall back to %s v%s: %s", name, version, exc)

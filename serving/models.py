@@ -1,10 +1,10 @@
 """Model loading and atomic reload for one worker.
 
-Models come from the MLflow registry alias ``champion`` (``Recommender.load``).  A reload builds
-the new ``Recommender`` completely before swapping one reference, so a request sees either the
-old models or the new ones, never a mix; a model that fails to load is refused and the old one
-keeps serving.  A successful reload in one gunicorn worker writes ``<home>/serving/RELOAD`` and
-the other workers' watchers reload too.
+Models come from the MLflow registry alias ``champion`` (``recsys.pipeline.loader``).  A
+reload builds the new ``Recommender`` completely before swapping one reference, so a request
+sees either the old models or the new ones, never a mix; a model that fails to load is refused
+and the old one keeps serving.  A successful reload in one gunicorn worker writes
+``<home>/serving/RELOAD`` and the other workers' watchers reload too.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError
 from serving.errors import ReloadRefusedError
 from serving.metrics import Metrics
 from serving.modelcheck import ModelRefusedError, ModelVerifier
 from serving.snapshot import SnapshotReader, close_snapshot, open_snapshot, serving_dir
-from training.registry import RANKER_MODEL_NAME
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,12 @@ def registry_exists(settings: Settings) -> bool:
 
 
 def load_recommender(settings: Settings, con: Any, *, ranker: Any | None = None) -> Any:
-    """The production loader: ``Recommender.load`` (on ``ranker`` if given, else the champion)."""
+    """The production loader: ``recsys.pipeline.loader.load_recommender`` (on ``ranker``)."""
     try:
-        from recsys.pipeline.recommender import Recommender
+        from recsys.pipeline import loader
     except ImportError as exc:
         raise ModelNotReadyError(f"the recommendation pipeline cannot be imported: {exc}") from exc
-    return Recommender.load(settings, con, ranker=ranker)
+    return loader.load_recommender(settings, con, ranker=ranker)
 
 
 class ModelHolder:
@@ -156,12 +156,14 @@ class ModelHolder:
         """(ranker to load or None for the loader's own choice, fallback note or None)."""
         if self.verifier is None:
             return None, None
+        if not registry_exists(self.settings):  # workers must not create an empty store at once
+            raise ModelNotReadyError("no model is registered yet (no MLflow store in this home)")
         try:
             return self.verifier.champion(), None
         except ModelRefusedError as exc:
             if not fallback:
                 raise
-            serving = self.model_versions.get(RANKER_MODEL_NAME)
+            serving = self.model_versions.get(rules.RANKER_MODEL_NAME)
             alt = self.verifier.fallback(exclude=exc.version, prefer=serving)
             if alt is None:
                 raise
@@ -293,8 +295,8 @@ class Watcher:
         if not registry_exists(self.settings):
             return False
         # The ranker names the text-model version it was trained with, so only a new ranker
-        # champion changes what Recommender.load would build.
-        ref = registry.champion(self.settings, registry.RANKER_MODEL_NAME)
+        # champion changes what load_recommender would build.
+        ref = registry.champion(self.settings, rules.RANKER_MODEL_NAME)
         if ref is None:
             return False
         refused = (self.models.fallback or {}).get("refused", {})

@@ -26,14 +26,13 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from feature_store.db import connect
+from feature_store.db import checkpoint, connect
 from recsys.core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ def publish_snapshot(
     con: duckdb.DuckDBPyConnection, settings: Settings, *, log_seq: int
 ) -> SnapshotInfo:
     """Copy the store behind the read-write ``con`` to a new snapshot and point workers at it."""
-    con.execute("CHECKPOINT")  # everything committed is now in the main file, the WAL is empty
+    checkpoint(con)  # everything committed is now in the main file, the WAL is empty
     out_dir = serving_dir(settings) / "snapshots"
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.time_ns()
@@ -283,28 +282,6 @@ class SnapshotReader:
                 else:
                     keep.append((since, con, path))
             self._retired = keep
-
-
-def existing_items(cur: duckdb.DuckDBPyConnection, item_ids: Iterable[str]) -> set[str]:
-    """Which of ``item_ids`` the snapshot's catalog has."""
-    ids = list(dict.fromkeys(item_ids))
-    if not ids:
-        return set()
-    rows = cur.execute(
-        "SELECT DISTINCT item_id FROM items WHERE item_id IN (SELECT unnest($ids))", {"ids": ids}
-    ).fetchall()
-    return {str(r[0]) for r in rows}
-
-
-def existing_event_ids(cur: duckdb.DuckDBPyConnection, event_ids: Iterable[str]) -> set[str]:
-    """Which of ``event_ids`` the snapshot's events table already holds."""
-    ids = list(dict.fromkeys(event_ids))
-    if not ids:
-        return set()
-    rows = cur.execute(
-        "SELECT DISTINCT event_id FROM events WHERE event_id IN (SELECT unnest($ids))", {"ids": ids}
-    ).fetchall()
-    return {str(r[0]) for r in rows}
 
 
 def _fsync_file(path: Path) -> None:

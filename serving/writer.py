@@ -36,6 +36,7 @@ from feature_store.ingest import RECORD_ERRORS, ingest_event_records, quarantine
 from feature_store.validation import printable
 from recsys.core.config import Settings
 from recsys.core.errors import RecsysError
+from recsys.core.rules import LIVE_SCOPE, TEXT_MODEL_NAME
 from serving.eventlog import EventLog, LoggedEvent
 from serving.heartbeat import WriterStatus
 from serving.models import registry_exists
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_FLUSH = 50_000
 FLUSH_CHUNK = 5_000  # events per store transaction; a stop request waits for one chunk at most
-TEXT_MODEL_NAME = "text-scorer"
 
 
 class WriterBusyError(RecsysError):
@@ -277,7 +277,7 @@ class EventWriter:
 
             return int(
                 refresh_user_embeddings(
-                    con, self.settings, model_dir, version, list(user_ids), scope="live"
+                    con, self.settings, model_dir, version, list(user_ids), scope=LIVE_SCOPE.name
                 )
             )
         except Exception:
@@ -305,10 +305,7 @@ class EventWriter:
         if ref is None:
             return None
         if self._text_model is None or self._text_model[0] != ref.version:
-            target = serving_dir(self.settings) / "models" / f"{TEXT_MODEL_NAME}-v{ref.version}"
-            target.mkdir(parents=True, exist_ok=True)
-            _, local = registry.download(self.settings, TEXT_MODEL_NAME, ref.version, dst=target)
-            self._text_model = (ref.version, local)
+            self._text_model = (ref.version, registry.cached_download(self.settings, ref))
         return self._text_model
 
 

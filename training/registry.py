@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -26,14 +27,13 @@ import duckdb
 from recsys.algorithms.text_index import TextIndex
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError, NotFoundError
+from recsys.core.rules import CHAMPION_ALIAS as CHAMPION
+from recsys.core.rules import TEXT_MODEL_NAME, mlflow_metrics
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
 # Model version tag holding {relative path: sha256} of every artifact file, set at registration.
 CHECKSUM_TAG = "sha256"
-TEXT_MODEL_NAME = "text-scorer"
-RANKER_MODEL_NAME = "ranker"
 
 
 @dataclass(frozen=True)
@@ -260,6 +260,71 @@ def download(
     target = dst or Path(tempfile.mkdtemp(prefix=f"{name}-v{ref.version}-"))
     local = mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(target))
     return ref, Path(local)
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log ``params`` to the active run."""
+    import mlflow
+
+    mlflow.log_params(dict(params))
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log ``metrics`` (names as ``recsys.core.rules`` spells them) to the active run."""
+    import mlflow
+
+    mlflow.log_metrics(mlflow_metrics(metrics), step=step)
+
+
+def log_artifact(path: Path | str, artifact_path: str) -> None:
+    """Log one file to the active run under ``artifact_path``."""
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_artifacts(directory: Path | str, artifact_path: str) -> None:
+    """Log a directory's files to the active run under ``artifact_path``."""
+    import mlflow
+
+    mlflow.log_artifacts(str(directory), artifact_path)
+
+
+def model_cache_dir(settings: Settings, name: str, version: str) -> Path:
+    """Where a registered version's files are kept once downloaded (the one champion cache)."""
+    return settings.home / "serving" / "models" / name / str(version)
+
+
+def cached_download(settings: Settings, ref: ModelRef) -> Path:
+    """``ref``'s artifacts in its per-version cache folder, downloaded on first use.
+
+    The download goes to a temporary sibling that is then renamed, so a concurrent reader never
+    sees half a download; a download another process finished first wins.
+    """
+    cache = model_cache_dir(settings, ref.name, ref.version)
+    if cache.is_dir() and any(cache.iterdir()):
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache.parent))
+    try:
+        _, local = download(settings, ref.name, ref.version, dst=tmp)
+        try:
+            os.replace(local, cache)
+        except OSError:
+            if not (cache.is_dir() and any(cache.iterdir())):
+                raise  # not a concurrent download that finished first
+        log.info("downloaded %s v%s to %s", ref.name, ref.version, cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache
+
+
+def cached_champion(settings: Settings, name: str) -> tuple[ModelRef, Path]:
+    """The champion of ``name`` and its cached files; ``ModelNotReadyError`` when none."""
+    ref = champion(settings, name)
+    if ref is None:
+        return download(settings, name)  # raises the registry's "no champion" error
+    return ref, cached_download(settings, ref)
 
 
 def list_versions(settings: Settings, name: str) -> list[dict[str, Any]]:

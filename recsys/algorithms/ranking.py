@@ -20,7 +20,9 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from feature_store.features import FEATURE_COLUMNS, compute_features
 from feature_store.interactions import Interactions
+from recsys.core.rules import HISTORY_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,6 @@ TEXT_FEATURES: tuple[str, ...] = ("text_score", "text_score_rel", "gen_text_scor
 
 
 def behavioural_columns() -> tuple[str, ...]:
-    from feature_store.features import FEATURE_COLUMNS
 
     return tuple(FEATURE_COLUMNS)
 
@@ -56,7 +57,9 @@ class TextFeatures:
     newer, see ``history``) gets ``vector_from_history`` of their latest positive items.
     """
 
-    def __init__(self, index: Any, data: Interactions | None = None, recent: int = 20) -> None:
+    def __init__(
+        self, index: Any, data: Interactions | None = None, recent: int = HISTORY_LENGTH
+    ) -> None:
         self.index = index
         self.data = data
         self.recent = int(recent)
@@ -131,7 +134,6 @@ def assemble(
     ``snapshot`` (a ``feature_store.features.FeatureSnapshot`` of ``events``) answers from
     memory on the request path; the values are those ``compute_features`` reads from the store.
     """
-    from feature_store.features import compute_features
 
     feats = compute_features(
         con,

@@ -1,4 +1,4 @@
-"""Numpy-only access to stored text embeddings for the request path and the ranker.
+"""Numpy-only access to text embeddings for the request path and the ranker.
 
 Imports neither torch nor transformers: serving loads a ``TextIndex`` from the store and scores
 candidates with a dot product (embeddings are L2-normalized, so scores are cosines).
@@ -11,24 +11,8 @@ from collections.abc import Collection, Sequence
 import duckdb
 import numpy as np
 
-from recsys.core.errors import ModelNotReadyError
-
-# Registry versions are integers written as text; order numerically, then as text.
-_NEWEST_VERSION_SQL = (
-    "SELECT model_version FROM item_embeddings GROUP BY model_version "
-    "ORDER BY TRY_CAST(model_version AS BIGINT) DESC NULLS LAST, model_version DESC LIMIT 1"
-)
-
-
-def _matrix(table: object, column: str) -> np.ndarray:
-    col = table.column(column).combine_chunks()  # type: ignore[attr-defined]
-    n = len(col)
-    if n == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    if flat.size % n:
-        raise ModelNotReadyError(f"stored {column} vectors have inconsistent dimensions")
-    return flat.reshape(n, flat.size // n)
+from feature_store.embeddings import read_embeddings
+from recsys.core.rules import LIVE_SCOPE
 
 
 class TextIndex:
@@ -41,7 +25,7 @@ class TextIndex:
         item_matrix: np.ndarray,
         user_ids: Sequence[str] = (),
         user_matrix: np.ndarray | None = None,
-        scope: str = "live",
+        scope: str = LIVE_SCOPE.name,
     ) -> None:
         self.model_version = model_version
         self.scope = scope
@@ -61,7 +45,7 @@ class TextIndex:
         cls,
         con: duckdb.DuckDBPyConnection,
         model_version: str | None = None,
-        scope: str = "live",
+        scope: str = LIVE_SCOPE.name,
         *,
         users: bool = True,
     ) -> TextIndex:
@@ -69,41 +53,8 @@ class TextIndex:
 
         Raises ``ModelNotReadyError`` when no embeddings were written (run `recsys score`).
         """
-        if model_version is None:
-            row = con.execute(_NEWEST_VERSION_SQL).fetchone()
-            if not row:
-                raise ModelNotReadyError(
-                    "no text embeddings in the store; run `recsys train text` then `recsys score`"
-                )
-            model_version = str(row[0])
-        items = con.execute(
-            "SELECT item_id, embedding FROM item_embeddings "
-            "WHERE model_version = ? ORDER BY item_id",
-            [model_version],
-        ).to_arrow_table()
-        if items.num_rows == 0:
-            raise ModelNotReadyError(
-                f"no item embeddings for text model version {model_version!r}; "
-                f"run `recsys score --model-version {model_version}`"
-            )
-        user_ids: list[str] = []
-        user_matrix = None
-        if users:
-            rows = con.execute(
-                "SELECT user_id, embedding FROM user_embeddings "
-                "WHERE model_version = ? AND scope = ? ORDER BY user_id",
-                [model_version, scope],
-            ).to_arrow_table()
-            user_ids = [str(u) for u in rows.column("user_id").to_pylist()]
-            user_matrix = _matrix(rows, "embedding") if user_ids else None
-        return cls(
-            model_version,
-            [str(i) for i in items.column("item_id").to_pylist()],
-            _matrix(items, "embedding"),
-            user_ids,
-            user_matrix,
-            scope,
-        )
+        e = read_embeddings(con, model_version, scope, users=users)
+        return cls(e.model_version, e.item_ids, e.item_matrix, e.user_ids, e.user_matrix, scope)
 
     @property
     def user_ids(self) -> list[str]:

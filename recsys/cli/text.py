@@ -13,8 +13,9 @@ from pathlib import Path
 import click
 
 from recsys.cli import settings_from
+from recsys.core import rules
 
-SCOPE_CHOICES = ("fit_v1", "train_v1", "live")
+SCOPE_CHOICES = tuple(rules.SCOPES)
 
 
 @click.command("text")
@@ -115,7 +116,7 @@ def score(
     settings = settings_from(ctx)
     version = None if model_version == "champion" else model_version
     with tempfile.TemporaryDirectory(prefix="text-scorer-") as tmp:
-        ref, model_dir = registry.download(settings, registry.TEXT_MODEL_NAME, version, Path(tmp))
+        ref, model_dir = registry.download(settings, rules.TEXT_MODEL_NAME, version, Path(tmp))
         click.echo(f"scoring with {ref.name} version {ref.version} (run {ref.run_id})")
         started = time.perf_counter()
         con = connect(settings.db_path)

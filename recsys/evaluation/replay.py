@@ -19,8 +19,11 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from feature_store.features import compute_features
 from recsys.algorithms.metrics import auc, mrr, ndcg_graded
+from recsys.algorithms.ranking import add_text_features, feature_matrix
 from recsys.core.errors import RecsysError
+from recsys.core.rules import HISTORY_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,6 @@ def builtin_scorers() -> dict[str, Scorer]:
 
 def ranker_scorer(model: Any) -> Scorer:
     """A trained ranker over the replay rows (features it lacks, e.g. generator ranks, are NaN)."""
-    from recsys.algorithms.ranking import feature_matrix
 
     return lambda f: model.predict(feature_matrix(f, model.feature_names))
 
@@ -66,8 +68,6 @@ def replay(
     con: duckdb.DuckDBPyConnection, scorers: dict[str, Scorer], text: Any | None = None
 ) -> dict[str, Any]:
     """Replay every impression list of the store under each scorer; MIND metrics per system."""
-    from feature_store.features import compute_features
-    from recsys.algorithms.ranking import add_text_features
 
     started = time.perf_counter()
     rows = impressions(con)
@@ -108,7 +108,7 @@ def score_lists(frame: pl.DataFrame, scores: np.ndarray) -> dict[str, Any]:
 
 
 def history_vectors(
-    con: duckdb.DuckDBPyConnection, index: Any, frame: pl.DataFrame, recent: int = 20
+    con: duckdb.DuckDBPyConnection, index: Any, frame: pl.DataFrame, recent: int = HISTORY_LENGTH
 ) -> np.ndarray:
     """Text scores from each request's click history strictly before the impression time."""
     reqs = frame.select("request_id", "user_id", "as_of").unique(maintain_order=True)

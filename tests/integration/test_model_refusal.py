@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from recsys.core import rules
 from recsys.core.config import Settings
 from tests.integration.test_server import KEY, RunningServer, running_server
 from tests.integration.test_server_models import _TINY, _trained_home
@@ -41,11 +42,11 @@ def _promote_damaged(settings: Settings, damage: Callable[[Path], None]) -> str:
     import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
-        _, local = registry.download(settings, registry.RANKER_MODEL_NAME, dst=Path(tmp))
+        _, local = registry.download(settings, rules.RANKER_MODEL_NAME, dst=Path(tmp))
         damage(local / "ranker.txt")
         with registry.start_run(settings, f"damaged-{damage.__name__}") as run:
             mlflow.log_artifacts(str(local), "model")
-    ref = registry.register(settings, registry.RANKER_MODEL_NAME, run.info.run_id, "model")
+    ref = registry.register(settings, rules.RANKER_MODEL_NAME, run.info.run_id, "model")
     registry.promote(settings, ref.name, ref.version)
     return ref.version
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from recsys.core import rules
 from recsys.core.config import Settings
 from serving import modelcheck
 from serving.errors import ReloadRefusedError
@@ -50,7 +51,7 @@ def _register(settings: Settings, directory: Path, promote: bool = True) -> regi
 
     with registry.start_run(settings, "ranker-files") as run:
         mlflow.log_artifacts(str(directory), "model")
-    ref = registry.register(settings, registry.RANKER_MODEL_NAME, run.info.run_id, "model")
+    ref = registry.register(settings, rules.RANKER_MODEL_NAME, run.info.run_id, "model")
     if promote:
         registry.promote(settings, ref.name, ref.version)
     return ref
@@ -97,7 +98,7 @@ def test_verifier_refuses_and_falls_back_to_the_last_verified(
     with pytest.raises(ModelRefusedError) as refused:
         verifier.champion()
     assert refused.value.version == bad.version and refused.value.http_status == 409
-    record = verifier.records()[registry.RANKER_MODEL_NAME]
+    record = verifier.records()[rules.RANKER_MODEL_NAME]
     assert record[good.version]["status"] == "verified"
     assert record[bad.version]["status"] == "refused"
     fallback = verifier.fallback(exclude=bad.version)
@@ -123,7 +124,7 @@ def test_a_file_changed_after_registration_fails_its_checksum(
 
 class _Loaded:
     def __init__(self, version: str) -> None:
-        self.model_versions = {registry.RANKER_MODEL_NAME: version}
+        self.model_versions = {rules.RANKER_MODEL_NAME: version}
 
 
 def _loader(settings: Settings, con: Any, *, ranker: Any = None) -> _Loaded:

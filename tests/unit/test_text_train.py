@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from recsys.algorithms.text_index import TextIndex
+from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ConfigError, NotFoundError
 from tests.factories import load_into_store, make_catalog, make_events
@@ -67,7 +68,7 @@ def test_train_register_reload_reproduces_val_metric(tiny_store, tiny_settings) 
     run = registry.client(tiny_settings).get_run(result.run_id)
     assert run.data.params["text.epochs"] == "2" and "data_fingerprint" in run.data.params
     assert run.data.metrics["val_ndcg_at_10"] == pytest.approx(m["val_ndcg@10"])
-    ref, local = registry.download(tiny_settings, registry.TEXT_MODEL_NAME)
+    ref, local = registry.download(tiny_settings, rules.TEXT_MODEL_NAME)
     assert ref.version == "1" and (local / "tokenizer_config.json").is_file()
     # The registered model, loaded back, reproduces its logged validation AUC.
     encoder = tm.load_encoder(local, tm.resolve_device("cpu"))
@@ -79,7 +80,7 @@ def test_train_register_reload_reproduces_val_metric(tiny_store, tiny_settings) 
 
     second = train_text_model(tiny_settings, tiny_store, progress=False, promote=False)
     assert second.model_version == "2" and not second.promoted
-    assert registry.champion(tiny_settings, registry.TEXT_MODEL_NAME).version == "1"
+    assert registry.champion(tiny_settings, rules.TEXT_MODEL_NAME).version == "1"
 
 
 def test_score_writes_all_scopes_and_refresh_updates_one_user(tiny_store, tiny_settings) -> None:
@@ -123,7 +124,7 @@ def test_score_writes_all_scopes_and_refresh_updates_one_user(tiny_store, tiny_s
     assert refresh_user_embeddings(tiny_store, tiny_settings, model_dir, "7", ["u0"]) == 1
     after = TextIndex.load(tiny_store)
     assert not np.allclose(before, after.user_vector("u0"))
-    assert len(after._user_row) == 12  # the other users' rows are kept
+    assert len(after.user_ids) == 12  # the other users' rows are kept
     assert tiny_store.execute(
         "SELECT count(*) FROM text_scores"
         " WHERE user_id = 'u0' AND item_id = 'i3' AND scope = 'live'"

@@ -18,8 +18,10 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from feature_store.rules_sql import positive_rating_sql
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
+from recsys.core.rules import FIT_SCOPE, TRAIN_SCOPE
 from training.text.texts import ItemSummaries, item_summaries, user_histories
 
 log = logging.getLogger(__name__)
@@ -56,11 +58,11 @@ def build_eval_set(
     summaries = summaries or item_summaries(con)
     val_pos: dict[str, list[str]] = {}
     for user_id, item_id in con.execute(
-        "SELECT user_id, item_id FROM split_v1 WHERE part = 'val' AND rating >= 4 "
+        f"SELECT user_id, item_id FROM split_v1 WHERE part = 'val' AND {positive_rating_sql()} "
         "ORDER BY user_id, rn"
     ).fetchall():
         val_pos.setdefault(str(user_id), []).append(str(item_id))
-    histories = user_histories(con, "events_fit_v1", sorted(val_pos))
+    histories = user_histories(con, FIT_SCOPE.events, sorted(val_pos))
     users = sorted(u for u in val_pos if u in histories)
     if not users:
         raise TrainingError(
@@ -77,7 +79,7 @@ def build_eval_set(
         pool = np.sort(rng.choice(pool, size=cfg.eval_item_pool, replace=False))
     touched: dict[str, set[str]] = {}
     for user_id, item_id in con.execute(
-        "SELECT DISTINCT user_id, item_id FROM events_train_v1"
+        f"SELECT DISTINCT user_id, item_id FROM {TRAIN_SCOPE.events}"
     ).fetchall():
         touched.setdefault(str(user_id), set()).add(str(item_id))
     texts, cands, labels = [], [], []

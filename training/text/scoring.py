@@ -26,18 +26,14 @@ import numpy as np
 import pyarrow as pa
 
 from feature_store.db import transaction
+from feature_store.splits import ensure_split
 from recsys.core.config import Settings
 from recsys.core.errors import ConfigError
+from recsys.core.rules import LIVE_SCOPE, SCOPES
 from training.text import model as tm
 from training.text.texts import item_summaries, item_texts, user_histories
 
 log = logging.getLogger(__name__)
-
-SCOPES: dict[str, str] = {
-    "fit_v1": "events_fit_v1",
-    "train_v1": "events_train_v1",
-    "live": "events",
-}
 
 
 @dataclass(frozen=True)
@@ -199,7 +195,7 @@ def score_users(
     progress: bool = False,
 ) -> tuple[int, int]:
     """Encode users of ``scope`` (all, or ``user_ids``) and write their embeddings and top-N."""
-    relation = SCOPES[check_scopes([scope])[0]]
+    relation = SCOPES[check_scopes([scope])[0]].events
     summaries = item_summaries(con)
     hists = user_histories(con, relation, user_ids)
     texts = {
@@ -257,14 +253,13 @@ def score_store(
     progress: bool = True,
 ) -> ScoreSummary:
     """Embed the whole catalog and every user of each scope with the model in ``model_dir``."""
-    from training.text.train import ensure_split
 
     scopes = check_scopes(scopes)
     device = tm.resolve_device(settings.device)
     encoder = tm.load_encoder(model_dir, device)
     meta = tm.read_meta(model_dir, settings)
     batch = batch_size or settings.text.score_batch_size
-    if any(s != "live" for s in scopes):
+    if any(s != LIVE_SCOPE.name for s in scopes):
         ensure_split(con)
     texts = item_texts(con)
     item_ids = sorted(texts)
@@ -296,7 +291,7 @@ def refresh_user_embeddings(
     model_dir: Path,
     model_version: str,
     user_ids: Sequence[str],
-    scope: str = "live",
+    scope: str = LIVE_SCOPE.name,
 ) -> int:
     """Re-encode only ``user_ids`` (after new events) and rewrite their embeddings and top-N
     scores against the stored item embeddings of ``model_version``.  Returns users updated."""

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from feature_store.splits import ensure_split
+from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
 from training import registry
@@ -219,17 +221,6 @@ def fit(
     return history
 
 
-def ensure_split(con: duckdb.DuckDBPyConnection) -> None:
-    """Materialize protocol v1 when ``split_v1`` is missing."""
-    from feature_store.splits import materialize_protocol_split
-
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'split_v1'"
-    ).fetchone()
-    if not exists or not exists[0]:
-        materialize_protocol_split(con)
-
-
 def train_text_model(
     settings: Settings,
     con: duckdb.DuckDBPyConnection,
@@ -257,9 +248,9 @@ def train_text_model(
     )
     with registry.start_run(
         settings,
-        "text-scorer",
+        rules.TEXT_MODEL_NAME,
         data_fingerprint=fingerprint,
-        tags={"model": registry.TEXT_MODEL_NAME},
+        tags={"model": rules.TEXT_MODEL_NAME},
     ) as run:
         mlflow.log_params(
             {
@@ -280,7 +271,7 @@ def train_text_model(
             prefix="zeroshot_val_",
         )
         baselines.update(tfidf_metrics(eval_set, item_text))
-        mlflow.log_metrics(mlflow_metrics(baselines))
+        mlflow.log_metrics(rules.mlflow_metrics(baselines))
         log.info("baselines: %s", {k: round(v, 4) for k, v in baselines.items()})
         if settings.text.use_lora:
             tm.apply_lora(encoder, settings.text.lora_rank)
@@ -292,7 +283,7 @@ def train_text_model(
             meta,
             settings,
             progress=progress,
-            on_epoch=lambda row, epoch: mlflow.log_metrics(mlflow_metrics(row), step=epoch),
+            on_epoch=lambda row, epoch: mlflow.log_metrics(rules.mlflow_metrics(row), step=epoch),
         )
         tm.merge_lora(encoder)
         best = max(history, key=lambda r: r["val_auc"])
@@ -303,13 +294,13 @@ def train_text_model(
         }
         # At the last epoch's step, so the run's latest value is the kept (best) epoch's, not
         # the last epoch's curve point.
-        mlflow.log_metrics(mlflow_metrics(metrics), step=int(history[-1]["epoch"]))
+        mlflow.log_metrics(rules.mlflow_metrics(metrics), step=int(history[-1]["epoch"]))
         mlflow.log_table(_evaluation_table(metrics), artifact_file="evaluation.json")
         model_dir = _save_and_log(
             encoder, settings, run.info.run_id, {**meta, "data_fingerprint": fingerprint}
         )
         run_id = run.info.run_id
-    ref = registry.register(settings, registry.TEXT_MODEL_NAME, run_id, "model")
+    ref = registry.register(settings, rules.TEXT_MODEL_NAME, run_id, "model")
     promoted = promote and registry.promote_if_better(settings, ref, "val_auc")
     return TextTrainResult(run_id, ref.version, metrics, promoted, model_dir, history)
 
@@ -334,15 +325,12 @@ def _save_and_log(
     """Save the model (safetensors) with its settings and log the directory as ``model``."""
     import mlflow
 
-    model_dir = tm.save_model(encoder, settings.artifacts_dir / "text-scorer" / run_id, meta)
+    model_dir = tm.save_model(
+        encoder, settings.artifacts_dir / rules.TEXT_MODEL_NAME / run_id, meta
+    )
     (model_dir / "settings.json").write_text(settings.to_json(), encoding="utf-8")
     mlflow.log_artifacts(str(model_dir), "model")
     return model_dir
-
-
-def mlflow_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """MLflow metric names cannot contain '@': ``val_ndcg@10`` is logged as ``val_ndcg_at_10``."""
-    return {k.replace("@", "_at_"): float(v) for k, v in metrics.items()}
 
 
 def _evaluation_table(metrics: dict[str, float]) -> dict[str, list[Any]]:
