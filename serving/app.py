@@ -55,7 +55,7 @@ def create_app(
         settings=settings,
         snapshots=snapshots,
         models=models,
-        event_log=EventLog(settings.event_log_dir),
+        event_log=EventLog(settings.event_log_dir, strict=False),
         metrics=metrics,
         watcher=Watcher(settings, snapshots, models),
     )

@@ -292,7 +292,9 @@ def train_text_model(
             **{k: best[k] for k in ("val_auc", "val_ndcg@10", "val_users")},
             "best_epoch": best["epoch"],
         }
-        mlflow.log_metrics(rules.mlflow_metrics(metrics))
+        # At the last epoch's step, so the run's latest value is the kept (best) epoch's, not
+        # the last epoch's curve point.
+        mlflow.log_metrics(rules.mlflow_metrics(metrics), step=int(history[-1]["epoch"]))
         mlflow.log_table(_evaluation_table(metrics), artifact_file="evaluation.json")
         model_dir = _save_and_log(
             encoder, settings, run.info.run_id, {**meta, "data_fingerprint": fingerprint}
