@@ -146,6 +146,28 @@ class Interactions:
         return cls(con, rel, item_ids, user_ids, seen, positives, genres, events)
 
 
+def click_histories(
+    con: duckdb.DuckDBPyConnection, requests: Any, n: int
+) -> list[tuple[str, list[str]]]:
+    """(request_id, the user's latest ``n`` clicked items, newest first) for each request of
+    ``requests`` (an Arrow-convertible frame of request_id, user_id, as_of), clicks strictly
+    before its ``as_of``; requests without an earlier click are absent."""
+    con.register("_replay_reqs", requests.to_arrow())
+    try:
+        rows = con.execute(
+            f"""
+            SELECT r.request_id,
+                   list(e.item_id ORDER BY e.ts DESC)[1:{int(n)}] AS items
+            FROM _replay_reqs r JOIN events e ON e.user_id = r.user_id AND e.ts < r.as_of
+            WHERE e.event_type = 'click'
+            GROUP BY r.request_id
+            """
+        ).fetchall()
+    finally:
+        con.unregister("_replay_reqs")
+    return [(req, list(items)) for req, items in rows]
+
+
 def _positive_events(
     con: duckdb.DuckDBPyConnection, rel: str, user_ids: np.ndarray, item_ids: np.ndarray
 ) -> PositiveEvents:

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from feature_store.interactions import Interactions
 from recsys.algorithms.baselines import ALS, ItemKNN
+from recsys.algorithms.text_index import user_text_vector
 from recsys.algorithms.topk import EMPTY, DenseGenerator, Scored, top_n
 from recsys.core.rules import COLD_ITEM_MAX_EVENTS, HISTORY_LENGTH
 
@@ -231,13 +232,7 @@ class TextNeighbours:
         return self
 
     def user_vector(self, user_id: str) -> np.ndarray | None:
-        vec = self.index.user_vector(user_id)
-        if vec is None:
-            pos = self.data.positive_items(user_id)
-            if len(pos) == 0:
-                return None
-            vec = self.index.vector_from_history(list(self.data.item_ids[pos[-self.recent :]]))
-        return vec
+        return user_text_vector(self.index, user_id, self.data, recent=self.recent)
 
     def generate(
         self, user_ids: Sequence[str], n: int, as_of: Sequence[datetime] | None = None

@@ -22,6 +22,7 @@ import polars as pl
 
 from feature_store.features import FEATURE_COLUMNS, compute_features
 from feature_store.interactions import Interactions
+from recsys.algorithms.text_index import user_text_vector
 from recsys.core.rules import HISTORY_LENGTH
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,7 @@ class TextFeatures:
         self.recent = int(recent)
 
     def user_vector(self, user_id: str | None, history: Sequence[str] = ()) -> np.ndarray | None:
-        if history:
-            return self.index.vector_from_history(list(history)[-self.recent :])
-        vec = self.index.user_vector(user_id) if user_id is not None else None
-        if vec is None and self.data is not None and user_id is not None:
-            pos = self.data.positive_items(user_id)
-            if len(pos):
-                vec = self.index.vector_from_history(list(self.data.item_ids[pos[-self.recent :]]))
-        return vec
+        return user_text_vector(self.index, user_id, self.data, history, self.recent)
 
     def scores(
         self, frame: pl.DataFrame, vectors: dict[str, np.ndarray | None] | None = None

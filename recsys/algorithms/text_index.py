@@ -12,7 +12,32 @@ import duckdb
 import numpy as np
 
 from feature_store.embeddings import read_embeddings
-from recsys.core.rules import LIVE_SCOPE
+from feature_store.interactions import Interactions
+from recsys.core.rules import HISTORY_LENGTH, LIVE_SCOPE
+
+
+def user_text_vector(
+    index: TextIndex,
+    user_id: str | None,
+    data: Interactions | None = None,
+    history: Sequence[str] = (),
+    recent: int = HISTORY_LENGTH,
+) -> np.ndarray | None:
+    """The one definition of a user's text vector.
+
+    With a ``history``: the vector of its latest ``recent`` items.  Otherwise the user's stored
+    embedding, or (none stored) the vector of their latest ``recent`` positive items in ``data``.
+    """
+    if history:
+        return index.vector_from_history(list(history)[-recent:])
+    if user_id is None:
+        return None
+    vec = index.user_vector(user_id)
+    if vec is None and data is not None:
+        pos = data.positive_items(user_id)
+        if len(pos):
+            vec = index.vector_from_history(list(data.item_ids[pos[-recent:]]))
+    return vec
 
 
 class TextIndex:

@@ -20,8 +20,10 @@ import numpy as np
 import polars as pl
 
 from feature_store.features import compute_features
+from feature_store.interactions import click_histories
 from recsys.algorithms.metrics import auc, mrr, ndcg_graded
 from recsys.algorithms.ranking import add_text_features, feature_matrix
+from recsys.algorithms.text_index import user_text_vector
 from recsys.core.errors import RecsysError
 from recsys.core.rules import HISTORY_LENGTH
 
@@ -112,20 +114,8 @@ def history_vectors(
 ) -> np.ndarray:
     """Text scores from each request's click history strictly before the impression time."""
     reqs = frame.select("request_id", "user_id", "as_of").unique(maintain_order=True)
-    con.register("_replay_reqs", reqs.to_arrow())
-    try:
-        hist = con.execute(
-            f"""
-            SELECT r.request_id,
-                   list(e.item_id ORDER BY e.ts DESC)[1:{int(recent)}] AS items
-            FROM _replay_reqs r JOIN events e ON e.user_id = r.user_id AND e.ts < r.as_of
-            WHERE e.event_type = 'click'
-            GROUP BY r.request_id
-            """
-        ).fetchall()
-    finally:
-        con.unregister("_replay_reqs")
-    vec = {req: index.vector_from_history(items) for req, items in hist}
+    hist = click_histories(con, reqs, recent)
+    vec = {req: user_text_vector(index, None, history=items, recent=recent) for req, items in hist}
     out = np.full(frame.height, np.nan)
     groups = frame.with_row_index("_row").group_by("request_id", maintain_order=True)
     for req, rows_, items in groups.agg("_row", "item_id").iter_rows():

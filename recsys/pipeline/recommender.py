@@ -23,6 +23,7 @@ import polars as pl
 from feature_store.interactions import Interactions, recent_positives
 from recsys.algorithms.candidates import Blender, Popularity
 from recsys.algorithms.ranking import TextFeatures, assemble, feature_matrix
+from recsys.algorithms.text_index import user_text_vector
 from recsys.core import rules
 from recsys.core.config import Settings
 
@@ -142,7 +143,7 @@ class Recommender:
         embedded_at = self._embedded_at.get(user_id)
         if stored is not None and embedded_at is not None and newest <= embedded_at:
             return stored
-        return self.text.index.vector_from_history(items)
+        return user_text_vector(self.text.index, user_id, history=items)
 
     def candidates(self, user_id: str) -> pl.DataFrame:
         """The blender's candidate frame of a known user (precomputed when possible)."""
