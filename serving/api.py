@@ -15,7 +15,7 @@ from feature_store.validation import (
     item_ids_to_look_up,
     validate_event_record,
 )
-from recsys.errors import NotFoundError
+from recsys.core.errors import NotFoundError
 from serving.errors import MalformedJSONError, UnsupportedMediaTypeError
 from serving.security import require_api_key
 from serving.snapshot import existing_event_ids, existing_items

@@ -15,7 +15,7 @@ import sys
 
 from flask import Flask
 
-from recsys.config import Settings, load_settings
+from recsys.core.config import Settings, load_settings
 from serving import admin, api, health
 from serving import metrics as metrics_mod
 from serving.errors import ReloadRefusedError, register_error_handlers

@@ -30,7 +30,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from recsys.errors import RecsysError
+from recsys.core.errors import RecsysError
 
 log = logging.getLogger(__name__)
 

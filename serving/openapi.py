@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from feature_store.db import EVENT_TYPES
-from recsys.config import Settings
+from recsys.core.config import Settings
 from serving import validation as v
 from serving.security import API_KEY_HEADER
 

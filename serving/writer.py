@@ -34,8 +34,8 @@ from feature_store.batches import RecordStatus
 from feature_store.db import connect
 from feature_store.ingest import RECORD_ERRORS, ingest_event_records, quarantine_event_records
 from feature_store.validation import printable
-from recsys.config import Settings
-from recsys.errors import RecsysError
+from recsys.core.config import Settings
+from recsys.core.errors import RecsysError
 from serving.eventlog import EventLog, LoggedEvent
 from serving.heartbeat import WriterStatus
 from serving.models import registry_exists
@@ -293,17 +293,17 @@ class EventWriter:
 
     def _champion_text_model(self) -> tuple[str, Path] | None:
         """(version, local directory) of the text-scorer champion, downloaded once per version."""
-        from training import tracking
+        from training import registry
 
         if not registry_exists(self.settings):
             return None
-        ref = tracking.champion(self.settings, TEXT_MODEL_NAME)
+        ref = registry.champion(self.settings, TEXT_MODEL_NAME)
         if ref is None:
             return None
         if self._text_model is None or self._text_model[0] != ref.version:
             target = serving_dir(self.settings) / "models" / f"{TEXT_MODEL_NAME}-v{ref.version}"
             target.mkdir(parents=True, exist_ok=True)
-            _, local = tracking.download(self.settings, TEXT_MODEL_NAME, ref.version, dst=target)
+            _, local = registry.download(self.settings, TEXT_MODEL_NAME, ref.version, dst=target)
             self._text_model = (ref.version, local)
         return self._text_model
 

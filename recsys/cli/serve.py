@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from recsys.cli import settings_from
-from recsys.config import Settings
+from recsys.core.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import duckdb
 import httpx
 import pytest
 
-from recsys.config import Settings, load_settings
+from recsys.core.config import Settings, load_settings
 from serving.eventlog import EventLog
 from serving.snapshot import read_pointer
 

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from feature_store.db import connect
-from recsys.config import Settings, load_settings
+from recsys.core.config import Settings, load_settings
 from serving.eventlog import EventLog
 from serving.heartbeat import HEARTBEAT_FILE, read_heartbeat
 from serving.snapshot import serving_dir

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import feature_store.ingest as ingest_mod
 from feature_store.db import EVENT_TYPES, connect
 from feature_store.validation import validate_event_record
-from recsys.config import Settings, load_settings
+from recsys.core.config import Settings, load_settings
 from serving.app import create_app
 from serving.eventlog import EventLog
 from serving.writer import EventWriter

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 
 from feature_store.db import connect
-from recsys.config import load_settings
+from recsys.core.config import load_settings
 from serving.app import create_app
 from serving.metrics import request_labels
 from serving.writer import EventWriter

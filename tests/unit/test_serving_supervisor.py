@@ -17,7 +17,7 @@ import pytest
 from flask import Flask
 
 from feature_store.db import connect
-from recsys.config import Settings, load_settings
+from recsys.core.config import Settings, load_settings
 from serving import supervisor as sup
 from serving.app import create_app
 from serving.eventlog import LOG_FILE
