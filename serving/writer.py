@@ -261,9 +261,15 @@ class EventWriter:
         return False
 
     def _store_changed(self) -> bool:
-        if read_pointer(self.settings) is None:
+        pointer = read_pointer(self.settings)
+        if pointer is None:
             return True
-        return self._store_stat is None or self._store_stat != _stat(self.settings.db_path)
+        stat = _stat(self.settings.db_path)
+        if self._store_stat is None and stat is not None and stat[0] / 1e9 < pointer.published_at:
+            # published after the store's last write (by `ensure_snapshot` or a previous
+            # writer): current, so a restarted writer does not make every worker switch again
+            self._store_stat = stat
+        return self._store_stat != stat
 
     def _refresh_users(
         self, con: Any, user_ids: Sequence[str], model: tuple[str, Path] | None
