@@ -43,6 +43,7 @@ def tiny_settings(
     return settings.replace(
         **{
             "device": "cpu",
+            "text.model": "pairs",  # the per-pair model; the history tower: test_text_tower.py
             "text.base_model": str(model_dir),
             "text.epochs": 2,
             "text.batch_size": 16,
