@@ -27,6 +27,7 @@ demo: venv
 test: venv
 	$(BIN)/ruff check recsys feature_store training serving tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not gpu and not slow" -p no:cacheprovider
 
 test-fast: venv

@@ -1,4 +1,4 @@
-"""Per-request cost of ``recsys.pipeline.Recommender`` on a trained home.
+"""Per-request cost of ``recsys.pipeline.recommender.Recommender`` on a trained home.
 
 Times ``recommend(user, k=10)`` and ``rank(300 candidate ids, k=10, user_id=...)`` for random
 known users (wall and CPU per call: median / p95 / p99) and the one-off ``Recommender.load``.
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from feature_store.db import connect
-from recsys.config import load_settings
-from recsys.pipeline import Recommender
+from recsys.core.config import load_settings
+from recsys.pipeline.recommender import Recommender
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recsys.ranking import feature_matrix, feature_names
+from recsys.algorithms.ranking import feature_matrix, feature_names
 from training.ranker.model import RankerModel
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -59,11 +59,11 @@ def synthetic_model(trees: int, seed: int = 0) -> RankerModel:
 
 
 def champion_model(home: str) -> RankerModel:
-    from recsys.config import load_settings
-    from training import tracking
+    from recsys.core.config import load_settings
+    from training import registry
 
     settings = load_settings(overrides={"home": home})
-    _, path = tracking.download(settings, tracking.RANKER_MODEL_NAME)
+    _, path = registry.download(settings, registry.RANKER_MODEL_NAME)
     return RankerModel.load(path)
 
 

@@ -213,7 +213,7 @@ def _payloads(home: Path, n_candidates: int, k: int, count: int = 200) -> list[d
     import duckdb
 
     sys.path.insert(0, str(ROOT))
-    from recsys.config import load_settings
+    from recsys.core.config import load_settings
     from serving.snapshot import read_pointer
 
     info = read_pointer(load_settings(overrides={"home": str(home)}, environ={}))

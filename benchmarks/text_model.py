@@ -150,7 +150,7 @@ def bench_embedding(
 
 def bench_quality(data_dir: Path, max_pairs: int, device: str) -> dict[str, Any]:
     """A capped end-to-end training run on a fresh home: wall time and validation metrics."""
-    from recsys.config import load_settings
+    from recsys.core.config import load_settings
     from training.text.train import train_text_model
 
     with tempfile.TemporaryDirectory(prefix="bench-text-") as home:
@@ -194,7 +194,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
 
-    from recsys.config import load_settings
+    from recsys.core.config import load_settings
     from training.text import model as tm
 
     device = tm.resolve_device(args.device)

@@ -16,7 +16,7 @@ import duckdb
 from tqdm.auto import tqdm
 
 from feature_store.db import transaction
-from recsys.errors import DataValidationError
+from recsys.core.errors import DataValidationError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from recsys.errors import RecsysError
+from recsys.core.errors import RecsysError
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import polars as pl
 
 from feature_store import features_snapshot as fs
 from feature_store import features_sql
-from recsys.config import RankerSettings
-from recsys.errors import DataValidationError, RecsysError
+from recsys.core.config import RankerSettings
+from recsys.core.errors import DataValidationError, RecsysError
 
 log = logging.getLogger(__name__)
 

@@ -42,12 +42,27 @@ from feature_store.validation import (
     ITEM_LIST_COLUMNS,
     ITEM_REQUIRED,
     events_checked_sql,
+    item_ids_to_look_up,
     items_reason_sql,
     items_typed_sql,
+    printable,
     validate_event_record,
 )
 
 log = logging.getLogger(__name__)
+
+# What storing a record that passed validation may still raise when the record itself is at
+# fault (a value the store cannot hold), as opposed to the store (I/O, locks, a full disk).
+RECORD_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    OverflowError,
+    UnicodeError,
+    pa.ArrowException,
+    duckdb.DataError,
+    duckdb.ConstraintException,
+    duckdb.InvalidInputException,
+)
 
 __all__ = [
     "IngestResult",
@@ -283,18 +298,7 @@ def ingest_event_records(
     with open_batch(con, "api", source, steps=1, progress=False, memory_limit=None) as batch:
         _insert_records(batch, accepted)
         for index, reason in rejected:
-            con.execute(
-                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    batch.batch_id,
-                    source,
-                    index + 1,
-                    None,
-                    json.dumps(records[index], default=str),
-                    reason,
-                    now_utc(),
-                ],
-            )
+            _quarantine_record(batch, index, records[index], reason)
         result = IngestResult(
             batch.batch_id,
             "api",
@@ -308,6 +312,54 @@ def ingest_event_records(
         )
         batch.record(result)
     return result
+
+
+def quarantine_event_records(
+    con: duckdb.DuckDBPyConnection,
+    records: Sequence[tuple[int, Any, str]],
+    *,
+    source: str = "api",
+) -> IngestResult:
+    """Quarantine ``(index, record, reason)`` triples as one batch, storing nothing else.
+
+    For records that passed validation but still failed to store (the event writer isolates
+    them); the raw record is kept as ASCII-escaped JSON, which any store can hold.
+    """
+    with open_batch(con, "api", source, steps=1, progress=False, memory_limit=None) as batch:
+        for index, record, reason in records:
+            _quarantine_record(batch, index, record, reason)
+        reasons = Counter(reason for _, _, reason in records)
+        result = IngestResult(
+            batch.batch_id,
+            "api",
+            source,
+            len(records),
+            0,
+            0,
+            len(records),
+            dict(reasons),
+            tuple(
+                RecordStatus(index, _raw_event_id(record), "rejected", reason)
+                for index, record, reason in records
+            ),
+        )
+        batch.record(result)
+    return result
+
+
+def _quarantine_record(batch: Batch, index: int, record: Any, reason: str) -> None:
+    batch.con.execute(
+        "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            batch.batch_id,
+            batch.source,
+            index + 1,
+            None,
+            json.dumps(record, default=str),  # ensure_ascii: lone surrogates become escapes
+            printable(reason),
+            now_utc(),
+        ],
+    )
 
 
 def _insert_records(batch: Batch, rows: list[dict[str, Any]]) -> None:
@@ -360,13 +412,7 @@ def _quarantine(batch: Batch, typed: str, staged: str, columns: Sequence[str]) -
 
 
 def _known_items(con: duckdb.DuckDBPyConnection, records: Sequence[Mapping[str, Any]]) -> set[str]:
-    wanted = sorted(
-        {
-            str(r["item_id"]).strip()
-            for r in records
-            if isinstance(r, Mapping) and isinstance(r.get("item_id"), str | int)
-        }
-    )
+    wanted = item_ids_to_look_up(records)
     if not wanted:
         return set()
     rows = con.execute(

@@ -4,7 +4,7 @@ Every source file is first checked as a whole (exists, not empty, valid UTF-8, r
 present) and then read by DuckDB with every column as text into a temporary staging table whose
 ``_row`` column is the 1-based data row (header excluded).  Validation and typing happen later,
 in SQL over that table, so a bad value in one row never aborts the file; only a file that cannot
-be read as a table at all raises :class:`~recsys.errors.DataValidationError`.
+be read as a table at all raises :class:`~recsys.core.errors.DataValidationError`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from recsys.errors import DataValidationError
+from recsys.core.errors import DataValidationError
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,15 @@ Rules for an event (column contract in docs/ingest.md):
 - ``event_type`` is one of :data:`feature_store.db.EVENT_TYPES` (case-insensitive);
 - ``ts`` is unix seconds or ISO-8601 (an offset converts to UTC; no offset means UTC), between
   1970-01-01 and 2100-01-01;
-- ``value`` is numeric or empty; ``rate`` events need a value in [0, 10];
-- ``position`` is an integer >= 0 or empty;
+- ``value`` is numeric (at most 1e12 in magnitude) or empty; ``rate`` events need a value in
+  [0, 10];
+- ``position`` is an integer from 0 to 2**31 - 1 (the store's INTEGER) or empty;
 - ``item_id`` names an item in the store (or in the same batch).
+
+The Python path also rejects what a file cannot contain but JSON can: strings that are not valid
+Unicode (a lone UTF-16 surrogate such as ``"\\ud83d"``, sent by a client that cut an emoji in
+half), numbers too large for the store, and non-ASCII digits.  Whatever this accepts, the store
+can hold: the API answers ``accepted`` only for such events.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,6 +61,8 @@ ITEM_COLUMNS = (
 )
 ITEM_REQUIRED = ("item_id", "title")
 
+POSITION_MAX = 2**31 - 1  # events.position is an INTEGER (int32)
+VALUE_MAX = 1e12  # |value|; the content hash takes round(value * 1e6) as a BIGINT
 TS_MIN = datetime(1970, 1, 1)
 TS_MAX = datetime(2100, 1, 1)
 RATING_MIN, RATING_MAX = 0.0, 10.0
@@ -62,6 +70,7 @@ UNKNOWN_ITEM = "unknown item id"
 _SEP = "\x1f"  # unit separator between hashed fields
 # what DuckDB's CAST(... AS DOUBLE) accepts for a finite number
 _NUMERIC = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 _OFFSET = re.compile(r".*[T ][0-9]{2}:[0-9]{2}.*(Z|[+-][0-9]{2}(:?[0-9]{2})?)")
 _EPOCH = datetime(1970, 1, 1)
 
@@ -100,6 +109,7 @@ _EVENT_RULES_SQL: tuple[tuple[str, str, str], ...] = (
         "non-numeric value",
         "value",
     ),
+    (f"abs(value) > {VALUE_MAX:.0f}", "value out of range", "value"),
     ("event_type = 'rate' AND value IS NULL", "rate without value", "value"),
     (
         f"event_type = 'rate' AND (value < {RATING_MIN} OR value > {RATING_MAX})",
@@ -155,8 +165,9 @@ def events_reason_sql(known_items: str) -> tuple[str, str]:
 
 EVENT_ID_SQL = (
     "coalesce(event_id_in, 'h:' || md5(concat_ws(chr(31), user_id, item_id, event_type, "
-    "CAST(epoch_us(ts) AS VARCHAR), coalesce(CAST(CAST(round(value * 1e6) AS BIGINT) AS VARCHAR),"
-    " ''), coalesce(text, ''), coalesce(request_id, ''), coalesce(CAST(position AS VARCHAR), ''))))"
+    "CAST(epoch_us(ts) AS VARCHAR), "
+    "coalesce(CAST(TRY_CAST(round(value * 1e6) AS BIGINT) AS VARCHAR), ''), "
+    "coalesce(text, ''), coalesce(request_id, ''), coalesce(CAST(position AS VARCHAR), ''))))"
 )
 
 
@@ -230,9 +241,13 @@ def validate_event_record(
     """
     if not isinstance(record, Mapping):
         return None, "record is not an object"
-    unknown = sorted(set(record) - set(EVENT_COLUMNS))
+    unknown = sorted(map(printable, set(record) - set(EVENT_COLUMNS)))
     if unknown:
-        return None, f"unknown field(s) {', '.join(map(str, unknown))}"
+        return None, f"unknown field(s) {', '.join(unknown)}"
+    for name in EVENT_COLUMNS:
+        value = record.get(name)
+        if isinstance(value, str) and not is_valid_unicode(value):
+            return None, f"{name} is not valid Unicode (a lone UTF-16 surrogate?)"
     ids: dict[str, str | None] = {}
     for name in ("event_id", "user_id", "item_id", "request_id"):
         ids[name], bad = _id(record.get(name))
@@ -255,6 +270,7 @@ def validate_event_record(
         (event_type not in EVENT_TYPES, "unknown event type"),
         (ts_reason is not None, ts_reason),
         (value_bad, "non-numeric value"),
+        (value is not None and abs(value) > VALUE_MAX, "value out of range"),
         (event_type == "rate" and value is None, "rate without value"),
         (
             event_type == "rate" and value is not None and not RATING_MIN <= value <= RATING_MAX,
@@ -278,6 +294,32 @@ def validate_event_record(
     }
     row["event_id"] = ids["event_id"] or content_event_id(row)
     return row, None
+
+
+def is_valid_unicode(text: str) -> bool:
+    """True when ``text`` encodes to UTF-8 (no lone surrogates), so a store can hold it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def item_ids_to_look_up(records: Sequence[Any]) -> list[str]:
+    """The distinct item ids of raw event ``records`` worth a store look-up (valid strings)."""
+    ids = {
+        str(r["item_id"]).strip()
+        for r in records
+        if isinstance(r, Mapping)
+        and isinstance(r.get("item_id"), str | int)
+        and not isinstance(r.get("item_id"), bool)
+    }
+    return sorted(i for i in ids if i and is_valid_unicode(i))
+
+
+def printable(value: Any) -> str:
+    """``value`` as text that any store or log can hold (bad characters escaped)."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def content_event_id(row: Mapping[str, Any]) -> str:
@@ -316,7 +358,10 @@ def _parse_ts(value: Any) -> tuple[datetime | None, str | None]:
         return None, "bad timestamp"
     numeric_text = isinstance(value, str) and _NUMERIC.fullmatch(value.strip())
     if isinstance(value, int | float) or numeric_text:
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer past the float range
+            return None, "timestamp out of range"
         if math.isfinite(seconds) and abs(seconds) < 5e9:
             parsed = _EPOCH + timedelta(microseconds=round(seconds * 1e6))
     elif isinstance(value, str):
@@ -325,7 +370,10 @@ def _parse_ts(value: Any) -> tuple[datetime | None, str | None]:
         except ValueError:
             parsed = None
         if parsed is not None and parsed.tzinfo is not None:
-            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+            try:
+                parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+            except OverflowError:  # 9999-12-31T23:00-05:00 is past year 9999 in UTC
+                return None, "timestamp out of range"
     if parsed is None:
         return None, "bad timestamp"
     if not TS_MIN <= parsed < TS_MAX:
@@ -336,11 +384,13 @@ def _parse_ts(value: Any) -> tuple[datetime | None, str | None]:
 def _number(value: Any) -> tuple[float | None, bool]:
     if _blank(value):
         return None, False
-    if isinstance(value, bool):
-        return None, True
+    if isinstance(value, bool) or (
+        isinstance(value, str) and not _NUMERIC.fullmatch(value.strip())
+    ):
+        return None, True  # as the SQL cast: ASCII digits only, no "inf", "nan" or "1_0"
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None, True
     return (number, False) if math.isfinite(number) else (None, True)
 
@@ -348,14 +398,15 @@ def _number(value: Any) -> tuple[float | None, bool]:
 def _position(value: Any) -> tuple[int | None, bool]:
     if _blank(value):
         return None, False
+    number: int | None = None
     if isinstance(value, bool):
         return None, True
-    try:
-        number = int(value) if not isinstance(value, float) else None
-    except (TypeError, ValueError):
-        number = None
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
         number = int(value)
-    if number is None or number < 0:
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        number = int(value.strip())
+    if number is None or not 0 <= number <= POSITION_MAX:
         return None, True
     return number, False

@@ -10,8 +10,12 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from feature_store.validation import validate_event_record
-from recsys.errors import NotFoundError
+from feature_store.validation import (
+    is_valid_unicode,
+    item_ids_to_look_up,
+    validate_event_record,
+)
+from recsys.core.errors import NotFoundError
 from serving.errors import MalformedJSONError, UnsupportedMediaTypeError
 from serving.security import require_api_key
 from serving.snapshot import existing_event_ids, existing_items
@@ -75,7 +79,7 @@ def post_events() -> ResponseReturnValue:
     st = state()
     records = parse_events_body(json_body(), st.settings.serving.max_events_per_batch)
     cursor = get_cursor()
-    known = existing_items(cursor, _raw_item_ids(records))
+    known = existing_items(cursor, item_ids_to_look_up(records))
     checked = [validate_event_record(r, known.__contains__) for r in records]
     in_store = existing_event_ids(cursor, [row["event_id"] for row, _ in checked if row])
     results: list[dict[str, Any]] = []
@@ -145,16 +149,6 @@ def _status(
     return {"index": index, "event_id": event_id, "status": status, "reason": reason}
 
 
-def _raw_item_ids(records: list[Any]) -> list[str]:
-    return [
-        str(r["item_id"]).strip()
-        for r in records
-        if isinstance(r, Mapping)
-        and isinstance(r.get("item_id"), str | int)
-        and not isinstance(r.get("item_id"), bool)
-    ]
-
-
 def _raw_event_id(record: Any) -> str | None:
     value = record.get("event_id") if isinstance(record, Mapping) else None
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) and is_valid_unicode(value) else None

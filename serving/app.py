@@ -15,7 +15,7 @@ import sys
 
 from flask import Flask
 
-from recsys.config import Settings, load_settings
+from recsys.core.config import Settings, load_settings
 from serving import admin, api, health
 from serving import metrics as metrics_mod
 from serving.errors import ReloadRefusedError, register_error_handlers
@@ -55,7 +55,7 @@ def create_app(
         settings=settings,
         snapshots=snapshots,
         models=models,
-        event_log=EventLog(settings.event_log_dir),
+        event_log=EventLog(settings.event_log_dir, strict=False),
         metrics=metrics,
         watcher=Watcher(settings, snapshots, models),
     )

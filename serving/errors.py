@@ -14,7 +14,7 @@ from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from recsys.errors import RecsysError
+from recsys.core.errors import RecsysError
 
 log = logging.getLogger(__name__)
 

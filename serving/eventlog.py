@@ -30,6 +30,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from recsys.core.errors import RecsysError
+
 log = logging.getLogger(__name__)
 
 LOG_FILE = "events.sqlite3"
@@ -48,6 +50,13 @@ _SCHEMA = (
 _CHECKPOINT_KEY = "ingested_seq"
 
 
+class EventLogUnavailableError(RecsysError):
+    """The event log cannot take events now (unwritable, full disk); nothing was acknowledged."""
+
+    code = "event_log_unavailable"
+    http_status = 503
+
+
 @dataclass(frozen=True)
 class LoggedEvent:
     seq: int
@@ -62,13 +71,27 @@ class EventLog:
     costs ~50 µs and keeps the object safe to share between gunicorn threads).
     """
 
-    def __init__(self, directory: Path | str) -> None:
+    def __init__(self, directory: Path | str, *, strict: bool = True) -> None:
+        """Open (creating) the log; with ``strict=False`` a log that cannot be opened now is
+        only logged, and ``append`` retries (an API worker keeps serving recommendations)."""
         self.directory = Path(directory)
         self.path = self.directory / LOG_FILE
+        self._ready = False
+        try:
+            self._ensure_schema()
+        except (OSError, sqlite3.Error) as exc:
+            if strict:
+                raise
+            log.error("event log %s unavailable: %s; POST /v1/events answers 503", self.path, exc)
+
+    def _ensure_schema(self) -> None:
+        if self._ready:
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
             for statement in _SCHEMA:
                 con.execute(statement)
+        self._ready = True
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -88,6 +111,17 @@ class EventLog:
         """
         if not records:
             return set()
+        try:
+            return self._append(records)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("cannot append %d events to %s: %s", len(records), self.path, exc)
+            raise EventLogUnavailableError(
+                f"the event log cannot take events now ({exc}); nothing was recorded, retry "
+                "later (the operator must make the log writable: see docs/serving.md)"
+            ) from exc
+
+    def _append(self, records: Sequence[Mapping[str, Any]]) -> set[str]:
+        self._ensure_schema()
         now = time.time()
         pid = os.getpid()
         with self._connect() as con:
@@ -160,6 +194,31 @@ class EventLog:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (_CHECKPOINT_KEY, str(int(seq))),
             )
+
+    def health(self) -> dict[str, Any]:
+        """For /readyz: whether the log takes writes now, its backlog and the oldest's age."""
+        out: dict[str, Any] = {"ok": True, "path": str(self.path)}
+        try:
+            self._ensure_schema()
+            con = sqlite3.connect(self.path, timeout=0.5, isolation_level=None)
+            try:
+                try:
+                    con.execute("BEGIN IMMEDIATE")  # the write lock: fails on a read-only log
+                    con.execute("ROLLBACK")
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise  # locked = another worker is appending: writable, just busy
+                checkpoint = self._checkpoint(con)
+                count, oldest = con.execute(
+                    "SELECT count(*), min(received_at) FROM event_log WHERE seq > ?",
+                    (checkpoint,),
+                ).fetchone()
+            finally:
+                con.close()
+        except (OSError, sqlite3.Error) as exc:
+            return {**out, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        age = max(0.0, time.time() - float(oldest)) if oldest is not None else 0.0
+        return {**out, "backlog": int(count), "oldest_age_s": round(age, 3)}
 
     def total(self) -> int:
         with self._connect() as con:

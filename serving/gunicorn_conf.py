@@ -9,6 +9,9 @@ the watcher thread must not cross a fork.  ``GUNICORN_CMD_ARGS`` overrides anyth
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from typing import Any
 
 # Threads let one worker overlap DuckDB queries (which release the GIL) and keep-alive clients.
@@ -34,3 +37,21 @@ def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def when_ready(server: Any) -> None:
+    """Parent watchdog: the master stops when the supervisor that started it is gone.
+
+    ``recsys serve`` also sets PR_SET_PDEATHSIG on Linux; this covers the rest (and a master
+    whose parent died between fork and prctl).  Reparenting changes ``getppid()``.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        server.log.error("the supervisor (pid %d) is gone; stopping gunicorn", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if parent != 1:
+        threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()

@@ -8,7 +8,9 @@ from flask import Blueprint, current_app, jsonify, render_template
 from flask.typing import ResponseReturnValue
 
 from serving.errors import error_body
+from serving.heartbeat import HEARTBEAT_FILE, writer_check
 from serving.openapi import openapi_document
+from serving.snapshot import serving_dir
 from serving.state import state
 
 bp = Blueprint("health", __name__)
@@ -22,7 +24,8 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
-    """200 when a store snapshot and the models are loaded, else 503 saying what is missing."""
+    """200 when a snapshot and the models are loaded and events can be taken and ingested
+    (event log writable, writer alive), else 503 saying what is wrong."""
     st = state()
     info = st.snapshots.info
     checks: dict[str, dict[str, Any]] = {
@@ -32,11 +35,13 @@ def readyz() -> ResponseReturnValue:
             "model_versions": st.models.model_versions,
             "error": st.models.error,
         },
+        "event_log": st.event_log.health(),
+        "writer": writer_check(serving_dir(st.settings) / HEARTBEAT_FILE),
     }
     if all(c["ok"] for c in checks.values()):
         return jsonify({"status": "ready", "checks": checks})
     missing = [name for name, c in checks.items() if not c["ok"]]
-    body = error_body("not_ready", f"not ready: {', '.join(missing)} not loaded")
+    body = error_body("not_ready", f"not ready: {', '.join(missing)} not ok")
     return jsonify({"status": "not_ready", "checks": checks, **body}), 503
 
 

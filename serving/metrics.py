@@ -40,6 +40,22 @@ _LATENCY_BUCKETS = (
 )
 
 
+# Label values come only from these sets, so no client can grow /metrics: any other method is
+# "OTHER", a path no route matches (404, 405) is "unmatched".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "OTHER"
+UNMATCHED_ROUTE = "unmatched"
+
+
+def request_labels(rule: str | None, method: str) -> tuple[str, str]:
+    """(endpoint, method) labels for a request: a route template and a known method, or the
+    catch-all values."""
+    return (
+        rule if rule is not None else UNMATCHED_ROUTE,
+        method if method in KNOWN_METHODS else OTHER_METHOD,
+    )
+
+
 class Metrics:
     """The app's metric objects (one set per app, registered on its own registry)."""
 
@@ -110,9 +126,10 @@ def init_app(app: Flask, metrics: Metrics) -> None:
     def _observe(response: Response) -> Response:
         started = g.get("request_started")
         if started is not None:
-            rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            metrics.latency.labels(rule, request.method).observe(time.perf_counter() - started)
-            metrics.requests.labels(rule, request.method, str(response.status_code)).inc()
+            rule = request.url_rule.rule if request.url_rule is not None else None
+            endpoint, method = request_labels(rule, request.method)
+            metrics.latency.labels(endpoint, method).observe(time.perf_counter() - started)
+            metrics.requests.labels(endpoint, method, str(response.status_code)).inc()
         return response
 
     @app.get("/metrics")

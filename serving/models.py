@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from feature_store.db import connect
-from recsys.config import Settings
-from recsys.errors import ModelNotReadyError
+from recsys.core.config import Settings
+from recsys.core.errors import ModelNotReadyError
 from serving.errors import ReloadRefusedError
 from serving.metrics import Metrics
 from serving.snapshot import SnapshotReader, serving_dir
@@ -38,18 +38,18 @@ def registry_exists(settings: Settings) -> bool:
 
     Saves the writer and the watchers from importing MLflow and creating an empty store.
     """
-    from training import tracking
+    from training import registry
 
-    uri = tracking.tracking_uri(settings)
+    uri = registry.tracking_uri(settings)
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).is_file()
     return True
 
 
 def load_recommender(settings: Settings, con: Any) -> Any:
-    """The production loader: ``recsys.pipeline.Recommender.load`` on the champion models."""
+    """The production loader: ``recsys.pipeline.recommender.Recommender.load``."""
     try:
-        from recsys.pipeline import Recommender
+        from recsys.pipeline.recommender import Recommender
     except ImportError as exc:
         raise ModelNotReadyError(f"the recommendation pipeline cannot be imported: {exc}") from exc
     return Recommender.load(settings, con)
@@ -244,13 +244,13 @@ class Watcher:
         return True
 
     def _champions_changed(self) -> bool:
-        from training import tracking
+        from training import registry
 
         if not registry_exists(self.settings):
             return False
         # The ranker names the text-model version it was trained with, so only a new ranker
         # champion changes what Recommender.load would build.
-        ref = tracking.champion(self.settings, tracking.RANKER_MODEL_NAME)
+        ref = registry.champion(self.settings, registry.RANKER_MODEL_NAME)
         return ref is not None and self.models.model_versions.get(ref.name) != ref.version
 
     def _run(self) -> None:

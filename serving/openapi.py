@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from feature_store.db import EVENT_TYPES
-from recsys.config import Settings
+from recsys.core.config import Settings
 from serving import validation as v
 from serving.security import API_KEY_HEADER
 
@@ -18,7 +18,7 @@ _ERRORS = {
     "409": "The new models failed to load; the previous ones keep serving.",
     "413": "Body over serving.max_body_bytes, or too many events / candidates.",
     "415": "The body is not sent as application/json.",
-    "503": "No store snapshot or no models loaded yet.",
+    "503": "No store snapshot or no models loaded yet, or the event log cannot take events now.",
 }
 
 
@@ -300,7 +300,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": status_ok}}},
             "/readyz": {
                 "get": {
-                    "summary": "Readiness: a store snapshot and the models are loaded",
+                    "summary": "Readiness: snapshot, models, a writable event log, a live writer",
                     "responses": {"200": status_ok, "503": _json("Status", "Not ready, and why.")},
                 }
             },

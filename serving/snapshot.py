@@ -25,7 +25,7 @@ from typing import Any
 import duckdb
 
 from feature_store.db import connect
-from recsys.config import Settings
+from recsys.core.config import Settings
 
 log = logging.getLogger(__name__)
 

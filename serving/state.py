@@ -9,7 +9,7 @@ from typing import Any
 import duckdb
 from flask import current_app, g
 
-from recsys.config import Settings
+from recsys.core.config import Settings
 from serving.errors import StoreNotReadyError
 from serving.eventlog import EventLog
 from serving.metrics import Metrics

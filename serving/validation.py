@@ -8,10 +8,12 @@ OpenAPI document (serving/openapi.py), which reads them from this module.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from feature_store.validation import is_valid_unicode
 from serving.errors import PayloadTooLargeError, RequestValidationError
 
 MAX_K = 100
@@ -35,6 +37,7 @@ EVENT_FIELDS = (
     "position",
 )
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -64,6 +67,8 @@ def check_id(value: Any, name: str) -> str:
         raise RequestValidationError(f"{name} must be 1 to {MAX_ID_LENGTH} characters long")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise RequestValidationError(f"{name} must not contain control characters")
+    if not is_valid_unicode(value):
+        raise RequestValidationError(f"{name} is not valid Unicode (a lone UTF-16 surrogate?)")
     return value
 
 
@@ -170,7 +175,8 @@ def _check_k(value: Any) -> int:
 
 def _parse_k_text(text: str) -> int:
     stripped = text.strip()
-    if not stripped.lstrip("+-").isdigit() or len(stripped) > 12:
+    # ASCII digits only: str.isdigit() also accepts "²" and "٣", which int() refuses or reads
+    if not _INTEGER.fullmatch(stripped) or len(stripped) > 12:
         raise RequestValidationError(f"k must be an integer from 1 to {MAX_K}, got {text!r}")
     return _check_k(int(stripped))
 

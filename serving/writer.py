@@ -26,21 +26,25 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from feature_store.batches import RecordStatus
 from feature_store.db import connect
-from feature_store.ingest import ingest_event_records
-from recsys.config import Settings
-from recsys.errors import RecsysError
-from serving.eventlog import EventLog
+from feature_store.ingest import RECORD_ERRORS, ingest_event_records, quarantine_event_records
+from feature_store.validation import printable
+from recsys.core.config import Settings
+from recsys.core.errors import RecsysError
+from serving.eventlog import EventLog, LoggedEvent
+from serving.heartbeat import WriterStatus
 from serving.models import registry_exists
 from serving.snapshot import SnapshotInfo, publish_snapshot, read_pointer, serving_dir
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_FLUSH = 50_000
+FLUSH_CHUNK = 5_000  # events per store transaction; a stop request waits for one chunk at most
 TEXT_MODEL_NAME = "text-scorer"
 
 
@@ -64,19 +68,28 @@ class FlushResult:
 
 
 @contextlib.contextmanager
-def writer_lock(settings: Settings) -> Iterator[None]:
-    """Hold ``<home>/serving/writer.lock`` so that only one writer runs per home."""
+def writer_lock(settings: Settings, wait_seconds: float = 0.0) -> Iterator[None]:
+    """Hold ``<home>/serving/writer.lock`` so that only one writer runs per home.
+
+    ``wait_seconds``: how long to wait for a writer that is still stopping (a restart).
+    """
     path = serving_dir(settings) / "writer.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_seconds
     with open(path, "a+", encoding="utf-8") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            fh.seek(0)
-            raise WriterBusyError(
-                f"another event writer (pid {fh.read().strip() or '?'}) is running for home "
-                f"{settings.home}; stop it or use another RECSYS_HOME"
-            ) from exc
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                fh.seek(0)
+                raise WriterBusyError(
+                    f"another event writer (pid {fh.read().strip() or '?'}) is running for home "
+                    f"{settings.home}; stop it or use another RECSYS_HOME"
+                ) from exc
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
@@ -85,6 +98,23 @@ def writer_lock(settings: Settings) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_snapshot(settings: Settings) -> None:
+    """Publish the store as it is (no log drain) when no snapshot exists yet, so that API
+    workers boot with one; the writer ingests the log afterwards, while they serve."""
+    if read_pointer(settings) is not None:
+        return
+    try:
+        with writer_lock(settings):
+            con = connect(settings.db_path)
+            try:
+                checkpoint = EventLog(settings.event_log_dir).checkpoint()
+                publish_snapshot(con, settings, log_seq=checkpoint)
+            finally:
+                con.close()
+    except RecsysError as exc:
+        log.warning("no first snapshot (%s); the workers start unready until the writer runs", exc)
 
 
 class EventWriter:
@@ -102,54 +132,87 @@ class EventWriter:
         self.refresh_embeddings = refresh_embeddings
         self._store_stat: tuple[int, int] | None = None
         self._text_model: tuple[str, Path] | None = None
+        self.status = WriterStatus()
 
-    def flush(self) -> FlushResult:
-        """One pass; publishes a snapshot when events arrived or the store changed on disk."""
+    def flush(self, stop: threading.Event | None = None) -> FlushResult:
+        """One pass; publishes a snapshot when events arrived or the store changed on disk.
+
+        Events are ingested in transactions of ``FLUSH_CHUNK``; ``stop`` (when set) ends the
+        pass after the chunk in progress, so shutdown waits for one chunk, not a whole backlog.
+        """
         pending = self.event_log.pending(MAX_EVENTS_PER_FLUSH)
         if not pending and not self._store_changed():
             return FlushResult()
         # resolved before taking the store: the first lookup imports MLflow (seconds)
         text_model = self._text_model_safely() if pending and self.refresh_embeddings else None
         started = time.perf_counter()
+        counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+        done: list[LoggedEvent] = []
+        refreshed = 0
         con = connect(self.settings.db_path)  # waits for a batch job that holds the store
         try:
-            accepted = duplicate = rejected = refreshed = 0
-            if pending:
-                result = ingest_event_records(con, [e.record for e in pending], source="api")
-                counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
-                for status in result.statuses:
+            for start in range(0, len(pending), FLUSH_CHUNK):
+                chunk = pending[start : start + FLUSH_CHUNK]
+                statuses = self._ingest_isolating(con, [e.record for e in chunk])
+                for status in statuses:
                     counts[status.status] += 1
-                accepted, duplicate, rejected = (
-                    counts["accepted"],
-                    counts["duplicate"],
-                    counts["rejected"],
-                )
                 changed = sorted(
                     {
-                        str(pending[s.index].record["user_id"])
-                        for s in result.statuses
+                        str(chunk[s.index].record["user_id"])
+                        for s in statuses
                         if s.status == "accepted"
                     }
                 )
-                refreshed = self._refresh_users(con, changed, text_model)
-            seq = pending[-1].seq if pending else self.event_log.checkpoint()
+                refreshed += self._refresh_users(con, changed, text_model)
+                done.extend(chunk)
+                if stop is not None and stop.is_set():
+                    break
+            seq = done[-1].seq if done else self.event_log.checkpoint()
             info = publish_snapshot(con, self.settings, log_seq=seq)
         finally:
             con.close()
         self._store_stat = _stat(self.settings.db_path)
-        if pending:
-            self.event_log.mark_ingested(pending[-1].seq)
+        if done:
+            self.event_log.mark_ingested(done[-1].seq)
             log.info(
                 "flushed %d logged events: %d new, %d duplicate, %d rejected; "
                 "%d user vectors refreshed; %.2f s with the snapshot",
-                len(pending),
-                accepted,
-                duplicate,
-                rejected,
+                len(done),
+                counts["accepted"],
+                counts["duplicate"],
+                counts["rejected"],
                 refreshed,
                 time.perf_counter() - started,
             )
-        return FlushResult(len(pending), accepted, duplicate, rejected, refreshed, info)
+        return FlushResult(
+            len(done),
+            counts["accepted"],
+            counts["duplicate"],
+            counts["rejected"],
+            refreshed,
+            info,
+        )
+
+    def _ingest_isolating(self, con: Any, records: list[dict[str, Any]]) -> list[RecordStatus]:
+        """Ingest ``records``; a record the store cannot hold is quarantined, the rest land.
+
+        A batch that fails because of its data is split in halves until the failing records
+        stand alone; each of those is quarantined with the error as its reason, so one bad event
+        never blocks the others.  Store failures (I/O, locks, a full disk) propagate: the events
+        stay in the log and the whole pass is retried.
+        """
+        try:
+            return list(ingest_event_records(con, records, source="api").statuses)
+        except RECORD_ERRORS as exc:
+            if len(records) > 1:
+                mid = len(records) // 2
+                left = self._ingest_isolating(con, records[:mid])
+                right = self._ingest_isolating(con, records[mid:])
+                return left + [replace(s, index=s.index + mid) for s in right]
+            reason = printable(f"cannot store: {type(exc).__name__}: {exc}")[:500]
+            log.error("quarantined logged event %r: %s", printable(records[0]), reason)
+            result = quarantine_event_records(con, [(0, records[0], reason)], source="api")
+            return list(result.statuses)
 
     def run(
         self,
@@ -165,18 +228,26 @@ class EventWriter:
         wait = self.settings.serving.event_flush_seconds if interval is None else interval
         log.info("event writer started (flush every %.1f s, log %s)", wait, self.event_log.path)
         while not stop.is_set() and alive():
-            busy = self.flush_safely()
+            busy = self.flush_safely(stop)
             if not busy:
                 stop.wait(wait)
 
-    def flush_safely(self) -> bool:
+    def flush_safely(self, stop: threading.Event | None = None) -> bool:
         """Flush, logging failures (events stay in the log); True if a full batch was read."""
+        self.status.flushing_since = time.time()
         try:
-            return self.flush().events_read >= MAX_EVENTS_PER_FLUSH
+            read = self.flush(stop).events_read
+            self.status.last_flush_ok_at = time.time()
+            self.status.last_error = None
+            return read >= MAX_EVENTS_PER_FLUSH
         except RecsysError as exc:
             log.warning("event flush postponed: %s", exc)
-        except Exception:
+            self.status.last_error = str(exc)
+        except Exception as exc:
             log.exception("event flush failed; the events stay in the log and are retried")
+            self.status.last_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.status.flushing_since = None
         return False
 
     def _store_changed(self) -> bool:
@@ -216,17 +287,17 @@ class EventWriter:
 
     def _champion_text_model(self) -> tuple[str, Path] | None:
         """(version, local directory) of the text-scorer champion, downloaded once per version."""
-        from training import tracking
+        from training import registry
 
         if not registry_exists(self.settings):
             return None
-        ref = tracking.champion(self.settings, TEXT_MODEL_NAME)
+        ref = registry.champion(self.settings, TEXT_MODEL_NAME)
         if ref is None:
             return None
         if self._text_model is None or self._text_model[0] != ref.version:
             target = serving_dir(self.settings) / "models" / f"{TEXT_MODEL_NAME}-v{ref.version}"
             target.mkdir(parents=True, exist_ok=True)
-            _, local = tracking.download(self.settings, TEXT_MODEL_NAME, ref.version, dst=target)
+            _, local = registry.download(self.settings, TEXT_MODEL_NAME, ref.version, dst=target)
             self._text_model = (ref.version, local)
         return self._text_model
 

@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from feature_store.db import connect
-from recsys.config import Settings, load_settings
+from recsys.core.config import Settings, load_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

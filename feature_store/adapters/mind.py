@@ -27,7 +27,7 @@ import duckdb
 from feature_store.db import transaction
 from feature_store.ingest import IngestResult, open_batch, write_events, write_items
 from feature_store.sources import check_file, drop_stage, stage_query
-from recsys.errors import DataValidationError
+from recsys.core.errors import DataValidationError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 from feature_store.db import transaction
 from feature_store.ingest import IngestResult, open_batch, write_events, write_items
 from feature_store.sources import check_file, drop_stage, reader_sql, stage_query, staged_columns
-from recsys.errors import DataValidationError
+from recsys.core.errors import DataValidationError
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from recsys.config import Settings, load_settings
-from recsys.errors import RecsysError
+from recsys.core.config import Settings, load_settings
+from recsys.core.errors import RecsysError
 
 # name -> "module:attribute" of a click command or group
 _COMMANDS = {

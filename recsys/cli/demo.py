@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from recsys.cli import settings_from
-from recsys.config import Settings
+from recsys.core.config import Settings
 
 log = logging.getLogger(__name__)
 

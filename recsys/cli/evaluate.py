@@ -46,9 +46,9 @@ def evaluate(
 ) -> None:
     """Evaluate on protocol v1 (MovieLens) and write report.json, report.md and plots."""
     from feature_store.db import connect
-    from recsys.evaluate import PROTOCOL, SYSTEMS, run_protocol
-    from recsys.report import log_to_mlflow, write_report
-    from training import tracking
+    from recsys.evaluation.protocol import PROTOCOL, SYSTEMS, run_protocol
+    from recsys.evaluation.report import log_to_mlflow, write_report
+    from training import registry
 
     settings = settings_from(ctx)
     out = Path(output) if output else settings.reports_dir / "evaluate"
@@ -58,7 +58,7 @@ def evaluate(
     report: dict[str, Any] = {"protocol": PROTOCOL, "systems": {}, "skipped": {}}
     con = connect(settings.db_path)
     try:
-        fingerprint = tracking.data_fingerprint(con)
+        fingerprint = registry.data_fingerprint(con)
         if not replay_only:
             report = run_protocol(settings, con, chosen)
         if replay_source:
@@ -86,7 +86,7 @@ def evaluate(
 
 def _replay(settings: Any, con: Any, source: str) -> dict[str, Any]:
     from feature_store.db import connect
-    from recsys.replay import replay, systems_for
+    from recsys.evaluation.replay import replay, systems_for
 
     if source == "store":
         scorers, text = _model_scorers(settings, con)
@@ -118,14 +118,14 @@ def _replay(settings: Any, con: Any, source: str) -> dict[str, Any]:
 
 def _model_scorers(settings: Any, con: Any) -> tuple[dict[str, Any], Any | None]:
     """The champion ranker (and, when it uses text, a history-based text scorer)."""
-    from recsys.errors import ModelNotReadyError
-    from recsys.ranking import load_text_index
-    from recsys.replay import HistoryText, ranker_scorer
-    from training import tracking
+    from recsys.core.errors import ModelNotReadyError
+    from recsys.evaluation.replay import HistoryText, ranker_scorer
+    from training import registry
     from training.ranker.model import RankerModel
+    from training.registry import load_text_index
 
     try:
-        _, path = tracking.download(settings, tracking.RANKER_MODEL_NAME)
+        _, path = registry.download(settings, registry.RANKER_MODEL_NAME)
     except ModelNotReadyError as exc:
         log.warning("replay without the ranker: %s", exc)
         return {}, None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from recsys.cli import settings_from
-from recsys.errors import DataValidationError
+from recsys.core.errors import DataValidationError
 
 if TYPE_CHECKING:
     import polars as pl

@@ -22,13 +22,13 @@ def models() -> None:
 @click.pass_context
 def list_models(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """List registered versions with their aliases and key metrics."""
-    from training import tracking
+    from training import registry
 
     settings = settings_from(ctx)
     rows = [
         row
         for n in ([name] if name else MODEL_NAMES)
-        for row in tracking.list_versions(settings, n)
+        for row in registry.list_versions(settings, n)
     ]
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
@@ -55,10 +55,10 @@ def list_models(ctx: click.Context, name: str | None, as_json: bool) -> None:
 @click.pass_context
 def promote(ctx: click.Context, name: str, version: str) -> None:
     """Point the `champion` alias of NAME at VERSION (serving picks it up on reload)."""
-    from training import tracking
+    from training import registry
 
-    ref = tracking.promote(settings_from(ctx), name, version)
-    click.echo(f"{ref.name} version {ref.version} is now {tracking.CHAMPION}")
+    ref = registry.promote(settings_from(ctx), name, version)
+    click.echo(f"{ref.name} version {ref.version} is now {registry.CHAMPION}")
 
 
 @models.command("compare")
@@ -67,10 +67,10 @@ def promote(ctx: click.Context, name: str, version: str) -> None:
 @click.pass_context
 def compare(ctx: click.Context, name: str, versions: tuple[str, ...]) -> None:
     """Side-by-side metrics of several versions of NAME."""
-    from training import tracking
+    from training import registry
 
     settings = settings_from(ctx)
-    by_version = {row["version"]: row for row in tracking.list_versions(settings, name)}
+    by_version = {row["version"]: row for row in registry.list_versions(settings, name)}
     missing = [v for v in versions if v not in by_version]
     if missing:
         raise click.ClickException(

@@ -1,9 +1,10 @@
 """``recsys serve``: gunicorn workers for the HTTP API plus the single event writer.
 
-The command itself is the writer (the only process that opens the store read-write) and the
-supervisor of gunicorn: it publishes a first store snapshot, starts gunicorn, flushes the event
-log every ``serving.event_flush_seconds`` while gunicorn runs, and on SIGTERM/SIGINT stops
-gunicorn first and then flushes once more.  Flask is imported only inside the command.
+The command is a small supervisor (serving/supervisor.py): it starts gunicorn at once and the
+event writer (``recsys serve --writer-only``, the only process that opens the store read-write)
+as two children, restarts the writer when it dies, stops the writer when gunicorn dies, and
+takes both down on SIGTERM/SIGINT - or with it, on ``kill -9`` (PR_SET_PDEATHSIG).  ``--dev``
+runs Flask's server and the writer in one process.  Flask is imported only inside the command.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -21,11 +20,12 @@ from typing import Any
 import click
 
 from recsys.cli import settings_from
-from recsys.config import Settings
+from recsys.core.config import Settings
 
 log = logging.getLogger(__name__)
 
-_GUNICORN_STOP_SECONDS = 30
+# a supervised writer restarted while its predecessor still finishes a chunk waits for the lock
+_WRITER_LOCK_WAIT_SECONDS = 30.0
 
 
 @click.command()
@@ -38,6 +38,7 @@ _GUNICORN_STOP_SECONDS = 30
 @click.option(
     "--writer-only", is_flag=True, help="Run only the event writer (gunicorn managed elsewhere)."
 )
+@click.option("--supervised", is_flag=True, hidden=True, help="Set by the supervisor.")
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -46,52 +47,68 @@ def serve(
     workers: int | None,
     dev: bool,
     writer_only: bool,
+    supervised: bool,
 ) -> None:
     """Serve the HTTP API (gunicorn) and ingest posted events (one writer process)."""
-    from serving.writer import EventWriter, writer_lock
+    from serving.supervisor import on_stop_signals
 
     settings = settings_from(
         ctx, **{"serving.host": host, "serving.port": port, "serving.workers": workers}
     )
-    with writer_lock(settings):
-        writer = EventWriter(settings)
-        writer.flush_safely()  # publish a snapshot before the workers look for one
-        stop = threading.Event()
-        _on_stop_signals(stop, interrupt=dev and not writer_only)
-        if writer_only:
-            click.echo(
-                f"event writer for {settings.home} (flush every "
-                f"{settings.serving.event_flush_seconds:g} s); Ctrl-C stops it"
+    stop = threading.Event()
+    on_stop_signals(stop, interrupt=dev and not writer_only)
+    if writer_only:
+        click.echo(
+            f"event writer for {settings.home} (flush every "
+            f"{settings.serving.event_flush_seconds:g} s); Ctrl-C stops it"
+        )
+        run_writer(settings, stop, supervised=supervised)
+    elif dev:
+        _serve_dev(settings, stop)
+    else:
+        code = _serve_gunicorn(settings, stop)
+        if code:
+            raise click.ClickException(
+                f"the service stopped: a child exited with status {code}; see the log above"
             )
+
+
+def run_writer(settings: Settings, stop: threading.Event, *, supervised: bool = False) -> None:
+    """The event writer until ``stop``: heartbeat, flush loop, one bounded last flush."""
+    from serving.heartbeat import HEARTBEAT_FILE, Heartbeat
+    from serving.snapshot import serving_dir
+    from serving.writer import EventWriter, writer_lock
+
+    wait = _WRITER_LOCK_WAIT_SECONDS if supervised else 0.0
+    with writer_lock(settings, wait_seconds=wait):
+        writer = EventWriter(settings)
+        heartbeat = Heartbeat(serving_dir(settings) / HEARTBEAT_FILE, writer.status)
+        heartbeat.start()
+        try:
             writer.run(stop)
-        elif dev:
-            _serve_dev(settings, writer, stop)
-        else:
-            code = _serve_gunicorn(settings, writer, stop)
-            if code:
-                raise click.ClickException(f"gunicorn exited with status {code}; see its log above")
-        writer.flush_safely()  # events acknowledged just before shutdown
-        log.info("stopped; %d events wait in the log", writer.event_log.backlog())
+        finally:
+            stop.set()  # the last flush ingests one chunk at most: shutdown stays bounded
+            writer.flush_safely(stop)
+            heartbeat.stop()
+            log.info("event writer stopped; %d events wait in the log", writer.event_log.backlog())
 
 
-def _on_stop_signals(stop: threading.Event, *, interrupt: bool) -> None:
-    """SIGTERM/SIGINT set ``stop``; with ``interrupt`` they also end Flask's blocking server."""
+def _serve_gunicorn(settings: Settings, stop: threading.Event) -> int:
+    from serving.supervisor import (
+        GUNICORN_STOP_SECONDS,
+        WRITER_STOP_SECONDS,
+        Child,
+        Supervisor,
+    )
+    from serving.writer import ensure_snapshot
 
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
-        if interrupt:
-            raise KeyboardInterrupt
+    ensure_snapshot(settings)  # a first run: workers boot with the store; never drains the log
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
-def _serve_gunicorn(settings: Settings, writer: Any, stop: threading.Event) -> int:
     s = settings.serving
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     env.update(settings_env(settings))
     env["PROMETHEUS_MULTIPROC_DIR"] = str(_fresh_dir(settings.home / "serving" / "prometheus"))
-    cmd = [
+    gunicorn = [
         sys.executable,
         "-m",
         "gunicorn",
@@ -103,31 +120,25 @@ def _serve_gunicorn(settings: Settings, writer: Any, stop: threading.Event) -> i
         str(s.workers),
         "serving.app:create_app()",
     ]
-    log.info("starting gunicorn: %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=env)
+    writer = [sys.executable, "-m", "recsys", "serve", "--writer-only", "--supervised"]
+    log.info("starting gunicorn: %s", " ".join(gunicorn))
     click.echo(
         f"serving http://{s.host}:{s.port} with {s.workers} gunicorn workers; events "
         f"reach the store every {s.event_flush_seconds:g} s; Ctrl-C stops"
     )
-    try:
-        writer.run(stop, alive=lambda: proc.poll() is None)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()  # graceful: workers finish their requests
-            try:
-                proc.wait(timeout=_GUNICORN_STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                log.warning("gunicorn did not stop in %d s; killing it", _GUNICORN_STOP_SECONDS)
-                proc.kill()
-                proc.wait()
-    code = proc.returncode
-    return 0 if stop.is_set() and code in (0, -signal.SIGTERM, -signal.SIGINT) else int(code)
+    children = [
+        Child("gunicorn", gunicorn, env, GUNICORN_STOP_SECONDS),
+        Child("event writer", writer, env, WRITER_STOP_SECONDS, restart=True),
+    ]
+    return Supervisor(children, stop).run()
 
 
-def _serve_dev(settings: Settings, writer: Any, stop: threading.Event) -> None:
+def _serve_dev(settings: Settings, stop: threading.Event) -> None:
     from serving.app import create_app
 
-    thread = threading.Thread(target=writer.run, args=(stop,), name="event-writer", daemon=True)
+    thread = threading.Thread(
+        target=run_writer, args=(settings, stop), name="event-writer", daemon=True
+    )
     thread.start()
     app = create_app(settings)
     click.echo("Flask development server: single process, not for production")

@@ -124,13 +124,13 @@ def score(
 ) -> None:
     """Embed the catalog and every user; write embeddings and top-N text scores to DuckDB."""
     from feature_store.db import connect
-    from training import tracking
+    from training import registry
     from training.text.scoring import score_store
 
     settings = settings_from(ctx)
     version = None if model_version == "champion" else model_version
     with tempfile.TemporaryDirectory(prefix="text-scorer-") as tmp:
-        ref, model_dir = tracking.download(settings, tracking.TEXT_MODEL_NAME, version, Path(tmp))
+        ref, model_dir = registry.download(settings, registry.TEXT_MODEL_NAME, version, Path(tmp))
         click.echo(f"scoring with {ref.name} version {ref.version} (run {ref.run_id})")
         started = time.perf_counter()
         con = connect(settings.db_path)

@@ -8,8 +8,8 @@ import pytest
 
 from feature_store.adapters.movielens import ingest_movielens
 from feature_store.db import connect
-from recsys.config import Settings
-from recsys.evaluate import run_protocol
+from recsys.core.config import Settings
+from recsys.evaluation.protocol import run_protocol
 
 pytestmark = pytest.mark.integration
 

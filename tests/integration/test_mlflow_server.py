@@ -8,9 +8,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from recsys.config import Settings
+from recsys.core.config import Settings
 from tests.servers import mlflow_server
-from training import tracking
+from training import registry
 
 pytestmark = pytest.mark.integration
 
@@ -30,18 +30,18 @@ def test_register_promote_and_download_through_server(
     (model_dir / "model.txt").write_text("tree\n")
     refs = []
     for auc in (0.70, 0.65):
-        with tracking.start_run(s, "server-test", data_fingerprint="abc123") as run:
+        with registry.start_run(s, "server-test", data_fingerprint="abc123") as run:
             mlflow.log_artifacts(str(model_dir), "model")
             mlflow.log_metric("val_auc", auc)
-        refs.append(tracking.register(s, "ranker", run.info.run_id, "model"))
-    assert tracking.promote_if_better(s, refs[0], "val_auc") is True
-    assert tracking.promote_if_better(s, refs[1], "val_auc") is False  # worse: champion stays
-    champ = tracking.champion(s, "ranker")
+        refs.append(registry.register(s, "ranker", run.info.run_id, "model"))
+    assert registry.promote_if_better(s, refs[0], "val_auc") is True
+    assert registry.promote_if_better(s, refs[1], "val_auc") is False  # worse: champion stays
+    champ = registry.champion(s, "ranker")
     assert champ is not None and champ.version == refs[0].version
-    ref, local = tracking.download(s, "ranker")
+    ref, local = registry.download(s, "ranker")
     assert ref.version == refs[0].version
     assert (local / "model.txt").read_text() == "tree\n"
-    run = tracking.client(s).get_run(refs[0].run_id)
+    run = registry.client(s).get_run(refs[0].run_id)
     assert run.data.tags["data_fingerprint"] == "abc123"
     assert "git_commit" in run.data.tags and run.data.params["seed"] == "42"
     # the store home stays clean: nothing was written to a local sqlite store
@@ -83,10 +83,10 @@ def test_models_trained_through_the_server_are_served_from_it(
         }
     )
     text = train_text_model(s, con, progress=False)
-    tracking.promote(s, tracking.TEXT_MODEL_NAME, text.model_version)
+    registry.promote(s, registry.TEXT_MODEL_NAME, text.model_version)
     score_store(s, con, text.model_dir, text.model_version, progress=False)
     ranker = train_and_log(s, con, promote=False)
-    tracking.promote(s, tracking.RANKER_MODEL_NAME, ranker["version"])
+    registry.promote(s, registry.RANKER_MODEL_NAME, ranker["version"])
     publish_snapshot(con, s, log_seq=0)
     con.close()
     assert not (home / "mlflow.db").exists()  # everything went through the server

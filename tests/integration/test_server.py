@@ -21,7 +21,7 @@ import duckdb
 import httpx
 import pytest
 
-from recsys.config import Settings, load_settings
+from recsys.core.config import Settings, load_settings
 from serving.eventlog import EventLog
 from serving.snapshot import read_pointer
 
@@ -286,7 +286,10 @@ def test_acked_events_survive_kill_9_of_a_worker(server: RunningServer) -> None:
     thread = threading.Thread(target=post_forever)
     thread.start()
     try:
-        time.sleep(1.0)
+        # both workers may still be booting on a busy machine: kill once posting is under way
+        deadline = time.monotonic() + 60
+        while len(acked) <= 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
         workers = server.gunicorn_workers()
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)

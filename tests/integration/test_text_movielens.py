@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from feature_store.adapters.movielens import ingest_movielens
+from recsys.algorithms.text_index import TextIndex
 from tests.tiny_bert import write_tiny_bert
-from training import tracking
+from training import registry
 from training.text import model as tm
 from training.text.evaluate import build_eval_set, evaluate_encoder
-from training.text.index import TextIndex
 from training.text.scoring import score_store
 from training.text.texts import item_texts, user_texts
 
@@ -46,7 +46,7 @@ def test_real_minilm_trains_registers_and_reproduces(movielens, settings) -> Non
     m = result.metrics
     assert m["val_users"] == 12 and 0.0 < m["val_auc"] < 1.0 and 0.0 < m["tfidf_val_auc"] < 1.0
     assert result.promoted
-    ref, local = tracking.download(settings, tracking.TEXT_MODEL_NAME)
+    ref, local = registry.download(settings, registry.TEXT_MODEL_NAME)
     assert ref.version == result.model_version
     encoder = tm.load_encoder(local, tm.resolve_device("cpu"))
     again = evaluate_encoder(

@@ -8,8 +8,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from recsys.baselines import ALS, ItemKNN
-from recsys.candidates import (
+from feature_store.interactions import Interactions
+from recsys.algorithms.baselines import ALS, ItemKNN
+from recsys.algorithms.candidates import (
     Blender,
     CoVisitation,
     Generator,
@@ -19,9 +20,8 @@ from recsys.candidates import (
     TextNeighbours,
     top_n,
 )
-from recsys.interactions import Interactions
+from recsys.algorithms.text_index import TextIndex
 from tests.factories import GENRES, T0, load_into_store, make_catalog, make_events
-from training.text.index import TextIndex
 
 N_ITEMS = 36
 

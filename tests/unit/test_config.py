@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from recsys.config import load_settings
-from recsys.errors import ConfigError
+from recsys.core.config import load_settings
+from recsys.core.errors import ConfigError
 
 
 def test_defaults_then_toml_then_env_then_overrides(tmp_path: Path) -> None:
@@ -71,14 +71,14 @@ def test_mlflow_tracking_uri_env_is_folded_in_once() -> None:
 def test_two_homes_in_one_process_log_to_their_own_stores(tmp_path: Path) -> None:
     import os
 
-    from training import tracking
+    from training import registry
 
     before = os.environ.get("MLFLOW_TRACKING_URI")
     for name in ("a", "b"):
         # re-read the live environment each time, as a second CLI invocation would
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI" or v != before}
         s = load_settings(overrides={"home": str(tmp_path / name)}, environ=env)
-        with tracking.start_run(s, "t"):
+        with registry.start_run(s, "t"):
             pass
         assert (tmp_path / name / "mlflow.db").is_file()
     assert os.environ.get("MLFLOW_TRACKING_URI") == before

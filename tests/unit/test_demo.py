@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from recsys.cli import demo as demo_mod
 from recsys.cli import main
-from recsys.config import Settings
+from recsys.core.config import Settings
 
 
 def _keys(settings: Settings) -> dict[str, str]:

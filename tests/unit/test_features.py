@@ -11,7 +11,7 @@ import pytest
 
 from feature_store.db import init_schema
 from feature_store.features import FEATURE_COLUMNS, UnknownRelationError, compute_features
-from recsys.errors import DataValidationError, RecsysError
+from recsys.core.errors import DataValidationError, RecsysError
 
 T0 = datetime(2020, 1, 1)
 D = timedelta(days=1)

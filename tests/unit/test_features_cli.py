@@ -13,8 +13,8 @@ from feature_store.db import connect
 from feature_store.features import FEATURE_COLUMNS
 from recsys.cli import main
 from recsys.cli.features import read_requests
-from recsys.config import Settings
-from recsys.errors import DataValidationError
+from recsys.core.config import Settings
+from recsys.core.errors import DataValidationError
 from tests.factories import load_into_store, make_catalog, make_events
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from feature_store.db import init_schema
 from feature_store.features import FEATURE_COLUMNS, FeatureSnapshot, compute_features
 from feature_store.features_timeline import RunningSum, Timeline, stable_order, ticks
-from recsys.errors import RecsysError
+from recsys.core.errors import RecsysError
 from tests.unit.features_reference import reference_features
 
 T0 = datetime(2021, 3, 1)

@@ -11,7 +11,7 @@ import pytest
 import feature_store.ingest as ingest_mod
 from feature_store.db import table_counts
 from feature_store.ingest import ingest_events_file, ingest_items_file
-from recsys.errors import DataValidationError
+from recsys.core.errors import DataValidationError
 
 ITEMS_CSV = "item_id,title,year,genres\ni1,One,1999,Action|Drama\ni2,Two,,Comedy\n"
 EVENTS_CSV = (

@@ -8,7 +8,7 @@ import pytest
 
 import feature_store.adapters.movielens as ml
 from feature_store.db import table_counts
-from recsys.errors import DataValidationError
+from recsys.core.errors import DataValidationError
 
 TMDB_HEADER = (
     "budget,genres,homepage,id,keywords,original_language,original_title,overview,popularity,"

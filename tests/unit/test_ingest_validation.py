@@ -30,6 +30,15 @@ CASES = [
     ({"position": -1}, "bad position"),
     ({"position": "first"}, "bad position"),
     ({"item_id": "i404"}, "unknown item id"),
+    # what JSON can carry and the store cannot hold (issue 9): the file path agrees
+    ({"position": 3_000_000_000}, "bad position"),
+    ({"position": 2**31 - 1}, None),
+    ({"position": "\u0663"}, "bad position"),
+    ({"value": 1e13}, "value out of range"),
+    ({"value": "\u0663"}, "non-numeric value"),
+    ({"value": "inf"}, "non-numeric value"),
+    ({"ts": "9999-12-31T23:00:00-05:00"}, "timestamp out of range"),
+    ({"ts": "0001-01-01T00:00:00+05:00"}, "timestamp out of range"),
 ]
 
 
@@ -67,9 +76,10 @@ def test_sql_and_python_paths_agree(store, tmp_path):
         status = api.statuses[index]
         assert status.status == ("rejected" if reason else "duplicate"), CASES[index]
         assert status.reason == reason
-    # same content-hash ids (three cases are the same instant written three ways: one event)
+    # same content-hash ids (three cases are the same instant written three ways: one event;
+    # the fourth is the int32 maximum position)
     assert {s.event_id for s in api.statuses if s.status == "duplicate"} == {r[0] for r in file_ids}
-    assert len(file_ids) == 3
+    assert len(file_ids) == 4
 
 
 def test_records_batch_statuses_and_quarantine(store, tmp_path):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from recsys.metrics import (
+from recsys.algorithms.metrics import (
     auc,
     coverage_at_k,
     dcg_graded,

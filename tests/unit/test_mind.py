@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from feature_store.adapters.mind import ingest_mind
-from recsys.errors import DataValidationError
+from recsys.core.errors import DataValidationError
 
 MIND = Path(__file__).resolve().parents[1] / "fixtures" / "mind"
 

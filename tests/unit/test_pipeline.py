@@ -11,21 +11,21 @@ from click.testing import CliRunner
 
 from feature_store.db import connect
 from feature_store.splits import materialize_protocol_split
-from recsys.config import Settings
-from recsys.pipeline import Recommendation, RecommendationResult, Recommender
+from recsys.core.config import Settings
+from recsys.pipeline.recommender import Recommendation, RecommendationResult, Recommender
 from tests.factories import GENRES, load_into_store, make_catalog, make_events
 from tests.unit.test_ranker import N_ITEMS, small_settings
-from training import tracking
+from training import registry
 
 
 def _write_text_model(settings: Settings, con: duckdb.DuckDBPyConnection) -> str:
     """A registered text-scorer champion whose embeddings are one-hot genres (user: liked genre)."""
     import mlflow
 
-    with tracking.start_run(settings, "fake-text") as run:
+    with registry.start_run(settings, "fake-text") as run:
         mlflow.log_text("genre one-hot vectors for tests", "model/README.txt")
-    ref = tracking.register(settings, tracking.TEXT_MODEL_NAME, run.info.run_id, "model")
-    tracking.promote(settings, ref.name, ref.version)
+    ref = registry.register(settings, registry.TEXT_MODEL_NAME, run.info.run_id, "model")
+    registry.promote(settings, ref.name, ref.version)
     onehot = lambda g: [1.0 if k == g else 0.0 for k in range(len(GENRES))]  # noqa: E731
     con.executemany(
         "INSERT INTO item_embeddings VALUES (?, ?, ?)",
@@ -64,15 +64,15 @@ def trained(
 def test_training_registers_and_promotes_with_artifacts(trained: tuple) -> None:
     settings, _, summary = trained
     assert summary["promoted"]
-    ref = tracking.champion(settings, tracking.RANKER_MODEL_NAME)
+    ref = registry.champion(settings, registry.RANKER_MODEL_NAME)
     assert ref is not None and ref.version == summary["version"]
-    run = tracking.client(settings).get_run(ref.run_id)
+    run = registry.client(settings).get_run(ref.run_id)
     assert {"val_ndcg_10", "no_text_val_ndcg_10", "val_candidate_recall_20"} <= set(
         run.data.metrics
     )
-    arts = {a.path for a in tracking.client(settings).list_artifacts(ref.run_id, "importance")}
+    arts = {a.path for a in registry.client(settings).list_artifacts(ref.run_id, "importance")}
     assert "importance/ranker_importance.png" in arts and "importance/ranker_importance.csv" in arts
-    _, path = tracking.download(settings, tracking.RANKER_MODEL_NAME)
+    _, path = registry.download(settings, registry.RANKER_MODEL_NAME)
     assert (Path(path) / "ranker.txt").is_file() and (
         Path(path) / "no_text" / "ranker.txt"
     ).is_file()
@@ -115,7 +115,7 @@ def test_recommender_cold_start_and_rank(trained: tuple) -> None:
 def test_no_champion_says_what_to_run(
     settings: Settings, store: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from recsys.errors import ModelNotReadyError
+    from recsys.core.errors import ModelNotReadyError
 
     with pytest.raises(ModelNotReadyError, match="recsys train ranker"):
         Recommender.load(settings, store)
@@ -130,7 +130,7 @@ def test_precomputed_requests_equal_the_computed_ones(trained: tuple) -> None:
     import numpy as np
     import polars as pl
 
-    from recsys.ranking import assemble
+    from recsys.algorithms.ranking import assemble
 
     settings, con, _ = trained
     fast = Recommender.load(settings, con)
@@ -184,7 +184,7 @@ def test_two_loads_give_identical_results(trained: tuple) -> None:
 def test_model_artifacts_are_cached_per_version(trained: tuple) -> None:
     settings, con, summary = trained
     Recommender.load(settings, con, precompute=False)
-    cache = settings.home / "serving" / "models" / tracking.RANKER_MODEL_NAME
+    cache = settings.home / "serving" / "models" / registry.RANKER_MODEL_NAME
     version_dir = cache / summary["version"]
     assert (version_dir / "ranker.txt").is_file()
     stamp = (version_dir / "ranker.txt").stat().st_mtime_ns

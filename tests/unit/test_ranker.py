@@ -11,13 +11,13 @@ import pytest
 
 from feature_store.db import connect
 from feature_store.splits import materialize_protocol_split
-from recsys.config import Settings, load_settings
-from recsys.ranking import TEXT_FEATURES, feature_matrix, feature_names
+from recsys.algorithms.ranking import TEXT_FEATURES, feature_matrix, feature_names
+from recsys.algorithms.text_index import TextIndex
+from recsys.core.config import Settings, load_settings
 from tests.factories import GENRES, load_into_store, make_catalog, make_events
 from training.ranker import dataset
 from training.ranker.model import RankerModel
 from training.ranker.train import protocol_ndcg, train_both
-from training.text.index import TextIndex
 
 N_ITEMS = 36
 
@@ -128,7 +128,7 @@ def test_protocol_ndcg_counts_missing_positives_as_misses() -> None:
 
 
 def test_model_dir_without_files_is_not_ready(tmp_path: Path) -> None:
-    from recsys.errors import ModelNotReadyError
+    from recsys.core.errors import ModelNotReadyError
 
     with pytest.raises(ModelNotReadyError, match="recsys train ranker"):
         RankerModel.load(tmp_path)

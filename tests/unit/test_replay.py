@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from feature_store.adapters.mind import ingest_mind
-from recsys.config import Settings
-from recsys.replay import impressions, replay
+from recsys.core.config import Settings
+from recsys.evaluation.replay import impressions, replay
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mind"
 R2 = 1 / math.log2(3)  # discount of rank 2
@@ -67,7 +67,7 @@ def test_replay_features_are_point_in_time(mind_store: duckdb.DuckDBPyConnection
 
 
 def test_no_impressions_is_a_clear_error(store: duckdb.DuckDBPyConnection) -> None:
-    from recsys.errors import RecsysError
+    from recsys.core.errors import RecsysError
 
     with pytest.raises(RecsysError, match="impression"):
         replay(store, {})

@@ -2,7 +2,8 @@
 OpenAPI, readiness and atomic model reload.
 
 Model-dependent endpoints use ``TableRecommender``, a deterministic recommender with the
-``recsys.pipeline.Recommender`` interface whose right answers are known: item ``iN`` scores N.
+``recsys.pipeline.recommender.Recommender`` interface whose right answers are known:
+item ``iN`` scores N.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import pytest
 from flask import Flask
 
 from feature_store.db import connect
-from recsys.config import Settings
-from recsys.pipeline import Recommendation as Rec
-from recsys.pipeline import RecommendationResult as Result
+from recsys.core.config import Settings
+from recsys.pipeline.recommender import Recommendation as Rec
+from recsys.pipeline.recommender import RecommendationResult as Result
 from serving.app import create_app
 from serving.writer import EventWriter
 from tests.factories import load_into_store, make_catalog, make_events

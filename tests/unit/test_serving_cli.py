@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from recsys.cli import main
 from recsys.cli.serve import settings_env
-from recsys.config import Settings, load_settings
+from recsys.core.config import Settings, load_settings
 
 
 def test_settings_survive_the_trip_to_gunicorn(settings: Settings, tmp_path: Path) -> None:

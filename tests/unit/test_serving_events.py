@@ -18,7 +18,7 @@ import pytest
 from flask import Flask
 
 from feature_store.db import connect
-from recsys.config import Settings
+from recsys.core.config import Settings
 from serving.app import create_app
 from serving.eventlog import EventLog
 from serving.snapshot import read_pointer

@@ -9,10 +9,10 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from recsys.errors import ModelNotReadyError
+from recsys.algorithms.text_index import TextIndex
+from recsys.core.errors import ModelNotReadyError
 from tests.conftest import REPO_ROOT
 from training.text.evaluate import user_auc, user_ndcg
-from training.text.index import TextIndex
 from training.text.scoring import top_n, write_item_embeddings, write_user_rows
 
 ITEMS = ["a", "b", "c", "d"]
@@ -74,7 +74,7 @@ def test_newest_version_is_loaded_and_missing_embeddings_are_clear(store) -> Non
 
 
 def test_index_module_does_not_import_torch() -> None:
-    code = "import sys, training.text.index; sys.exit('torch' in sys.modules)"
+    code = "import sys, recsys.algorithms.text_index; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=False).returncode == 0
 
 

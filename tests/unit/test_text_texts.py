@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from feature_store.splits import materialize_protocol_split
-from recsys.errors import TrainingError
+from recsys.core.errors import TrainingError
 from tests.factories import load_into_store, make_catalog, make_events
 from training.text.pairs import build_training_pairs
 from training.text.texts import (

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.config import Settings
+from recsys.core.config import Settings
 from tests.factories import load_into_store, make_catalog, make_events
 from tests.tiny_bert import vocab_from_texts, write_tiny_bert
-from training import tracking
+from training import registry
 from training.text import model as tm
 from training.text import tower as tw
 from training.text.scoring import encode_catalog, load_scoring_encoder, score_store
@@ -135,7 +135,7 @@ def test_loss_known_answer() -> None:
 
 
 def test_train_plan_score_int8_matches_fp32(tiny_store, tiny_settings) -> None:
-    plans = []
+    plans: list = []
     result = train_text_model(tiny_settings, tiny_store, progress=False, on_plan=plans.append)
     assert len(plans) == 1 and plans[0].examples > 0 and plans[0].estimate_seconds > 0
     assert "top 1 of 2 BERT layers" in plans[0].describe()
@@ -153,7 +153,7 @@ def test_train_plan_score_int8_matches_fp32(tiny_store, tiny_settings) -> None:
         base.backbone.encoder.layer[0].output.dense.weight,
         saved.backbone.encoder.layer[0].output.dense.weight,
     )
-    ref, local = tracking.download(tiny_settings, tracking.TEXT_MODEL_NAME)
+    ref, local = registry.download(tiny_settings, registry.TEXT_MODEL_NAME)
     summary = score_store(tiny_settings, tiny_store, local, ref.version, progress=False)
     assert summary.items == 30 and summary.users["train_v1"] > 0
     encoder = load_scoring_encoder(local, torch.device("cpu"))

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from recsys.config import Settings
-from recsys.errors import ConfigError, NotFoundError
+from recsys.algorithms.text_index import TextIndex
+from recsys.core.config import Settings
+from recsys.core.errors import ConfigError, NotFoundError
 from tests.factories import load_into_store, make_catalog, make_events
 from tests.tiny_bert import vocab_from_texts, write_tiny_bert
-from training import tracking
+from training import registry
 from training.text import model as tm
 from training.text.evaluate import build_eval_set, evaluate_encoder
-from training.text.index import TextIndex
 from training.text.scoring import refresh_user_embeddings, score_store
 from training.text.texts import item_summaries, item_texts
 from training.text.train import train_text_model
@@ -65,10 +65,10 @@ def test_train_register_reload_reproduces_val_metric(tiny_store, tiny_settings) 
     assert (result.model_dir / "model.safetensors").is_file()
     assert not list(result.model_dir.glob("*.bin"))
 
-    run = tracking.client(tiny_settings).get_run(result.run_id)
+    run = registry.client(tiny_settings).get_run(result.run_id)
     assert run.data.params["text.epochs"] == "2" and "data_fingerprint" in run.data.params
     assert run.data.metrics["val_ndcg_at_10"] == pytest.approx(m["val_ndcg@10"])
-    ref, local = tracking.download(tiny_settings, tracking.TEXT_MODEL_NAME)
+    ref, local = registry.download(tiny_settings, registry.TEXT_MODEL_NAME)
     assert ref.version == "1" and (local / "tokenizer_config.json").is_file()
     # The registered model, loaded back, reproduces its logged validation AUC.
     encoder = tm.load_encoder(local, tm.resolve_device("cpu"))
@@ -80,7 +80,7 @@ def test_train_register_reload_reproduces_val_metric(tiny_store, tiny_settings) 
 
     second = train_text_model(tiny_settings, tiny_store, progress=False, promote=False)
     assert second.model_version == "2" and not second.promoted
-    assert tracking.champion(tiny_settings, tracking.TEXT_MODEL_NAME).version == "1"
+    assert registry.champion(tiny_settings, registry.TEXT_MODEL_NAME).version == "1"
 
 
 def test_score_writes_all_scopes_and_refresh_updates_one_user(tiny_store, tiny_settings) -> None:

@@ -20,11 +20,11 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from recsys.candidates import Blender, default_generators
-from recsys.config import Settings
-from recsys.errors import TrainingError
-from recsys.interactions import Interactions
-from recsys.ranking import TextFeatures, assemble
+from feature_store.interactions import Interactions
+from recsys.algorithms.candidates import Blender, default_generators
+from recsys.algorithms.ranking import TextFeatures, assemble
+from recsys.core.config import Settings
+from recsys.core.errors import TrainingError
 
 log = logging.getLogger(__name__)
 

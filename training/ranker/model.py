@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.errors import ModelNotReadyError
+from recsys.core.errors import ModelNotReadyError
 
 log = logging.getLogger(__name__)
 

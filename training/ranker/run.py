@@ -11,7 +11,7 @@ from typing import Any
 
 import duckdb
 
-from recsys.config import Settings
+from recsys.core.config import Settings
 from training.ranker import dataset
 from training.ranker.train import FitResult, train_both
 
@@ -38,8 +38,8 @@ def train_and_log(
     settings: Settings, con: duckdb.DuckDBPyConnection, *, promote: bool = True
 ) -> dict[str, Any]:
     """Train the ranker and its no-text ablation; one MLflow run; returns a summary."""
-    from recsys.ranking import load_text_index
-    from training import tracking
+    from training import registry
+    from training.registry import load_text_index
 
     started = time.perf_counter()
     ensure_split(con)
@@ -52,12 +52,12 @@ def train_and_log(
         "candidate recall@%d on the validation split: %.4f", settings.ranker.num_candidates, recall
     )
     product, ablation = train_both(frame, generators, settings, truth, text_version)
-    fingerprint = tracking.data_fingerprint(con, dataset.FIT.events)
-    with tracking.start_run(
+    fingerprint = registry.data_fingerprint(con, dataset.FIT.events)
+    with registry.start_run(
         settings,
         "train-ranker",
         data_fingerprint=fingerprint,
-        tags={"model": tracking.RANKER_MODEL_NAME, "text_model_version": str(text_version)},
+        tags={"model": registry.RANKER_MODEL_NAME, "text_model_version": str(text_version)},
     ) as run:
         import mlflow
 
@@ -78,10 +78,10 @@ def train_and_log(
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             _log_artifacts(Path(tmp), settings, product, ablation)
-        ref = tracking.register(
-            settings, tracking.RANKER_MODEL_NAME, run.info.run_id, MODEL_ARTIFACT
+        ref = registry.register(
+            settings, registry.RANKER_MODEL_NAME, run.info.run_id, MODEL_ARTIFACT
         )
-    promoted = tracking.promote_if_better(settings, ref, PROMOTION_METRIC) if promote else False
+    promoted = registry.promote_if_better(settings, ref, PROMOTION_METRIC) if promote else False
     summary = {
         "run_id": ref.run_id,
         "version": ref.version,

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys.config import Settings
-from recsys.errors import TrainingError
-from recsys.metrics import ndcg_at_k
-from recsys.ranking import feature_matrix, feature_names
+from recsys.algorithms.metrics import ndcg_at_k
+from recsys.algorithms.ranking import feature_matrix, feature_names
+from recsys.core.config import Settings
+from recsys.core.errors import TrainingError
 from training.ranker.model import RankerModel
 
 log = logging.getLogger(__name__)

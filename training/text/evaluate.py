@@ -18,8 +18,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from recsys.config import Settings
-from recsys.errors import TrainingError
+from recsys.core.config import Settings
+from recsys.core.errors import TrainingError
 from training.text.texts import ItemSummaries, item_summaries, user_histories
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys.config import Settings
-from recsys.errors import ConfigError, NotFoundError
+from recsys.core.config import Settings
+from recsys.core.errors import ConfigError, NotFoundError
 
 log = logging.getLogger(__name__)
 

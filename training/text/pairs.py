@@ -19,8 +19,8 @@ from datetime import datetime
 import duckdb
 import numpy as np
 
-from recsys.config import Settings
-from recsys.errors import TrainingError
+from recsys.core.config import Settings
+from recsys.core.errors import TrainingError
 from training.text.texts import (
     POSITIVE_SQL,
     ItemSummaries,

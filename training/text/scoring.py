@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 
 from feature_store.db import transaction
-from recsys.config import Settings
-from recsys.errors import ConfigError
+from recsys.core.config import Settings
+from recsys.core.errors import ConfigError
 from training.text import model as tm
 from training.text.texts import item_summaries, item_texts, user_histories
 
@@ -338,7 +338,7 @@ def refresh_user_embeddings(
 ) -> int:
     """Re-encode only ``user_ids`` (after new events) and rewrite their embeddings and top-N
     scores against the stored item embeddings of ``model_version``.  Returns users updated."""
-    from training.text.index import TextIndex
+    from recsys.algorithms.text_index import TextIndex
 
     if not user_ids:
         return 0

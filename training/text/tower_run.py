@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.config import Settings
+from recsys.core.config import Settings
 from training.text import model as tm
 from training.text import tower as tw
 from training.text.evaluate import EvalSet, metrics_from_vectors
@@ -129,7 +129,7 @@ def plan_run(
 
 def validator(
     eval_set: EvalSet, item_row: dict[str, int], max_history: int
-) -> Callable[[np.ndarray, tw.UserTower], dict[str, float]]:
+) -> Callable[..., dict[str, float]]:
     """Validation metrics (AUC, NDCG@10 on protocol v1's val part) from an item table."""
     hist_rows = [[item_row[i] for i in h if i in item_row] for h in eval_set.histories]
 
@@ -228,7 +228,7 @@ def train_tower_model(
     """The history-tower run: data, plan, fit, save, MLflow run, register, promote."""
     import mlflow
 
-    from training import tracking
+    from training import registry
     from training.text.baselines import tfidf_metrics
     from training.text.evaluate import build_eval_set
     from training.text.pairs import FIT_RELATION
@@ -248,22 +248,22 @@ def train_tower_model(
     ensure_split(con)
     item_text = item_texts(con)
     if not item_text:
-        from recsys.errors import TrainingError
+        from recsys.core.errors import TrainingError
 
         raise TrainingError("the store has no items; run `recsys ingest` first")
     item_ids = sorted(item_text)
     item_row = {i: k for k, i in enumerate(item_ids)}
     ex = build_examples(con, item_row, settings.text.user_history_items)
     eval_set = build_eval_set(con, settings, summaries=item_summaries(con))
-    fingerprint = tracking.data_fingerprint(con, FIT_RELATION)
+    fingerprint = registry.data_fingerprint(con, FIT_RELATION)
     encoder = tm.load_encoder(base, device)
     meta = tm.read_meta(base, settings)
     meta.update(base_model=str(base), temperature=settings.text.temperature, pooling="mean")
-    with tracking.start_run(
+    with registry.start_run(
         settings,
         "text-scorer",
         data_fingerprint=fingerprint,
-        tags={"model": tracking.TEXT_MODEL_NAME},
+        tags={"model": registry.TEXT_MODEL_NAME},
     ) as run:
         mlflow.log_params(
             {
@@ -301,6 +301,6 @@ def train_tower_model(
         save_towers(model_dir, item_tower, user_tower)
         model_dir = _save_and_log(encoder, settings, run.info.run_id, meta)
         run_id = run.info.run_id
-    ref = tracking.register(settings, tracking.TEXT_MODEL_NAME, run_id, "model")
-    promoted = promote and tracking.promote_if_better(settings, ref, "val_auc")
+    ref = registry.register(settings, registry.TEXT_MODEL_NAME, run_id, "model")
+    promoted = promote and registry.promote_if_better(settings, ref, "val_auc")
     return TextTrainResult(run_id, ref.version, metrics, promoted, model_dir, history)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys.errors import TrainingError
+from recsys.core.errors import TrainingError
 from training.text.pairs import FIT_RELATION, _labelled_events
 from training.text.texts import user_histories
 from training.text.tower import ItemTower, LowerCache, UserTower, history_means

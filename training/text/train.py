@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys.config import Settings
-from recsys.errors import ConfigError, TrainingError
-from training import tracking
+from recsys.core.config import Settings
+from recsys.core.errors import ConfigError, TrainingError
+from training import registry
 from training.text import model as tm
 from training.text.baselines import tfidf_metrics
 from training.text.evaluate import EvalSet, build_eval_set, evaluate_encoder
@@ -265,11 +265,11 @@ def train_text_model(
         len(pairs),
         len(eval_set),
     )
-    with tracking.start_run(
+    with registry.start_run(
         settings,
         "text-scorer",
         data_fingerprint=fingerprint,
-        tags={"model": tracking.TEXT_MODEL_NAME},
+        tags={"model": registry.TEXT_MODEL_NAME},
     ) as run:
         mlflow.log_params(
             {
@@ -311,14 +311,16 @@ def train_text_model(
             **{k: best[k] for k in ("val_auc", "val_ndcg@10", "val_users")},
             "best_epoch": best["epoch"],
         }
-        mlflow.log_metrics(mlflow_metrics(metrics))
+        # At the last epoch's step, so the run's latest value is the kept (best) epoch's, not
+        # the last epoch's curve point.
+        mlflow.log_metrics(mlflow_metrics(metrics), step=int(history[-1]["epoch"]))
         mlflow.log_table(_evaluation_table(metrics), artifact_file="evaluation.json")
         model_dir = _save_and_log(
             encoder, settings, run.info.run_id, {**meta, "data_fingerprint": fingerprint}
         )
         run_id = run.info.run_id
-    ref = tracking.register(settings, tracking.TEXT_MODEL_NAME, run_id, "model")
-    promoted = promote and tracking.promote_if_better(settings, ref, "val_auc")
+    ref = registry.register(settings, registry.TEXT_MODEL_NAME, run_id, "model")
+    promoted = promote and registry.promote_if_better(settings, ref, "val_auc")
     return TextTrainResult(run_id, ref.version, metrics, promoted, model_dir, history)
 
 
@@ -333,7 +335,7 @@ def _prepare_data(
     summaries = item_summaries(con)
     pairs = build_training_pairs(con, settings, max_pairs=max_pairs, summaries=summaries)
     eval_set = build_eval_set(con, settings, summaries=summaries)
-    return item_text, pairs, eval_set, tracking.data_fingerprint(con, FIT_RELATION)
+    return item_text, pairs, eval_set, registry.data_fingerprint(con, FIT_RELATION)
 
 
 def _save_and_log(

@@ -1,7 +1,7 @@
 """The ranker's feature matrix: one definition for training, evaluation and serving.
 
 A candidate frame (user_id, item_id, as_of, blend_rank, ``gen_<name>_score/_rank`` from
-``recsys.candidates.Blender.frame``) gains the point-in-time behavioural features of
+``recsys.algorithms.candidates.Blender.frame``) gains the point-in-time behavioural features of
 ``feature_store.features.compute_features`` and the text features below; ``feature_matrix``
 turns it into the float32 matrix in a model's column order.
 
@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from recsys.interactions import Interactions
+from feature_store.interactions import Interactions
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def is_text_feature(name: str) -> bool:
 
 
 class TextFeatures:
-    """Text scores of (user, item) pairs from a ``TextIndex`` (training.text.index).
+    """Text scores of (user, item) pairs from a ``TextIndex`` (recsys.algorithms.text_index).
 
     The user's vector is their stored embedding; a user without one (or whose history is
     newer, see ``history``) gets ``vector_from_history`` of their latest positive items.
@@ -156,44 +156,3 @@ def feature_matrix(frame: pl.DataFrame, names: Sequence[str]) -> np.ndarray:
     # one polars select + one conversion: column-by-column numpy conversion cost ~5 ms per 300 rows
     x = frame.select(cols).to_numpy(order="c")
     return np.asarray(x, dtype=np.float32)
-
-
-def load_text_index(
-    settings: Any, con: duckdb.DuckDBPyConnection, scope: str, version: str | None = None
-) -> Any | None:
-    """The ``TextIndex`` of text-scorer ``version`` (default: the champion) for ``scope``.
-
-    ``None`` (with a logged reason) when no text model is registered or its embeddings for the
-    scope were never written: callers then run without text features.
-    """
-    from recsys.errors import ModelNotReadyError
-    from training import tracking
-    from training.text.index import TextIndex
-
-    if version is None:
-        ref = tracking.champion(settings, tracking.TEXT_MODEL_NAME)
-        if ref is None:
-            log.warning(
-                "no champion %r model: text features are skipped "
-                "(run `recsys train text` and `recsys score`)",
-                tracking.TEXT_MODEL_NAME,
-            )
-            return None
-        version = ref.version
-    try:
-        index = TextIndex.load(con, model_version=version, scope=scope)
-    except ModelNotReadyError as exc:
-        log.warning("text features skipped: %s", exc)
-        return None
-    if not index._user_row:  # noqa: SLF001 - only the count matters here
-        log.warning(
-            "text model %s has no %r user embeddings: run `recsys score` for that scope; "
-            "text features are skipped",
-            version,
-            scope,
-        )
-        return None
-    log.info(
-        "text index: model version %s, scope %s, %d items", version, scope, len(index.item_ids)
-    )
-    return index

@@ -178,9 +178,9 @@ def log_to_mlflow(
     """One MLflow run holding every system's metrics and the report files; returns its id."""
     import mlflow
 
-    from training import tracking
+    from training import registry
 
-    with tracking.start_run(
+    with registry.start_run(
         settings,
         "evaluate",
         data_fingerprint=fingerprint,

@@ -4,8 +4,8 @@ An impression list is the set of ``impression`` events sharing a ``request_id`` 
 impression); an item is clicked when a ``click`` event has the same request id and item.
 Every system scores each list from point-in-time features (events strictly before the
 impression's time, ``feature_store.features.compute_features``); the MIND metrics (AUC, MRR,
-nDCG@5, nDCG@10; ``recsys.metrics``) are averaged over lists with at least one click and one
-non-click, as in the MIND competition.
+nDCG@5, nDCG@10; ``recsys.algorithms.metrics``) are averaged over lists with at least one click
+and one non-click, as in the MIND competition.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from recsys.errors import RecsysError
-from recsys.metrics import auc, mrr, ndcg_graded
+from recsys.algorithms.metrics import auc, mrr, ndcg_graded
+from recsys.core.errors import RecsysError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def builtin_scorers() -> dict[str, Scorer]:
 
 def ranker_scorer(model: Any) -> Scorer:
     """A trained ranker over the replay rows (features it lacks, e.g. generator ranks, are NaN)."""
-    from recsys.ranking import feature_matrix
+    from recsys.algorithms.ranking import feature_matrix
 
     return lambda f: model.predict(feature_matrix(f, model.feature_names))
 
@@ -67,7 +67,7 @@ def replay(
 ) -> dict[str, Any]:
     """Replay every impression list of the store under each scorer; MIND metrics per system."""
     from feature_store.features import compute_features
-    from recsys.ranking import add_text_features
+    from recsys.algorithms.ranking import add_text_features
 
     started = time.perf_counter()
     rows = impressions(con)

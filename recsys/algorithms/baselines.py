@@ -1,4 +1,4 @@
-"""Protocol baselines beside popularity (``recsys.candidates.Popularity``): item-kNN and ALS.
+"""Protocol baselines beside popularity (``candidates.Popularity``): item-kNN and ALS.
 
 Both are fitted on positive interactions only (protocol v1: rating >= 4) and rank the whole
 catalog minus what the user has seen, through the same generator protocol as the candidates.
@@ -14,8 +14,8 @@ from datetime import datetime
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.candidates import _Dense
-from recsys.interactions import Interactions
+from feature_store.interactions import Interactions
+from recsys.algorithms.candidates import _Dense
 
 log = logging.getLogger(__name__)
 

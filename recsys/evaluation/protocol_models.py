@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import polars as pl
 
-from recsys.config import Settings
-from recsys.errors import ModelNotReadyError
+from recsys.core.config import Settings
+from recsys.core.errors import ModelNotReadyError
 
 if TYPE_CHECKING:
-    from recsys.evaluate import ProtocolData
+    from recsys.evaluation.protocol import ProtocolData
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,9 @@ def text_only_rankings(
     settings: Settings, con: duckdb.DuckDBPyConnection, data: ProtocolData
 ) -> tuple[dict[str, list[str]] | None, str]:
     """Rank the catalog by the champion text model's score (user vectors of scope train_v1)."""
-    from recsys.candidates import TextNeighbours
-    from recsys.evaluate import generator_rankings
-    from recsys.ranking import load_text_index
+    from recsys.algorithms.candidates import TextNeighbours
+    from recsys.evaluation.protocol import generator_rankings
+    from training.registry import load_text_index
 
     index = load_text_index(settings, con, scope="train_v1")
     if index is None:
@@ -41,7 +41,7 @@ def text_only_rankings(
 
 def _load_rankers(settings: Settings, state: dict[str, Any]) -> str:
     """Download the champion ranker (and its ablation) into ``state``; '' or why not."""
-    from training import tracking
+    from training import registry
     from training.ranker.model import RankerModel
     from training.ranker.run import ABLATION_DIR
 
@@ -49,7 +49,7 @@ def _load_rankers(settings: Settings, state: dict[str, Any]) -> str:
         return state["models_reason"]
     state["models"] = {}
     try:
-        ref, path = tracking.download(settings, tracking.RANKER_MODEL_NAME)
+        ref, path = registry.download(settings, registry.RANKER_MODEL_NAME)
     except ModelNotReadyError as exc:
         state["models_reason"] = f"{exc}; run `recsys train ranker`"
         return state["models_reason"]
@@ -58,7 +58,7 @@ def _load_rankers(settings: Settings, state: dict[str, Any]) -> str:
         state["models"]["ranker_no_text"] = RankerModel.load(Path(path) / ABLATION_DIR)
     state["ranker_version"] = ref.version
     n = state["models"]["ranker"].spec.get("num_candidates", settings.ranker.num_candidates)
-    val_recall = tracking.run_metric(settings, ref.run_id, f"val_candidate_recall_{n}")
+    val_recall = registry.run_metric(settings, ref.run_id, f"val_candidate_recall_{n}")
     if val_recall is not None:
         state["val_candidate_recall"] = (f"val_candidate_recall@{n}", val_recall)
     state["models_reason"] = ""
@@ -69,8 +69,8 @@ def _test_frame(
     settings: Settings, con: duckdb.DuckDBPyConnection, data: ProtocolData, state: dict[str, Any]
 ) -> pl.DataFrame | str:
     """Candidates + features of every user at ``test_start`` (train events), built once."""
-    from recsys.ranking import load_text_index
     from training.ranker import dataset
+    from training.registry import load_text_index
 
     if "frame" in state:
         return state["frame"]
@@ -112,8 +112,8 @@ def ranker_rankings(
     ablation: bool,
 ) -> tuple[dict[str, list[str]] | None, str]:
     """Top 50 of the champion ranker (or its no-text ablation) over its candidates."""
-    from recsys.evaluate import TOP
-    from recsys.ranking import feature_matrix
+    from recsys.algorithms.ranking import feature_matrix
+    from recsys.evaluation.protocol import TOP
 
     reason = _load_rankers(settings, state)
     if reason:

@@ -3,9 +3,9 @@
 ``Recommender.load`` builds everything a serving worker needs from the champion ``ranker`` (its
 LightGBM text file), the text-scorer version it was trained with (a numpy ``TextIndex`` of
 scope ``live``) and the generators fitted on the store's events.  Requests compute features
-with the same function as training (``recsys.ranking.assemble``), as of the store's clock: the
-latest event time in the store when it was loaded, so a snapshot behaves the same whether it
-is live or historical.  No Flask, no torch, no training loop is imported here.
+with the same function as training (``recsys.algorithms.ranking.assemble``), as of the store's
+clock: the latest event time in the store when it was loaded, so a snapshot behaves the same
+whether it is live or historical.  No Flask, no torch, no training loop is imported here.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from recsys.candidates import Blender, Popularity, default_generators
-from recsys.config import Settings
-from recsys.errors import ModelNotReadyError
-from recsys.interactions import POSITIVE_SQL, Interactions
-from recsys.ranking import TextFeatures, assemble, feature_matrix
+from feature_store.interactions import POSITIVE_SQL, Interactions
+from recsys.algorithms.candidates import Blender, Popularity, default_generators
+from recsys.algorithms.ranking import TextFeatures, assemble, feature_matrix
+from recsys.core.config import Settings
+from recsys.core.errors import ModelNotReadyError
 
 log = logging.getLogger(__name__)
 
@@ -113,25 +113,25 @@ class Recommender:
         ``precompute`` builds every known user's candidates and text vector now (see
         ``PRECOMPUTE_MAX_USERS``) so that a request only looks them up.
         """
-        from training import tracking
+        from training import registry
         from training.ranker.model import RankerModel
 
         try:
-            ref, path = _cached_champion(settings, tracking.RANKER_MODEL_NAME)
+            ref, path = _cached_champion(settings, registry.RANKER_MODEL_NAME)
         except ModelNotReadyError as exc:
             raise ModelNotReadyError(f"{exc}; run `recsys train ranker`") from exc
         model = RankerModel.load(path)
-        versions = {tracking.RANKER_MODEL_NAME: ref.version}
+        versions = {registry.RANKER_MODEL_NAME: ref.version}
         data = Interactions.from_store(con, "events")
         if len(data.user_ids) == 0:
             raise ModelNotReadyError("the store has no events; run `recsys ingest` first")
         text = None
         if model.uses_text:
-            from training.text.index import TextIndex
+            from recsys.algorithms.text_index import TextIndex
 
             index = TextIndex.load(con, model_version=model.text_model_version, scope="live")
             text = TextFeatures(index, data)
-            versions[tracking.TEXT_MODEL_NAME] = str(model.text_model_version)
+            versions[registry.TEXT_MODEL_NAME] = str(model.text_model_version)
         wanted = list(model.spec.get("generators", []))
         gens = [
             g
@@ -390,18 +390,18 @@ def _cached_champion(settings: Settings, name: str) -> tuple[Any, Path]:
     ``<home>/serving/models/<name>/<version>`` is downloaded once (into a temporary sibling,
     then renamed, so a reader never sees half a download) and reused by every later load.
     """
-    from training import tracking
+    from training import registry
 
-    ref = tracking.champion(settings, name)
+    ref = registry.champion(settings, name)
     if ref is None:
-        return tracking.download(settings, name)  # raises the registry's "no champion" error
+        return registry.download(settings, name)  # raises the registry's "no champion" error
     cache = settings.home / "serving" / "models" / name / str(ref.version)
     if cache.is_dir() and any(cache.iterdir()):
         return ref, cache
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache.parent))
     try:
-        _, local = tracking.download(settings, name, str(ref.version), dst=tmp)
+        _, local = registry.download(settings, name, str(ref.version), dst=tmp)
         try:
             os.replace(local, cache)
         except OSError:

@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 import duckdb
 import numpy as np
 
-from recsys.errors import ModelNotReadyError
+from recsys.core.errors import ModelNotReadyError
 
 # Registry versions are integers written as text; order numerically, then as text.
 _NEWEST_VERSION_SQL = (

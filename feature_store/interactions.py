@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from feature_store.db import POSITIVE_EVENT_TYPES, POSITIVE_RATING
-from recsys.errors import RecsysError
+from recsys.core.errors import RecsysError
 
 log = logging.getLogger(__name__)
 

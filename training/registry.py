@@ -23,8 +23,9 @@ from typing import Any
 
 import duckdb
 
-from recsys.config import Settings
-from recsys.errors import ModelNotReadyError, NotFoundError
+from recsys.algorithms.text_index import TextIndex
+from recsys.core.config import Settings
+from recsys.core.errors import ModelNotReadyError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -270,3 +271,40 @@ def _flatten_params(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[key] = str(v)[:500]
     return out
+
+
+def load_text_index(
+    settings: Settings, con: duckdb.DuckDBPyConnection, scope: str, version: str | None = None
+) -> TextIndex | None:
+    """The ``TextIndex`` of text-scorer ``version`` (default: the champion) for ``scope``.
+
+    ``None`` (with a logged reason) when no text model is registered or its embeddings for the
+    scope were never written: callers then run without text features.
+    """
+    if version is None:
+        ref = champion(settings, TEXT_MODEL_NAME)
+        if ref is None:
+            log.warning(
+                "no champion %r model: text features are skipped "
+                "(run `recsys train text` and `recsys score`)",
+                TEXT_MODEL_NAME,
+            )
+            return None
+        version = ref.version
+    try:
+        index = TextIndex.load(con, model_version=version, scope=scope)
+    except ModelNotReadyError as exc:
+        log.warning("text features skipped: %s", exc)
+        return None
+    if not index.user_ids:
+        log.warning(
+            "text model %s has no %r user embeddings: run `recsys score` for that scope; "
+            "text features are skipped",
+            version,
+            scope,
+        )
+        return None
+    log.info(
+        "text index: model version %s, scope %s, %d items", version, scope, len(index.item_ids)
+    )
+    return index

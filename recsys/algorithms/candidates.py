@@ -1,7 +1,7 @@
 """Candidate generators and the blender.
 
-Every generator (and every baseline in ``recsys.baselines``) implements one small, batch-first
-protocol, like implicit's ``recommend``: ``fit(data)`` on an :class:`Interactions`, then
+Every generator (and every baseline in ``recsys.algorithms.baselines``) implements one small,
+batch-first protocol, like implicit's ``recommend``: ``fit(data)`` on an :class:`Interactions`, then
 ``generate(user_ids, n, as_of=None)`` returns, per user, ``(item_ids, scores)`` best first,
 excluding what the user has already seen.  Users a generator knows nothing about get empty
 arrays (popularity answers everyone).
@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from recsys.interactions import POSITIVE_SQL, Interactions
+from feature_store.interactions import POSITIVE_SQL, Interactions
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class GenreAffinity(_Dense):
 
 
 class TextNeighbours:
-    """Nearest items to the user's text vector from a ``TextIndex`` (training.text.index).
+    """Nearest items to the user's text vector from a ``TextIndex`` (recsys.algorithms.text_index).
 
     The user's stored embedding is used when there is one; otherwise the vector built from
     their ``recent`` latest positive items.  With ``max_item_events`` only items with at most
@@ -415,7 +415,7 @@ class Blender:
 def default_generators(settings: Any, text_index: Any | None = None) -> list[Generator]:
     """The product's generators (text neighbours only when a text index is available)."""
     r = settings.ranker
-    from recsys.baselines import ALS, ItemKNN
+    from recsys.algorithms.baselines import ALS, ItemKNN
 
     gens: list[Generator] = [
         CoVisitation(window_days=r.covisit_window_days),

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from recsys.errors import ConfigError
+from recsys.core.errors import ConfigError
 
 ENV_PREFIX = "RECSYS_"
 CONFIG_FILE_ENV = "RECSYS_CONFIG"

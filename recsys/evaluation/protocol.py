@@ -19,9 +19,9 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from recsys.config import Settings
-from recsys.interactions import Interactions
-from recsys.metrics import coverage_at_k, mrr_at_k, ndcg_at_k, recall_at_k
+from feature_store.interactions import Interactions
+from recsys.algorithms.metrics import coverage_at_k, mrr_at_k, ndcg_at_k, recall_at_k
+from recsys.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +183,9 @@ Builder = Callable[[], tuple[dict[str, list[str]] | None, str]]
 def _builders(
     settings: Settings, con: duckdb.DuckDBPyConnection, data: ProtocolData, report: dict[str, Any]
 ) -> dict[str, Builder]:
-    from recsys.baselines import ALS, ItemKNN
-    from recsys.candidates import Popularity
-    from recsys.protocol_models import ranker_rankings, text_only_rankings
+    from recsys.algorithms.baselines import ALS, ItemKNN
+    from recsys.algorithms.candidates import Popularity
+    from recsys.evaluation.protocol_models import ranker_rankings, text_only_rankings
 
     state: dict[str, Any] = {}
     return {

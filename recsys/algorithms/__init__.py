@@ -1,0 +1,1 @@
+"""Algorithms on arrays and frames: candidates, ranking features, metrics, baselines."""

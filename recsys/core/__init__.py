@@ -1,0 +1,1 @@
+"""Core layer: settings, errors and product rules. Imports nothing above it."""

@@ -1,0 +1,1 @@
+"""Offline evaluation: protocol v1, logged-click replay, reports."""

@@ -1,0 +1,1 @@
+"""The Recommender pipeline, composed from the layers below."""
