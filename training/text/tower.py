@@ -136,8 +136,9 @@ class UserTower(nn.Module):
 
 def history_means(table: torch.Tensor, history: np.ndarray) -> torch.Tensor:
     """Mean of the item-table rows in ``history`` (``[B, H]`` row ids, -1 = padding)."""
-    valid = torch.as_tensor(history >= 0)
-    rows = table[torch.as_tensor(np.maximum(history, 0))] * valid[..., None].to(table.dtype)
+    valid = torch.as_tensor(history >= 0, device=table.device)
+    index = torch.as_tensor(np.maximum(history, 0), device=table.device)
+    rows = table[index] * valid[..., None].to(table.dtype)
     return rows.sum(1) / valid.sum(1, keepdim=True).clamp(min=1).to(table.dtype)
 
 
@@ -156,8 +157,9 @@ def user_vectors(
     if not has.any():
         return out
     with torch.inference_mode():
-        means = history_means(torch.from_numpy(np.ascontiguousarray(table)), pad[has])
-        out[has] = user_tower(means).numpy()
+        device = user_tower.proj.weight.device
+        means = history_means(torch.from_numpy(np.ascontiguousarray(table)).to(device), pad[has])
+        out[has] = user_tower(means).float().cpu().numpy()
     return out
 
 
@@ -192,18 +194,20 @@ def encode_items(
     """Item vectors through the full backbone + mean pooling + projection, L2-normalized."""
     bert: object = backbone
     n_layers = len(bert.encoder.layer)  # type: ignore[attr-defined]
-    lengths = attention_mask.sum(1)
+    lengths = attention_mask.sum(1).cpu()
     order = torch.argsort(-lengths, stable=True)
+    idx_device = input_ids.device
     out = np.zeros((len(input_ids), projection.out_features), dtype=np.float32)
     layers = list(bert.encoder.layer)[:n_layers]  # type: ignore[attr-defined]
     for start in range(0, len(input_ids), batch_size):
         idx = order[start : start + batch_size]
         w = max(1, int(lengths[idx].max()))
-        mask = attention_mask[idx, :w]
-        h = bert.embeddings(input_ids=input_ids[idx, :w])  # type: ignore[attr-defined]
+        rows = idx.to(idx_device)
+        mask = attention_mask[rows, :w]
+        h = bert.embeddings(input_ids=input_ids[rows, :w])  # type: ignore[attr-defined]
         h = run_layers(layers, h, mask)
         vec = nn.functional.normalize(projection(mean_pool(h, mask).float()), dim=-1)
-        out[idx.numpy()] = vec.numpy()
+        out[idx.numpy()] = vec.float().cpu().numpy()
         if callable(on_batch):
             on_batch(len(idx))
     return out

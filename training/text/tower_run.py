@@ -37,12 +37,20 @@ TOWERS_FILE = "towers.safetensors"
 ARCHITECTURE = "history_tower"
 
 
+def top_layer_count(settings: Settings, device: torch.device, n_layers: int) -> int:
+    """Layers fine-tuned: ``text.top_layers`` on CPU; every layer on CUDA (end to end)."""
+    return n_layers if device.type == "cuda" else min(settings.text.top_layers, n_layers)
+
+
 def tower_config(settings: Settings, device: torch.device) -> TowerConfig:
     cfg = settings.text
+    bert_items = cfg.bert_items_per_step if cfg.top_layers > 0 else 0
+    if device.type == "cuda":
+        bert_items = cfg.tower_batch_size  # every target item of the batch, every step
     return TowerConfig(
         epochs=cfg.tower_epochs,
         batch_size=cfg.tower_batch_size,
-        bert_items=cfg.bert_items_per_step if cfg.top_layers > 0 else 0,
+        bert_items=bert_items,
         lr=cfg.projection_learning_rate,
         bert_lr=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
@@ -83,15 +91,16 @@ def plan_run(
 ) -> TowerPlan:
     """Measure the cache on a few items and two training steps on them; extrapolate."""
     n_layers = len(encoder.backbone.encoder.layer)
-    top = min(settings.text.top_layers, n_layers)
+    top = top_layer_count(settings, encoder.device, n_layers)
     lower = lower_backbone(encoder, settings.text.quantize_cache)
     probe = min(len(ids), 128)
     started = time.perf_counter()
     cache = tw.build_lower_cache(lower, ids[:probe], mask[:probe], n_layers - top)
     cache_s = (time.perf_counter() - started) * len(ids) / probe
     item_tower = tw.ItemTower(list(encoder.backbone.encoder.layer)[n_layers - top :], encoder.dim)
+    item_tower = item_tower.to(encoder.device)
     started = time.perf_counter()
-    pooled = pooled_table(item_tower, cache, autocast=cfg.autocast)
+    pooled = pooled_table(item_tower, cache, autocast=cfg.autocast).to(encoder.device)
     table_s = (time.perf_counter() - started) * len(ids) / probe
     # two steps at the real batch size, with targets and histories mapped into the probe
     small = TowerExamples(
@@ -99,7 +108,11 @@ def plan_run(
     )
     from training.text.tower_train import HeadScale
 
-    towers = (item_tower, tw.UserTower(encoder.dim), HeadScale(cfg.temperature))
+    towers = (
+        item_tower,
+        tw.UserTower(encoder.dim).to(encoder.device),
+        HeadScale(cfg.temperature).to(encoder.device),
+    )
     rng = np.random.default_rng(0)
     started = time.perf_counter()
     for _ in range(2):
@@ -107,8 +120,8 @@ def plan_run(
         train_step(towers, cache, pooled, small, idx, cfg, rng).backward()
     step_s = (time.perf_counter() - started) / 2
     # the probe's catalog is small: add the full catalog's projection + softmax, measured
-    users = torch.randn(min(cfg.batch_size, len(ex)), encoder.dim)
-    full = torch.randn(len(ids), encoder.dim)
+    users = torch.randn(min(cfg.batch_size, len(ex)), encoder.dim, device=encoder.device)
+    full = torch.randn(len(ids), encoder.dim, device=encoder.device)
     started = time.perf_counter()
     (users @ item_tower.project(full).T).logsumexp(-1).sum().backward()
     step_s += 2 * (time.perf_counter() - started)
@@ -178,7 +191,8 @@ def train_towers(
     validate = validator(eval_set, item_row, settings.text.user_history_items)
     pooled = pooled_table(item_tower, cache, autocast=cfg.autocast)
     with torch.inference_mode():  # identity projections: the base model, not fine-tuned
-        zeroshot = validate(item_tower.project(pooled).numpy(), user_tower, "zeroshot_val_")
+        base_table = item_tower.project(pooled.to(encoder.device)).cpu().numpy()
+        zeroshot = validate(base_table, user_tower, "zeroshot_val_")
     history, head, _ = fit_towers(
         item_tower,
         user_tower,

@@ -136,9 +136,11 @@ def pooled_table(
     was = tower.training
     tower.eval()
     out = []
+    device = tower.proj.weight.device
     with torch.inference_mode():
         for start in range(0, len(cache), batch_size):
             hidden, mask = cache.batch(np.arange(start, min(len(cache), start + batch_size)))
+            hidden, mask = hidden.to(device), mask.to(device)
             with autocast() if autocast else contextlib.nullcontext():
                 out.append(tower.pooled(hidden, mask).float().cpu())
     tower.train(was)
@@ -272,7 +274,7 @@ def fit_towers(
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(cfg.seed)
-    head = HeadScale(cfg.temperature)
+    head = HeadScale(cfg.temperature).to(item_tower.proj.weight.device)
     groups = parameter_groups(item_tower, user_tower, head, cfg.lr, cfg.bert_lr)
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     per_epoch = math.ceil(len(ex) / cfg.batch_size)
@@ -282,8 +284,10 @@ def fit_towers(
         opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1.0 - s / total)
     )
     params = [p for g in groups for p in g["params"]]
+    device = item_tower.proj.weight.device
     if pooled is None:
         pooled = pooled_table(item_tower, cache, autocast=cfg.autocast)
+    pooled = pooled.to(device)
     history: list[dict[str, float]] = []
     best: tuple[float, dict, torch.Tensor] | None = None
     for epoch in range(1, cfg.epochs + 1):
@@ -303,10 +307,10 @@ def fit_towers(
             sched.step()
             losses.append(float(loss.detach()))
         if cfg.bert_items > 0:
-            pooled = pooled_table(item_tower, cache, autocast=cfg.autocast)
+            pooled = pooled_table(item_tower, cache, autocast=cfg.autocast).to(device)
         seconds = time.perf_counter() - started
         with torch.inference_mode():
-            table = item_tower.project(pooled).numpy()
+            table = item_tower.project(pooled).cpu().numpy()
         row = {
             "epoch": float(epoch),
             "train_loss": float(np.mean(losses)),
