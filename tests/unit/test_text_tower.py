@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from recsys.core.config import Settings
+from recsys.core.errors import TrainingError
 from tests.factories import load_into_store, make_catalog, make_events
 from tests.tiny_bert import vocab_from_texts, write_tiny_bert
 from training import registry
@@ -122,6 +123,19 @@ def tw_pad(hist: list[list[int]]) -> np.ndarray:
     from training.text.tower_train import pad_histories
 
     return pad_histories(hist, 3)
+
+
+def test_examples_cap_keeps_order_and_needs_a_positive() -> None:
+    ex = TowerExamples(
+        tw_pad([[0], [1], [2], [3]]),
+        np.array([5, 6, 7, 8]),
+        np.array([1, 0, 1, 0], np.float32),
+        {"positive": 2, "low_rating": 2},
+    )
+    small = ex.subset(np.array([2, 1]))
+    assert small.target.tolist() == [6, 7] and small.kinds == {"positive": 1, "negative": 1}
+    with pytest.raises(TrainingError, match="raise --max-pairs"):
+        ex.subset(np.array([1, 3]))
 
 
 def test_loss_known_answer() -> None:

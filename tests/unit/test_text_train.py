@@ -162,6 +162,8 @@ def test_cli_train_and_score(tiny_store, tiny_settings, monkeypatch) -> None:
     )
     assert out.exit_code == 0, out.output
     assert "TF-IDF cosine" in out.output and "promoted to champion" in out.output
+    # the default model (history tower) prints its plan and a measured estimate first
+    assert out.output.index("plan: ") < out.output.index("estimate: ") < out.output.index("TF-IDF")
     out = runner.invoke(main, ["--device", "cpu", "score", "--scope", "live", "--batch-size", "16"])
     assert out.exit_code == 0, out.output
     assert "wrote 30 item embeddings" in out.output and "live: 12 user embeddings" in out.output

@@ -235,6 +235,7 @@ def train_tower_model(
     settings: Settings,
     con: Any,
     *,
+    max_pairs: int | None = None,
     progress: bool = True,
     promote: bool = True,
     on_plan: Callable[[TowerPlan], object] | None = None,
@@ -268,6 +269,9 @@ def train_tower_model(
     item_ids = sorted(item_text)
     item_row = {i: k for k, i in enumerate(item_ids)}
     ex = build_examples(con, item_row, settings.text.user_history_items)
+    cap = max_pairs if max_pairs is not None else (settings.text.max_pairs or None)
+    if cap is not None and len(ex) > cap:
+        ex = ex.subset(np.random.default_rng(settings.seed).choice(len(ex), cap, replace=False))
     eval_set = build_eval_set(con, settings, summaries=item_summaries(con))
     fingerprint = registry.data_fingerprint(con, FIT_RELATION)
     encoder = tm.load_encoder(base, device)

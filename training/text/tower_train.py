@@ -41,6 +41,15 @@ class TowerExamples:
     def __len__(self) -> int:
         return int(len(self.target))
 
+    def subset(self, rows: np.ndarray) -> TowerExamples:
+        """A seeded cap (``--max-pairs``): the chosen rows, in their original order."""
+        keep = np.sort(rows)
+        label = self.label[keep]
+        if not (label > 0).any():
+            raise TrainingError("the capped examples hold no positive; raise --max-pairs")
+        kinds = {"positive": int((label > 0).sum()), "negative": int((label <= 0).sum())}
+        return TowerExamples(self.history[keep], self.target[keep], label, kinds)
+
 
 def build_examples(
     con: duckdb.DuckDBPyConnection,
