@@ -50,6 +50,16 @@ class TextSettings:
     use_lora: bool = False
     lora_rank: int = 8
     score_batch_size: int = 256
+    # pairs (the per-pair two-tower BERT) | tower (history tower over cached lower layers:
+    # opt-in until its quality and CPU time are measured on a quiet machine)
+    model: str = "pairs"
+    top_layers: int = 1  # BERT layers fine-tuned on top of the cached (frozen) lower layers
+    tower_epochs: int = 3
+    tower_batch_size: int = 1024
+    bert_items_per_step: int = 64  # target items per step run through the top layers with grad
+    projection_learning_rate: float = 1e-3
+    quantize_cache: bool = True  # int8 dynamic quantization of the frozen lower layers
+    quantize_scoring: bool = True  # int8 dynamic quantization when `recsys score` encodes
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ def test_real_minilm_trains_registers_and_reproduces(movielens, settings) -> Non
     settings = settings.replace(
         **{
             "device": "cpu",
+            "text.model": "pairs",  # the per-pair model (a real-catalog tower run is minutes)
             "text.epochs": 1,
             "text.batch_size": 16,
             "text.eval_users": 12,

@@ -44,6 +44,7 @@ def tiny_settings(
     return settings.replace(
         **{
             "device": "cpu",
+            "text.model": "pairs",  # the per-pair model; the history tower: test_text_tower.py
             "text.base_model": str(model_dir),
             "text.epochs": 2,
             "text.batch_size": 16,
@@ -162,6 +163,8 @@ def test_cli_train_and_score(tiny_store, tiny_settings, monkeypatch) -> None:
     )
     assert out.exit_code == 0, out.output
     assert "TF-IDF cosine" in out.output and "promoted to champion" in out.output
+    # the default model (history tower) prints its plan and a measured estimate first
+    assert out.output.index("plan: ") < out.output.index("estimate: ") < out.output.index("TF-IDF")
     out = runner.invoke(main, ["--device", "cpu", "score", "--scope", "live", "--batch-size", "16"])
     assert out.exit_code == 0, out.output
     assert "wrote 30 item embeddings" in out.output and "live: 12 user embeddings" in out.output

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -37,6 +37,8 @@ class EvalSet:
     user_texts: list[str]
     candidates: list[list[str]]
     labels: list[np.ndarray]
+    # the liked fit-period items of each user, oldest first (the history tower's input)
+    histories: list[list[str]] = field(default_factory=list)
 
     @property
     def item_ids(self) -> list[str]:
@@ -82,7 +84,7 @@ def build_eval_set(
         f"SELECT DISTINCT user_id, item_id FROM {TRAIN_SCOPE.events}"
     ).fetchall():
         touched.setdefault(str(user_id), set()).add(str(item_id))
-    texts, cands, labels = [], [], []
+    texts, cands, labels, hists = [], [], [], []
     for user_id in users:
         seen = touched.get(user_id, set())
         allowed = [i for i in pool if i not in seen]
@@ -94,12 +96,13 @@ def build_eval_set(
         texts.append(histories[user_id].text_before(None, summaries, cfg.user_history_items))
         cands.append([str(i) for i in items[perm]])
         labels.append(lab[perm])
+        hists.append([i for _, i in histories[user_id].liked])
     log.info(
         "validation set: %d users, %d distinct candidate items",
         len(users),
         len({i for c in cands for i in c}),
     )
-    return EvalSet(users, texts, cands, labels)
+    return EvalSet(users, texts, cands, labels, hists)
 
 
 def user_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:

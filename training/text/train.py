@@ -33,7 +33,7 @@ from torch import nn
 from feature_store.splits import ensure_split
 from recsys.core import rules
 from recsys.core.config import Settings
-from recsys.core.errors import TrainingError
+from recsys.core.errors import ConfigError, TrainingError
 from training import registry
 from training.text import model as tm
 from training.text.baselines import tfidf_metrics
@@ -228,9 +228,19 @@ def train_text_model(
     max_pairs: int | None = None,
     progress: bool = True,
     promote: bool = True,
+    on_plan: Any = None,
 ) -> TextTrainResult:
     """Train, evaluate, log, register and (when better) promote the text scorer."""
     import mlflow
+
+    if settings.text.model == "tower":
+        from training.text.tower_run import train_tower_model
+
+        return train_tower_model(settings, con, progress=progress, promote=promote, on_plan=on_plan)
+    if settings.text.model != "pairs":
+        raise ConfigError(
+            f"unknown text.model {settings.text.model!r}; choose 'tower' (default) or 'pairs'"
+        )
 
     device = tm.resolve_device(settings.device)
     base = tm.resolve_base_model(settings)
