@@ -69,7 +69,7 @@ def create_app(
     register_error_handlers(app)
     metrics_mod.init_app(app, metrics)
     init_cors(app, settings.serving.cors_origins)
-    shed = metrics.requests.labels("overloaded", "-", "503")
+    shed = metrics.requests.labels("overloaded", "OTHER", "503")
     overload.init_app(app, settings.serving.queue_deadline_ms, on_shed=shed.inc)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)

@@ -3,6 +3,7 @@ the loss, the plan, and the run end to end (MLflow, registration, scoring, int8 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -150,7 +151,8 @@ def test_loss_known_answer() -> None:
 
 def test_train_plan_score_int8_matches_fp32(tiny_store, tiny_settings) -> None:
     plans: list = []
-    result = train_text_model(tiny_settings, tiny_store, progress=False, on_plan=plans.append)
+    tower = replace(tiny_settings, text=replace(tiny_settings.text, model="tower"))
+    result = train_text_model(tower, tiny_store, progress=False, on_plan=plans.append)
     assert len(plans) == 1 and plans[0].examples > 0 and plans[0].estimate_seconds > 0
     assert "top 1 of 2 BERT layers" in plans[0].describe()
     m = result.metrics

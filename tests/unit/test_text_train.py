@@ -139,6 +139,7 @@ def test_cli_train_and_score(tiny_store, tiny_settings, monkeypatch) -> None:
     env = {
         "RECSYS_HOME": str(tiny_settings.home),
         "RECSYS_TEXT__BASE_MODEL": tiny_settings.text.base_model,
+        "RECSYS_TEXT__MODEL": "tower",
         "RECSYS_TEXT__EVAL_NEGATIVES": "10",
         "RECSYS_RANKER__NUM_CANDIDATES": "5",
     }
@@ -163,7 +164,7 @@ def test_cli_train_and_score(tiny_store, tiny_settings, monkeypatch) -> None:
     )
     assert out.exit_code == 0, out.output
     assert "TF-IDF cosine" in out.output and "promoted to champion" in out.output
-    # the default model (history tower) prints its plan and a measured estimate first
+    # the history tower prints its plan and a measured estimate first
     assert out.output.index("plan: ") < out.output.index("estimate: ") < out.output.index("TF-IDF")
     out = runner.invoke(main, ["--device", "cpu", "score", "--scope", "live", "--batch-size", "16"])
     assert out.exit_code == 0, out.output
