@@ -105,3 +105,4 @@ def test_models_trained_through_the_server_are_served_from_it(
     }
     assert [item["rank"] for item in body["items"]] == [1, 2, 3, 4, 5]
     assert all(item["contributions"] for item in body["items"])
+    app.extensions[EXTENSION].close()  # drop the snapshot leases this process holds

@@ -124,6 +124,7 @@ def test_open_snapshots_are_not_deleted_and_no_deleted_handle_stays(
         assert len(kept) == snap.KEEP_SNAPSHOTS
         holder.close_retired(everything=True)
         reader.close()
-        assert snap.leases.held() == {}
+        mine = str(home.home)  # other tests in this process may hold leases of their own
+        assert {path: n for path, n in snap.leases.held().items() if path.startswith(mine)} == {}
     finally:
         writer_con.close()
