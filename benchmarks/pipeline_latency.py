@@ -1,8 +1,8 @@
 """Per-request cost of ``recsys.pipeline.recommender.Recommender`` on a trained home.
 
 Times ``recommend(user, k=10)`` and ``rank(300 candidate ids, k=10, user_id=...)`` for random
-known users (wall and CPU per call: median / p95 / p99) and the one-off ``Recommender.load``.
-The home's models are only read; ``Recommender.load`` caches downloaded artifacts under
+known users (wall and CPU per call: median / p95 / p99) and the one-off ``load_recommender``.
+The home's models are only read; ``load_recommender`` caches downloaded artifacts under
 ``<home>/serving/models``, so point ``--home`` at a copy when the home must stay untouched.
 
     .venv/bin/python -m benchmarks.pipeline_latency --home /tmp/h8home --users 200
@@ -22,7 +22,7 @@ import numpy as np
 
 from feature_store.db import connect
 from recsys.core.config import load_settings
-from recsys.pipeline.recommender import Recommender
+from recsys.pipeline.loader import load_recommender
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -62,7 +62,7 @@ def main() -> None:
     settings = load_settings(overrides={"home": str(args.home)})
     con = connect(settings.db_path, read_only=True)
     t0 = time.perf_counter()
-    rec = Recommender.load(settings, con)
+    rec = load_recommender(settings, con)
     load_s = time.perf_counter() - t0
     rng = random.Random(args.seed)
     users = rng.sample(sorted(rec.data.user_index), min(args.users, len(rec.data.user_index)))
@@ -95,7 +95,7 @@ def main() -> None:
     lines = [
         "# Recommender per-request latency",
         "",
-        f"{len(users)} random known users, `Recommender.load` {load_s:.1f} s, "
+        f"{len(users)} random known users, `load_recommender` {load_s:.1f} s, "
         f"models {rec.model_versions}. Shared 2-core VM (other helpers were running).",
         "",
         "| call | wall median | wall p95 | wall p99 | CPU median | CPU p95 | CPU p99 |",

@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from recsys.algorithms.ranking import feature_matrix, feature_names
+from recsys.core import rules
 from training.ranker.model import RankerModel
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,7 +64,7 @@ def champion_model(home: str) -> RankerModel:
     from training import registry
 
     settings = load_settings(overrides={"home": home})
-    _, path = registry.download(settings, registry.RANKER_MODEL_NAME)
+    _, path = registry.download(settings, rules.RANKER_MODEL_NAME)
     return RankerModel.load(path)
 
 

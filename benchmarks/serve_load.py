@@ -70,10 +70,10 @@ async def _one(session: Any, url: str, body: bytes, scheduled: float, out: list[
     try:
         async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
             await r.read()
-            ok = r.status == 200
+            status = r.status
     except (TimeoutError, aiohttp.ClientError):
-        ok = False
-    out.append((time.perf_counter() - scheduled, ok))
+        status = 0  # timed out (the client gave up) or the connection failed
+    out.append((time.perf_counter() - scheduled, status))
 
 
 async def _generate(url: str, rate: float, seconds: float, bodies: list[bytes]) -> dict[str, Any]:
@@ -82,7 +82,7 @@ async def _generate(url: str, rate: float, seconds: float, bodies: list[bytes]) 
     n = int(rate * seconds)
     timeout = aiohttp.ClientTimeout(total=10)
     connector = aiohttp.TCPConnector(limit=512)
-    results: list[tuple[float, bool]] = []
+    results: list[tuple[float, int]] = []
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         start = time.perf_counter() + 0.2
         tasks = [
@@ -93,17 +93,43 @@ async def _generate(url: str, rate: float, seconds: float, bodies: list[bytes]) 
         ]
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
-    latencies = sorted(lat for lat, ok in results if ok)
-    errors = sum(1 for _, ok in results if not ok)
+    return _summary(results, elapsed, offered_rate=rate, seconds=seconds)
+
+
+def _summary(results: list[tuple[float, int]], elapsed: float, **extra: Any) -> dict[str, Any]:
+    """ok = 200 answers (their rate is the goodput), shed = 503 answers, errors = the rest."""
+    latencies = sorted(lat for lat, status in results if status == 200)
+    shed = sum(1 for _, status in results if status == 503)
     return {
-        "offered_rate": rate,
-        "seconds": seconds,
-        "requests": n,
+        **extra,
+        "requests": len(results),
         "ok": len(latencies),
-        "errors": errors,
+        "shed": shed,
+        "errors": len(results) - len(latencies) - shed,
         "throughput_rps": round(len(latencies) / elapsed, 2),
         **_percentiles(latencies),
     }
+
+
+async def _calibrate(url: str, seconds: float, concurrency: int, bodies: list[bytes]) -> dict:
+    """Closed loop: ``concurrency`` clients back to back; the 200 rate is the capacity."""
+    import aiohttp
+
+    results: list[tuple[float, int]] = []
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        end = time.perf_counter() + seconds
+
+        async def loop(k: int) -> None:
+            i = k
+            while time.perf_counter() < end:
+                await _one(session, url, bodies[i % len(bodies)], time.perf_counter(), results)
+                i += concurrency
+
+        started = time.perf_counter()
+        await asyncio.gather(*(loop(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return _summary(results, elapsed, concurrency=concurrency, seconds=seconds)
 
 
 def _percentiles(latencies: list[float]) -> dict[str, float | None]:
@@ -152,7 +178,7 @@ def _server(cmd: list[str], env: dict[str, str], probe: str, need: str) -> Itera
     log = tempfile.NamedTemporaryFile(prefix="serve-load-", suffix=".log", delete=False)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        _wait(probe, proc, 180, need)
+        _wait(probe, proc, 600, need)  # a busy machine loads models slowly
         yield
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -164,9 +190,12 @@ def _server(cmd: list[str], env: dict[str, str], probe: str, need: str) -> Itera
         log.close()
 
 
-def _recsys_server(home: Path, port: int, workers: int) -> contextlib.AbstractContextManager[None]:
+def _recsys_server(
+    home: Path, port: int, workers: int, extra_env: dict[str, str] | None = None
+) -> contextlib.AbstractContextManager[None]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RECSYS_LOG_LEVEL": "WARNING"})
+    env.update(extra_env or {})
     cmd = [
         sys.executable,
         "-m",
@@ -216,10 +245,9 @@ def _payloads(home: Path, n_candidates: int, k: int, count: int = 200) -> list[d
     from recsys.core.config import load_settings
     from serving.snapshot import read_pointer
 
-    info = read_pointer(load_settings(overrides={"home": str(home)}, environ={}))
-    if info is None:
-        raise SystemExit(f"{home} has no published snapshot; run `recsys serve` once on it")
-    con = duckdb.connect(info.path, read_only=True)
+    settings = load_settings(overrides={"home": str(home)}, environ={})
+    info = read_pointer(settings)
+    con = duckdb.connect(info.path if info else str(settings.db_path), read_only=True)
     users = [r[0] for r in con.execute("SELECT user_id FROM users ORDER BY user_id").fetchall()]
     items = [r[0] for r in con.execute("SELECT item_id FROM items ORDER BY item_id").fetchall()]
     con.close()
@@ -237,33 +265,22 @@ def _run_steps(
     for n, rate in enumerate(rates):
         if n:
             _drain("/".join(url.split("/", 3)[:3]))  # http://host:port
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--generate",
-                "--url",
-                url,
-                "--rate",
-                str(rate),
-                "--step-seconds",
-                str(seconds),
-                "--payloads",
-                str(payload_file),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        step = json.loads(out.stdout)
+        step = _generator(url, payload_file, ["--rate", str(rate), "--step-seconds", str(seconds)])
         steps.append(step)
         print(
             f"  {url.rsplit('/', 1)[-1]:>5} {rate:6.0f} req/s: p50 {step['p50_ms']} ms, "
             f"p95 {step['p95_ms']} ms, p99 {step['p99_ms']} ms, "
-            f"{step['throughput_rps']} req/s, {step['errors']} errors",
+            f"{step['throughput_rps']} req/s ok, {step['shed']} shed, {step['errors']} errors",
             flush=True,
         )
     return steps
+
+
+def _generator(url: str, payload_file: Path, args: list[str]) -> dict[str, Any]:
+    """Run the load generator in its own process (so it does not share the GIL with us)."""
+    cmd = [sys.executable, __file__, "--generate", "--url", url, "--payloads", str(payload_file)]
+    out = subprocess.run(cmd + args, check=True, capture_output=True, text=True)
+    return dict(json.loads(out.stdout))
 
 
 def _drain(base: str, max_seconds: float = 180.0) -> None:
@@ -295,10 +312,29 @@ def main() -> None:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--payloads", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--concurrency", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--overload",
+        action="store_true",
+        help="Measure capacity (closed loop), then offer --multiples of it and report goodput "
+        "and shed requests (writes serve_overload.json/.md).",
+    )
+    parser.add_argument("--multiples", default="0.5,1,1.5,2,2.5,3")
+    parser.add_argument("--calibrate-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--deadline-ms", type=float, help="serving.queue_deadline_ms for the server (0: off)."
+    )
     args = parser.parse_args()
     if args.generate:
         bodies = [json.dumps(p).encode() for p in json.loads(args.payloads.read_text())]
-        print(json.dumps(asyncio.run(_generate(args.url, args.rate, args.step_seconds, bodies))))
+        if args.concurrency:
+            run = _calibrate(args.url, args.step_seconds, args.concurrency, bodies)
+        else:
+            run = _generate(args.url, args.rate, args.step_seconds, bodies)
+        print(json.dumps(asyncio.run(run)))
+        return
+    if args.overload:
+        overload_main(args)
         return
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     if not rates or any(r <= 0 or r > 5000 for r in rates) or not 1 <= args.step_seconds <= 600:
@@ -389,6 +425,84 @@ def _write(
     ]
     (args.out / "serve_load.md").write_text("\n".join(lines))
     print(f"wrote {args.out / 'serve_load.json'} and {args.out / 'serve_load.md'}")
+
+
+def overload_main(args: argparse.Namespace) -> None:
+    """Capacity, then steps at multiples of it: goodput (200/s), shed (503) and client errors."""
+    multiples = [float(m) for m in args.multiples.split(",") if m.strip()]
+    home = args.home.resolve()
+    payloads = _payloads(home, args.candidates, args.k)
+    env = (
+        {}
+        if args.deadline_ms is None
+        else {"RECSYS_SERVING__QUEUE_DEADLINE_MS": str(args.deadline_ms)}
+    )
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        payload_file = Path(tmp) / "payloads.json"
+        payload_file.write_text(json.dumps(payloads))
+        port = _free_port()
+        url = f"http://{LOOPBACK}:{port}/v1/rank"
+        print(f"recsys serve on {LOOPBACK}:{port} (home {home})", flush=True)
+        with _recsys_server(home, port, args.workers, env):
+            concurrency = args.workers * 4  # gunicorn threads per worker (serving/gunicorn_conf)
+            cal = _generator(
+                url,
+                payload_file,
+                ["--concurrency", str(concurrency), "--step-seconds", str(args.calibrate_seconds)],
+            )
+            capacity = float(cal["throughput_rps"])
+            print(f"  capacity (closed loop, {concurrency} clients): {capacity} req/s", flush=True)
+            if capacity <= 0:
+                raise SystemExit("the server answered nothing during calibration")
+            rates = [round(m * capacity, 1) for m in multiples]
+            steps = _run_steps(url, rates, args.step_seconds, payload_file)
+    for m, step in zip(multiples, steps, strict=True):
+        step["multiple"] = m
+        step["goodput_share_of_capacity"] = round(step["throughput_rps"] / capacity, 3)
+    at2 = next((st for st in steps if st["multiple"] == 2.0), None)
+    met = bool(at2 and at2["goodput_share_of_capacity"] >= 0.8)
+    result = {
+        "benchmark": "serve_overload",
+        "endpoint": "POST /v1/rank",
+        "workers": args.workers,
+        "step_seconds": args.step_seconds,
+        "client_timeout_s": 10,
+        "queue_deadline_ms": args.deadline_ms if args.deadline_ms is not None else "default",
+        "capacity": cal,
+        "steps": steps,
+        "target": {"goodput_at_2x_share": 0.8, "met": met},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "platform": platform.platform(),
+        },
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve_overload.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "# serve_overload: POST /v1/rank past capacity (load shedding)",
+        "",
+        f"Capacity {capacity} req/s (closed loop, {cal['concurrency']} clients, "
+        f"{args.calibrate_seconds:g} s); then open-loop {args.step_seconds:g}-s steps at "
+        "multiples of it. Goodput = 200 answers per second (client timeout 10 s); shed = 503 "
+        f"+ Retry-After. Queue deadline: {result['queue_deadline_ms']} ms. Load average "
+        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs.",
+        "",
+        "| x capacity | offered req/s | goodput req/s | share of capacity | shed | errors "
+        "| p50 ms | p99 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for st in steps:
+        lines.append(
+            f"| {st['multiple']:g} | {st['offered_rate']:g} | {st['throughput_rps']} | "
+            f"{st['goodput_share_of_capacity']} | {st['shed']} | {st['errors']} | "
+            f"{st['p50_ms']} | {st['p99_ms']} |"
+        )
+    lines += ["", f"Goodput at 2x >= 80% of capacity: {'met' if met else 'NOT met'}.", ""]
+    (args.out / "serve_overload.md").write_text("\n".join(lines))
+    print(f"wrote {args.out / 'serve_overload.json'} and .md")
 
 
 if __name__ == "__main__":

@@ -56,12 +56,13 @@ def bench_training(con: Any, settings: Any, device: Any, steps: int) -> dict[str
     import numpy as np
     import torch
 
+    from feature_store.splits import ensure_split
     from training.text import model as tm
     from training.text.pairs import build_training_pairs
     from training.text.texts import item_texts
-    from training.text.train import LabelHead, _batches, _train_step, ensure_split
+    from training.text.train import LabelHead, _batches, _train_step
 
-    ensure_split(con, settings)
+    ensure_split(con, settings.split)
     batch = settings.text.batch_size
     pairs = build_training_pairs(con, settings, max_pairs=batch * (steps + 1))
     texts = item_texts(con)
@@ -179,6 +180,85 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize()
 
 
+def bench_tower(con: Any, settings: Any, device: Any, n_items: int, steps: int) -> dict[str, Any]:
+    """The history tower (default model): lower-layer cache items/s, training examples/s over
+    ``steps`` real steps, and catalog encoding items/s fp32 vs int8 with their cosine agreement
+    (on ``n_items`` real item texts at 64 tokens)."""
+    import numpy as np
+
+    from training.text import model as tm
+    from training.text import tower as tw
+    from training.text.texts import item_texts
+    from training.text.tower_run import lower_backbone, tokenize_items, tower_config
+    from training.text.tower_train import HeadScale, TowerExamples, build_examples, train_step
+
+    texts = item_texts(con)
+    ids_all = sorted(texts)
+    item_ids = ids_all[:n_items]
+    encoder = tm.load_encoder(tm.resolve_base_model(settings), device)
+    ids, mask = tokenize_items(encoder, [texts[i] for i in item_ids], 64)
+    n_layers = len(encoder.backbone.encoder.layer)
+    top = n_layers if device.type == "cuda" else settings.text.top_layers
+    lower = lower_backbone(encoder, settings.text.quantize_cache)
+    start = time.perf_counter()
+    cache = tw.build_lower_cache(lower, ids, mask, n_layers - top)
+    cache_rate = len(item_ids) / (time.perf_counter() - start)
+    cfg = tower_config(settings, device)
+    ex = build_examples(con, {i: k for k, i in enumerate(ids_all)}, 20)
+    small = TowerExamples(
+        np.where(ex.history >= 0, ex.history % len(item_ids), -1),
+        ex.target % len(item_ids),
+        ex.label,
+        ex.kinds,
+    )
+    item_tower = tw.ItemTower(list(encoder.backbone.encoder.layer)[n_layers - top :], encoder.dim)
+    item_tower = item_tower.to(device)
+    towers = (item_tower, tw.UserTower(encoder.dim).to(device), HeadScale(0.05).to(device))
+    from training.text.tower_train import pooled_table
+
+    pooled = pooled_table(item_tower, cache, autocast=cfg.autocast).to(device)
+    rng = np.random.default_rng(0)
+    times = []
+    for k in range(steps + 1):
+        idx = rng.choice(len(ex), size=min(cfg.batch_size, len(ex)), replace=False)
+        _sync(device)
+        t0 = time.perf_counter()
+        train_step(towers, cache, pooled, small, idx, cfg, rng).backward()
+        _sync(device)
+        if k:  # the first step warms up
+            times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    out: dict[str, Any] = {
+        "items": len(item_ids),
+        "top_layers": top,
+        "batch_size": cfg.batch_size,
+        "bert_items_per_step": cfg.bert_items,
+        "cache_items_per_s": cache_rate,
+        "train_examples_per_s": cfg.batch_size / step_s,
+        "train_step_seconds": step_s,
+    }
+    proj = item_tower.proj
+    for name, quant in (("fp32", False), ("int8", True)):
+        backbone = tw.quantize(encoder.backbone) if quant and device.type == "cpu" else None
+        backbone = backbone or encoder.backbone
+        t0, c0 = time.perf_counter(), time.process_time()
+        vecs = tw.encode_items(backbone, proj, ids.to(device), mask.to(device))
+        out[f"encode_{name}_items_per_s"] = len(item_ids) / (time.perf_counter() - t0)
+        out[f"encode_{name}_items_per_cpu_s"] = len(item_ids) / (time.process_time() - c0)
+        out[f"_{name}"] = vecs
+    agree = (out.pop("_fp32") * out.pop("_int8")).sum(1)
+    out["int8_vs_fp32_cosine_min"] = float(agree.min())
+    out["int8_vs_fp32_cosine_mean"] = float(agree.mean())
+    out["int8_speedup"] = out["encode_int8_items_per_s"] / out["encode_fp32_items_per_s"]
+    if device.type == "cuda":
+        cfgb = encoder.backbone.config
+        per_layer = 2.0 * (4 * cfgb.hidden_size**2 + 2 * cfgb.hidden_size * cfgb.intermediate_size)
+        tokens = float(mask.sum()) / len(item_ids)
+        flops = 3 * cfg.bert_items * tokens * per_layer * top
+        out["bf16_peak_fraction"] = flops / step_s / H100_BF16_PEAK
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -216,6 +296,8 @@ def main() -> None:
         log.info("training: %s", report["training"])
         report["embedding"] = bench_embedding(con, settings, device, args.embed_items, args.repeats)
         log.info("embedding: %s", report["embedding"])
+        report["tower"] = bench_tower(con, settings, device, args.embed_items, args.train_steps)
+        log.info("history tower: %s", report["tower"])
         con.close()
     if args.quality:
         report["quality"] = bench_quality(Path(args.data_dir), args.quality, args.device)
@@ -243,7 +325,20 @@ def _write(report: dict[str, Any], tag: str) -> None:
         f"({em['items_per_cpu_s']:.1f} per CPU-second) |",
         f"| full catalog (9,742 items) estimate | {em['full_catalog_seconds_estimate']:.0f} s |",
     ]
-    for name, part in (("fine-tuning", tr), ("embedding", em)):
+    tw = report.get("tower")
+    if tw:
+        lines += [
+            f"| history tower: lower-layer cache ({tw['items']} items, 64 tokens) "
+            f"| {tw['cache_items_per_s']:.1f} items/s |",
+            f"| history tower: training (batch {tw['batch_size']}, {tw['bert_items_per_step']} "
+            f"items through the top {tw['top_layers']} layer(s) per step) "
+            f"| {tw['train_examples_per_s']:.0f} examples/s |",
+            f"| history tower: catalog encoding fp32 / int8 "
+            f"| {tw['encode_fp32_items_per_s']:.1f} / {tw['encode_int8_items_per_s']:.1f} items/s "
+            f"(x{tw['int8_speedup']:.2f}; cosine int8 vs fp32 min "
+            f"{tw['int8_vs_fp32_cosine_min']:.4f}) |",
+        ]
+    for name, part in (("fine-tuning", tr), ("embedding", em), ("history tower", tw or {})):
         if "bf16_peak_fraction" in part:
             lines.append(
                 f"| {name}: fraction of bf16 peak (989 TFLOP/s) "

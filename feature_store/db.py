@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -31,9 +31,6 @@ EVENT_TYPES: tuple[str, ...] = (
     "purchase",
     "tag",
 )
-# Engagement that counts as a positive signal (rate events count when value >= POSITIVE_RATING).
-POSITIVE_EVENT_TYPES: tuple[str, ...] = ("click", "like", "share", "purchase")
-POSITIVE_RATING = 4.0
 
 _LOCK_RETRY_SECONDS = 30.0
 
@@ -101,3 +98,30 @@ def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
         row = con.execute(f"SELECT count(*) FROM {table}").fetchone()
         out[table] = int(row[0]) if row else 0
     return out
+
+
+def checkpoint(con: duckdb.DuckDBPyConnection) -> None:
+    """Write everything committed into the main database file (the WAL is then empty)."""
+    con.execute("CHECKPOINT")
+
+
+def existing_items(cur: duckdb.DuckDBPyConnection, item_ids: Iterable[str]) -> set[str]:
+    """Which of ``item_ids`` the store's catalog has."""
+    ids = list(dict.fromkeys(item_ids))
+    if not ids:
+        return set()
+    rows = cur.execute(
+        "SELECT DISTINCT item_id FROM items WHERE item_id IN (SELECT unnest($ids))", {"ids": ids}
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def existing_event_ids(cur: duckdb.DuckDBPyConnection, event_ids: Iterable[str]) -> set[str]:
+    """Which of ``event_ids`` the store's events table already holds."""
+    ids = list(dict.fromkeys(event_ids))
+    if not ids:
+        return set()
+    rows = cur.execute(
+        "SELECT DISTINCT event_id FROM events WHERE event_id IN (SELECT unnest($ids))", {"ids": ids}
+    ).fetchall()
+    return {str(r[0]) for r in rows}

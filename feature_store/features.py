@@ -26,6 +26,7 @@ from feature_store import features_snapshot as fs
 from feature_store import features_sql
 from recsys.core.config import RankerSettings
 from recsys.core.errors import DataValidationError, RecsysError
+from recsys.core.rules import SCOPES
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
 )
 REQUEST_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "as_of")
 # The event relations features may read: the live table and the protocol v1 views.
-EVENT_RELATIONS: tuple[str, ...] = ("events", "events_train_v1", "events_fit_v1")
+EVENT_RELATIONS: tuple[str, ...] = tuple(s.events for s in SCOPES.values())
 DEFAULT_COVISIT_WINDOW_DAYS: float = RankerSettings().covisit_window_days
 _EVENT_COLUMNS = {"event_id", "user_id", "item_id", "event_type", "value", "ts"}
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -111,7 +112,7 @@ def compute_features(
     if req.height == 0:
         return _empty(req)
     started = time.perf_counter()
-    out = FeatureSnapshot._load(con, events, covisit_window_days, requests=req).evaluate(req)
+    out = FeatureSnapshot.read(con, events, covisit_window_days, requests=req).evaluate(req)
     log.debug(
         "features for %d rows from %s in %.1f ms",
         req.height,
@@ -165,7 +166,7 @@ class FeatureSnapshot:
         if covisit_window_days <= 0:
             raise RecsysError(f"covisit_window_days must be > 0, got {covisit_window_days}")
         started = time.perf_counter()
-        snap = cls._load(con, events, covisit_window_days)
+        snap = cls.read(con, events, covisit_window_days)
         log.info(
             "feature snapshot of %s: %d events, newest %s, built in %.2f s",
             events,
@@ -176,7 +177,7 @@ class FeatureSnapshot:
         return snap
 
     @classmethod
-    def _load(
+    def read(
         cls,
         con: duckdb.DuckDBPyConnection,
         events: str,
@@ -188,7 +189,7 @@ class FeatureSnapshot:
         """Read the events (all, or what validated ``requests`` need) and index them.
 
         With ``requests`` the index covers only what those rows ask about, so it must answer
-        only them (hence private: ``compute_features`` is the public way).  ``full_read``
+        only them (``compute_features`` is the usual way in).  ``full_read``
         forces one scan of the whole relation (True) or reading only the rows the requests can
         depend on (False); by default small request sets on large logs read less.
         """

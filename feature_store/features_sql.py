@@ -12,18 +12,12 @@ Relation names passed here must already be validated and quoted.
 
 from __future__ import annotations
 
-from feature_store.db import POSITIVE_EVENT_TYPES, POSITIVE_RATING
+from feature_store.rules_sql import positive_sql
 
-_POSITIVE_TYPES = ", ".join(f"'{t}'" for t in POSITIVE_EVENT_TYPES)
-# Positive engagement: a rating >= POSITIVE_RATING or a positive event type.
-POSITIVE_SQL = (
-    f"((e.event_type = 'rate' AND e.value >= {POSITIVE_RATING}) "
-    f"OR e.event_type IN ({_POSITIVE_TYPES}))"
-)
 # The event's flags packed in one byte (less to transfer and reorder than four booleans):
 # FLAG_BITS order, bit 0 first.
 FLAG_BITS: tuple[str, ...] = ("is_pos", "is_impr", "is_click", "has_rating")
-_FLAGS = f"""(CASE WHEN {POSITIVE_SQL} THEN 1 ELSE 0 END
+_FLAGS = f"""(CASE WHEN {positive_sql("e")} THEN 1 ELSE 0 END
             + CASE WHEN e.event_type = 'impression' THEN 2 ELSE 0 END
             + CASE WHEN e.event_type = 'click' THEN 4 ELSE 0 END
             + CASE WHEN e.event_type = 'rate' AND e.value IS NOT NULL THEN 8 ELSE 0 END

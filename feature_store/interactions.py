@@ -11,23 +11,21 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import duckdb
 import numpy as np
 import scipy.sparse as sp
 
-from feature_store.db import POSITIVE_EVENT_TYPES, POSITIVE_RATING
+from feature_store.rules_sql import positive_sql
 from recsys.core.errors import RecsysError
 
 log = logging.getLogger(__name__)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# A positive interaction: a good rating or an engagement event.
-POSITIVE_SQL = (
-    f"((event_type = 'rate' AND value >= {POSITIVE_RATING}) "
-    f"OR event_type IN ({', '.join(repr(t) for t in POSITIVE_EVENT_TYPES)}))"
-)
+# A positive interaction (recsys.core.rules) over an unaliased events relation.
+POSITIVE_SQL = positive_sql()
 
 
 def relation_name(name: str) -> str:
@@ -35,6 +33,20 @@ def relation_name(name: str) -> str:
     if not _IDENT.match(name):
         raise RecsysError(f"bad events relation name {name!r}: expected a plain table or view name")
     return name
+
+
+@dataclass(frozen=True)
+class PositiveEvents:
+    """Every positive event of the relation as catalog/user indices, in no particular order."""
+
+    user: np.ndarray  # int64 user index
+    item: np.ndarray  # int64 catalog index
+    ts: np.ndarray  # datetime64[us]
+
+    @classmethod
+    def empty(cls) -> PositiveEvents:
+        z = np.empty(0, dtype=np.int64)
+        return cls(z, z.copy(), np.empty(0, dtype="datetime64[us]"))
 
 
 @dataclass
@@ -48,6 +60,7 @@ class Interactions:
     seen: sp.csr_matrix  # any non-impression event
     positives: sp.csr_matrix  # positive count per (user, item)
     item_genres: list[tuple[str, ...]]
+    positive_events: PositiveEvents = field(default_factory=PositiveEvents.empty)
     item_index: dict[str, int] = field(init=False)
     user_index: dict[str, int] = field(init=False)
 
@@ -121,6 +134,7 @@ class Interactions:
         positives = sp.csr_matrix((pos[keep], (rows[keep], cols[keep])), shape=shape)
         seen.sort_indices()
         positives.sort_indices()
+        events = _positive_events(con, rel, user_ids, item_ids)
         log.info(
             "read %s: %d users, %d catalog items, %d seen pairs, %d positive pairs",
             rel,
@@ -129,7 +143,80 @@ class Interactions:
             seen.nnz,
             positives.nnz,
         )
-        return cls(con, rel, item_ids, user_ids, seen, positives, genres)
+        return cls(con, rel, item_ids, user_ids, seen, positives, genres, events)
+
+
+def click_histories(
+    con: duckdb.DuckDBPyConnection, requests: Any, n: int
+) -> list[tuple[str, list[str]]]:
+    """(request_id, the user's latest ``n`` clicked items, newest first) for each request of
+    ``requests`` (an Arrow-convertible frame of request_id, user_id, as_of), clicks strictly
+    before its ``as_of``; requests without an earlier click are absent."""
+    con.register("_replay_reqs", requests.to_arrow())
+    try:
+        rows = con.execute(
+            f"""
+            SELECT r.request_id,
+                   list(e.item_id ORDER BY e.ts DESC)[1:{int(n)}] AS items
+            FROM _replay_reqs r JOIN events e ON e.user_id = r.user_id AND e.ts < r.as_of
+            WHERE e.event_type = 'click'
+            GROUP BY r.request_id
+            """
+        ).fetchall()
+    finally:
+        con.unregister("_replay_reqs")
+    return [(req, list(items)) for req, items in rows]
+
+
+def _positive_events(
+    con: duckdb.DuckDBPyConnection, rel: str, user_ids: np.ndarray, item_ids: np.ndarray
+) -> PositiveEvents:
+    con.register("_ix_items", _id_table(item_ids, "item_id"))
+    con.register("_ix_users", _id_table(user_ids, "user_id"))
+    try:
+        ev = con.execute(
+            f"""
+            SELECT u.idx AS u, i.idx AS i, e.ts
+            FROM {rel} e JOIN _ix_users u USING (user_id) JOIN _ix_items i USING (item_id)
+            WHERE {POSITIVE_SQL}
+            """
+        ).fetchnumpy()
+    finally:
+        con.unregister("_ix_items")
+        con.unregister("_ix_users")
+    return PositiveEvents(
+        np.asarray(ev["u"], dtype=np.int64),
+        np.asarray(ev["i"], dtype=np.int64),
+        np.asarray(ev["ts"], dtype="datetime64[us]"),
+    )
+
+
+def recent_positives(
+    con: duckdb.DuckDBPyConnection, relation: str, n: int, user_id: str | None = None
+) -> dict[str, tuple[list[str], datetime]]:
+    """Per user (or just ``user_id``): their latest ``n`` positive items, oldest first, and the
+    time of the newest.  Ties in time are broken by item id so every read picks the same items.
+    """
+    rel = relation_name(relation)
+    where = "AND user_id = ?" if user_id is not None else ""
+    rows = con.execute(
+        f"SELECT user_id, list(item_id ORDER BY ts DESC, item_id DESC)[1:{int(n)}], max(ts) "
+        f"FROM {rel} WHERE {POSITIVE_SQL} {where} GROUP BY user_id",
+        [user_id] if user_id is not None else [],
+    ).fetchall()
+    return {str(u): ([str(i) for i in reversed(items)], ts) for u, items, ts in rows}
+
+
+def item_titles(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Item id -> title (any one title when an id was ingested twice)."""
+    rows = con.execute("SELECT item_id, any_value(title) FROM items GROUP BY item_id").fetchall()
+    return {str(i): str(t) for i, t in rows}
+
+
+def newest_event(con: duckdb.DuckDBPyConnection, relation: str) -> datetime | None:
+    """The latest event time of ``relation`` (``None`` when it is empty)."""
+    row = con.execute(f"SELECT max(ts) FROM {relation_name(relation)}").fetchone()
+    return row[0] if row and row[0] else None
 
 
 def _id_table(ids: np.ndarray, column: str) -> Any:

@@ -36,6 +36,7 @@ import duckdb
 
 from recsys.core.config import SplitSettings
 from recsys.core.errors import DataValidationError
+from recsys.core.rules import FIT_SCOPE, TRAIN_SCOPE
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,14 @@ TEST_PERCENT = 20
 DEFAULT_VAL_PERCENT = 20
 
 _ORDER = "ts, TRY_CAST(item_id AS BIGINT) NULLS LAST, item_id, event_id"
+
+PROTOCOL_TABLES: tuple[str, ...] = (
+    "split_v1",
+    "split_v1_users",
+    "split_v1_spec",
+    TRAIN_SCOPE.events,
+    FIT_SCOPE.events,
+)
 
 
 def materialize_protocol_split(
@@ -70,7 +79,7 @@ def materialize_protocol_split(
         )
         _build_split_table(con, scoped, part_sql)
         _build_users_table(con)
-        for view, cut in (("events_train_v1", test_cut), ("events_fit_v1", val_cut)):
+        for view, cut in ((TRAIN_SCOPE.events, test_cut), (FIT_SCOPE.events, val_cut)):
             con.execute(
                 f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM events "
                 f"WHERE ts < TIMESTAMP '{cut.isoformat()}'"
@@ -157,8 +166,8 @@ def _build_user_time_views(con: duckdb.DuckDBPyConnection) -> None:
     event at all (only exposures) have no test period; all their events pass.
     """
     for view, parts, start in (
-        ("events_train_v1", "('fit', 'val')", "u.test_start"),
-        ("events_fit_v1", "('fit')", "coalesce(u.val_start, u.test_start)"),
+        (TRAIN_SCOPE.events, "('fit', 'val')", "u.test_start"),
+        (FIT_SCOPE.events, "('fit')", "coalesce(u.val_start, u.test_start)"),
     ):
         con.execute(
             f"""
@@ -212,10 +221,11 @@ def _write_spec(
 
 def _current_spec(con: duckdb.DuckDBPyConnection) -> str | None:
     found = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name IN "
-        "('split_v1', 'split_v1_users', 'split_v1_spec')"
+        "SELECT count(DISTINCT table_name) FROM information_schema.tables WHERE table_name IN "
+        f"({', '.join('?' for _ in PROTOCOL_TABLES)})",
+        list(PROTOCOL_TABLES),
     ).fetchone()
-    if not found or found[0] < 3:
+    if not found or found[0] < len(PROTOCOL_TABLES):
         return None
     row = con.execute("SELECT spec FROM split_v1_spec").fetchone()
     return str(row[0]) if row else None

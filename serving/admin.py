@@ -23,7 +23,8 @@ def reload_models() -> ResponseReturnValue:
     info = st.snapshots.info
     if info is None:
         raise StoreNotReadyError("no store snapshot is published yet; models load on top of one")
-    outcome = st.models.load(info.path)  # raises ReloadRefusedError (409) and keeps the old models
+    # a refused champion raises ReloadRefusedError (409) and the old models keep serving
+    outcome = st.models.load(info.path, fallback=False)
     st.watcher.signal_reload()  # the other workers follow
     return jsonify({"reloaded": True, **outcome})
 
@@ -39,6 +40,7 @@ def status() -> ResponseReturnValue:
             "pid": os.getpid(),
             "model_versions": st.models.model_versions,
             "model_error": st.models.error,
+            "model_fallback": st.models.fallback,
             "models_loaded_at": st.models.loaded_at,
             "snapshot": info.to_dict() if info else None,
             "snapshot_age_seconds": round(time.time() - info.published_at, 3) if info else None,

@@ -10,6 +10,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from feature_store.db import existing_event_ids, existing_items
 from feature_store.validation import (
     is_valid_unicode,
     item_ids_to_look_up,
@@ -18,7 +19,6 @@ from feature_store.validation import (
 from recsys.core.errors import NotFoundError
 from serving.errors import MalformedJSONError, UnsupportedMediaTypeError
 from serving.security import require_api_key
-from serving.snapshot import existing_event_ids, existing_items
 from serving.state import get_cursor, state
 from serving.validation import (
     check_id,

@@ -16,11 +16,12 @@ import sys
 from flask import Flask
 
 from recsys.core.config import Settings, load_settings
-from serving import admin, api, health
+from serving import admin, api, health, overload
 from serving import metrics as metrics_mod
 from serving.errors import ReloadRefusedError, register_error_handlers
 from serving.eventlog import EventLog
 from serving.metrics import Metrics
+from serving.modelcheck import ModelVerifier
 from serving.models import Loader, ModelHolder, Watcher, load_recommender
 from serving.security import init_cors
 from serving.snapshot import SnapshotReader
@@ -37,7 +38,7 @@ def create_app(
 ) -> Flask:
     """Build the serving app for ``settings`` (default: resolved from RECSYS_* and the config file).
 
-    ``loader`` replaces ``Recommender.load`` (tests); ``start_watcher=False`` leaves snapshot and
+    ``loader`` replaces ``load_recommender`` (tests); ``start_watcher=False`` leaves snapshot and
     reload checks to explicit ``app.extensions["recsys"].watcher.tick()`` calls.
     """
     settings = settings or load_settings()
@@ -50,7 +51,11 @@ def create_app(
     # DuckDB threads per connection: the machine's cores shared by the gunicorn workers
     threads = max(1, (os.cpu_count() or 1) // max(1, settings.serving.workers))
     snapshots = SnapshotReader(settings, threads=threads)
-    models = ModelHolder(settings, metrics, loader or load_recommender, threads=threads)
+    # the production loader verifies every ranker version before this process parses it
+    verifier = ModelVerifier(settings) if loader is None else None
+    models = ModelHolder(
+        settings, metrics, loader or load_recommender, threads=threads, verifier=verifier
+    )
     state = ServingState(
         settings=settings,
         snapshots=snapshots,
@@ -64,6 +69,8 @@ def create_app(
     register_error_handlers(app)
     metrics_mod.init_app(app, metrics)
     init_cors(app, settings.serving.cors_origins)
+    shed = metrics.requests.labels("overloaded", "OTHER", "503")
+    overload.init_app(app, settings.serving.queue_deadline_ms, on_shed=shed.inc)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(health.bp)

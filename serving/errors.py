@@ -63,6 +63,17 @@ class ReloadRefusedError(RecsysError):
     http_status = 409
 
 
+class OverloadedError(RecsysError):
+    """The request waited in the queue past ``serving.queue_deadline_ms`` and was not computed."""
+
+    code = "overloaded"
+    http_status = 503
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class StoreNotReadyError(RecsysError):
     """No published store snapshot yet (the event writer has not run)."""
 
@@ -102,7 +113,11 @@ def register_error_handlers(app: Flask) -> None:
             log.error("%s: %s", exc.code, exc, exc_info=True)
         elif status > 500:
             log.debug("%s: %s", exc.code, exc)
-        return jsonify(error_body(exc.code, str(exc))), status
+        response = jsonify(error_body(exc.code, str(exc)))
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(int(retry_after))
+        return response, status
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> ResponseReturnValue:

@@ -15,7 +15,8 @@ import time
 from typing import Any
 
 # Threads let one worker overlap DuckDB queries (which release the GIL) and keep-alive clients.
-worker_class = "gthread"
+# gthread, timing each request's wait in the queue for load shedding (serving/overload.py)
+worker_class = "serving.overload.QueueTimedThreadWorker"
 threads = 4
 preload_app = False
 timeout = 30

@@ -34,6 +34,8 @@ def readyz() -> ResponseReturnValue:
             "ok": st.models.recommender is not None,
             "model_versions": st.models.model_versions,
             "error": st.models.error,
+            # a refused champion and the verified version served instead
+            "fallback": st.models.fallback,
         },
         "event_log": st.event_log.health(),
         "writer": writer_check(serving_dir(st.settings) / HEARTBEAT_FILE),

@@ -1,10 +1,10 @@
 """Model loading and atomic reload for one worker.
 
-Models come from the MLflow registry alias ``champion`` (``Recommender.load``).  A reload builds
-the new ``Recommender`` completely before swapping one reference, so a request sees either the
-old models or the new ones, never a mix; a model that fails to load is refused and the old one
-keeps serving.  A successful reload in one gunicorn worker writes ``<home>/serving/RELOAD`` and
-the other workers' watchers reload too.
+Models come from the MLflow registry alias ``champion`` (``recsys.pipeline.loader``).  A
+reload builds the new ``Recommender`` completely before swapping one reference, so a request
+sees either the old models or the new ones, never a mix; a model that fails to load is refused
+and the old one keeps serving.  A successful reload in one gunicorn worker writes
+``<home>/serving/RELOAD`` and the other workers' watchers reload too.
 """
 
 from __future__ import annotations
@@ -18,16 +18,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from feature_store.db import connect
+from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError
 from serving.errors import ReloadRefusedError
 from serving.metrics import Metrics
-from serving.snapshot import SnapshotReader, serving_dir
+from serving.modelcheck import ModelRefusedError, ModelVerifier
+from serving.snapshot import SnapshotReader, close_snapshot, open_snapshot, serving_dir
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[Settings, Any], Any]
+# (settings, connection) -> Recommender; called with ``ranker=(ref, directory)`` when a
+# ModelVerifier chose the ranker version.
+Loader = Callable[..., Any]
 RELOAD_SIGNAL = "RELOAD"
 _RETRY_UNREADY_SECONDS = 30.0
 _RETIRE_AFTER_SECONDS = 120.0
@@ -46,13 +49,13 @@ def registry_exists(settings: Settings) -> bool:
     return True
 
 
-def load_recommender(settings: Settings, con: Any) -> Any:
-    """The production loader: ``recsys.pipeline.recommender.Recommender.load``."""
+def load_recommender(settings: Settings, con: Any, *, ranker: Any | None = None) -> Any:
+    """The production loader: ``recsys.pipeline.loader.load_recommender`` (on ``ranker``)."""
     try:
-        from recsys.pipeline.recommender import Recommender
+        from recsys.pipeline import loader
     except ImportError as exc:
         raise ModelNotReadyError(f"the recommendation pipeline cannot be imported: {exc}") from exc
-    return Recommender.load(settings, con)
+    return loader.load_recommender(settings, con, ranker=ranker)
 
 
 class ModelHolder:
@@ -70,17 +73,21 @@ class ModelHolder:
         loader: Loader = load_recommender,
         *,
         threads: int | None = None,
+        verifier: ModelVerifier | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.loader = loader
         self.threads = threads
+        self.verifier = verifier
+        # set while a refused champion is replaced by the last verified version
+        self.fallback: dict[str, Any] | None = None
         self.recommender: Any | None = None
         self.error: str | None = "models not loaded yet"
         self.loaded_at: float | None = None
         self.snapshot_path: str | None = None
         self._con: Any | None = None
-        self._retired: list[tuple[float, Any]] = []
+        self._retired: list[tuple[float, Any, str]] = []
         self._lock = threading.Lock()
 
     @property
@@ -98,18 +105,26 @@ class ModelHolder:
             )
         return rec
 
-    def load(self, snapshot_path: str) -> dict[str, Any]:
-        """Load the champion models on the snapshot; on failure keep what serves and raise 409."""
+    def load(self, snapshot_path: str, *, fallback: bool = True) -> dict[str, Any]:
+        """Load the champion models on the snapshot; on failure keep what serves and raise 409.
+
+        With a verifier, a champion that fails verification is replaced by the last verified
+        version when ``fallback`` (boot, snapshot refreshes) and refused otherwise (a reload).
+        """
         with self._lock:
             previous = self.model_versions
             started = time.perf_counter()
             con = None
             try:
-                con = connect(snapshot_path, read_only=True, threads=self.threads)
-                new = self.loader(self.settings, con)
+                ranker, note = self._choose_ranker(fallback)
+                con = open_snapshot(snapshot_path, threads=self.threads)
+                if ranker is None:
+                    new = self.loader(self.settings, con)
+                else:
+                    new = self.loader(self.settings, con, ranker=ranker)
             except Exception as exc:
                 if con is not None:
-                    con.close()
+                    close_snapshot(con, snapshot_path)
                 message = f"{type(exc).__name__}: {exc}"
                 if self.recommender is None:
                     repeated, self.error = self.error == message, message
@@ -126,28 +141,59 @@ class ModelHolder:
                     f"still serving {previous or 'no models'}"
                 ) from exc
             self.recommender = new  # the atomic swap
-            if self._con is not None:
-                self._retired.append((time.monotonic(), self._con))
+            if self._con is not None and self.snapshot_path is not None:
+                self._retired.append((time.monotonic(), self._con, self.snapshot_path))
             self._con, self.snapshot_path = con, snapshot_path
             self.error = None
+            self.fallback = note
             self.loaded_at = time.time()
         versions = self.model_versions
         self.metrics.set_model_versions(versions)
         log.info("serving models %s (loaded in %.2f s)", versions, time.perf_counter() - started)
         return {"model_versions": versions, "previous_model_versions": previous}
 
+    def _choose_ranker(self, fallback: bool) -> tuple[Any | None, dict[str, Any] | None]:
+        """(ranker to load or None for the loader's own choice, fallback note or None)."""
+        if self.verifier is None:
+            return None, None
+        if not registry_exists(self.settings):  # workers must not create an empty store at once
+            raise ModelNotReadyError("no model is registered yet (no MLflow store in this home)")
+        try:
+            return self.verifier.champion(), None
+        except ModelRefusedError as exc:
+            if not fallback:
+                raise
+            serving = self.model_versions.get(rules.RANKER_MODEL_NAME)
+            alt = self.verifier.fallback(exclude=exc.version, prefer=serving)
+            if alt is None:
+                raise
+            note = {
+                "refused": {"name": exc.name, "version": exc.version, "reason": exc.reason},
+                "serving": {"name": alt[0].name, "version": alt[0].version},
+            }
+            log.warning(
+                "falling back to the last verified %s version %s: champion version %s was "
+                "refused (%s)",
+                exc.name,
+                alt[0].version,
+                exc.version,
+                exc.reason,
+            )
+            return alt, note
+
     def close_retired(self, *, everything: bool = False) -> None:
         """Close replaced recommenders' connections (all of them, and the current one, at exit)."""
         with self._lock:
             now = time.monotonic()
             keep = []
-            for since, con in self._retired:
+            for since, con, path in self._retired:
                 if everything or now - since >= _RETIRE_AFTER_SECONDS:
-                    con.close()
+                    close_snapshot(con, path)
                 else:
-                    keep.append((since, con))
+                    keep.append((since, con, path))
             self._retired = keep
-            if everything and self._con is not None:
+            if everything and self._con is not None and self.snapshot_path is not None:
+                close_snapshot(self._con, self.snapshot_path)
                 self.recommender, self._con = None, None
 
 
@@ -249,9 +295,14 @@ class Watcher:
         if not registry_exists(self.settings):
             return False
         # The ranker names the text-model version it was trained with, so only a new ranker
-        # champion changes what Recommender.load would build.
-        ref = registry.champion(self.settings, registry.RANKER_MODEL_NAME)
-        return ref is not None and self.models.model_versions.get(ref.name) != ref.version
+        # champion changes what load_recommender would build.
+        ref = registry.champion(self.settings, rules.RANKER_MODEL_NAME)
+        if ref is None:
+            return False
+        refused = (self.models.fallback or {}).get("refused", {})
+        if refused.get("version") == ref.version:
+            return False  # already refused; serving the fallback until another is promoted
+        return self.models.model_versions.get(ref.name) != ref.version
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

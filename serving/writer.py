@@ -36,16 +36,22 @@ from feature_store.ingest import RECORD_ERRORS, ingest_event_records, quarantine
 from feature_store.validation import printable
 from recsys.core.config import Settings
 from recsys.core.errors import RecsysError
+from recsys.core.rules import LIVE_SCOPE, TEXT_MODEL_NAME
 from serving.eventlog import EventLog, LoggedEvent
 from serving.heartbeat import WriterStatus
 from serving.models import registry_exists
-from serving.snapshot import SnapshotInfo, publish_snapshot, read_pointer, serving_dir
+from serving.snapshot import (
+    SnapshotInfo,
+    SnapshotPublisher,
+    publish_snapshot,
+    read_pointer,
+    serving_dir,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_FLUSH = 50_000
 FLUSH_CHUNK = 5_000  # events per store transaction; a stop request waits for one chunk at most
-TEXT_MODEL_NAME = "text-scorer"
 
 
 class WriterBusyError(RecsysError):
@@ -131,6 +137,7 @@ class EventWriter:
         self.event_log = event_log or EventLog(settings.event_log_dir)
         self.refresh_embeddings = refresh_embeddings
         self._store_stat: tuple[int, int] | None = None
+        self.publisher = SnapshotPublisher(settings)
         self._text_model: tuple[str, Path] | None = None
         self.status = WriterStatus()
 
@@ -141,7 +148,8 @@ class EventWriter:
         pass after the chunk in progress, so shutdown waits for one chunk, not a whole backlog.
         """
         pending = self.event_log.pending(MAX_EVENTS_PER_FLUSH)
-        if not pending and not self._store_changed():
+        store_changed = self._store_changed()
+        if not pending and not store_changed and not self.publisher.due():
             return FlushResult()
         # resolved before taking the store: the first lookup imports MLflow (seconds)
         text_model = self._text_model_safely() if pending and self.refresh_embeddings else None
@@ -168,7 +176,9 @@ class EventWriter:
                 if stop is not None and stop.is_set():
                     break
             seq = done[-1].seq if done else self.event_log.checkpoint()
-            info = publish_snapshot(con, self.settings, log_seq=seq)
+            # what workers read changed: new events, refreshed vectors, a batch job's writes
+            news = bool(counts["accepted"] or refreshed or store_changed)
+            info = self.publisher.maybe_publish(con, log_seq=seq, changed=news)
         finally:
             con.close()
         self._store_stat = _stat(self.settings.db_path)
@@ -251,9 +261,15 @@ class EventWriter:
         return False
 
     def _store_changed(self) -> bool:
-        if read_pointer(self.settings) is None:
+        pointer = read_pointer(self.settings)
+        if pointer is None:
             return True
-        return self._store_stat is None or self._store_stat != _stat(self.settings.db_path)
+        stat = _stat(self.settings.db_path)
+        if self._store_stat is None and stat is not None and stat[0] / 1e9 < pointer.published_at:
+            # published after the store's last write (by `ensure_snapshot` or a previous
+            # writer): current, so a restarted writer does not make every worker switch again
+            self._store_stat = stat
+        return self._store_stat != stat
 
     def _refresh_users(
         self, con: Any, user_ids: Sequence[str], model: tuple[str, Path] | None
@@ -267,7 +283,7 @@ class EventWriter:
 
             return int(
                 refresh_user_embeddings(
-                    con, self.settings, model_dir, version, list(user_ids), scope="live"
+                    con, self.settings, model_dir, version, list(user_ids), scope=LIVE_SCOPE.name
                 )
             )
         except Exception:
@@ -295,10 +311,7 @@ class EventWriter:
         if ref is None:
             return None
         if self._text_model is None or self._text_model[0] != ref.version:
-            target = serving_dir(self.settings) / "models" / f"{TEXT_MODEL_NAME}-v{ref.version}"
-            target.mkdir(parents=True, exist_ok=True)
-            _, local = registry.download(self.settings, TEXT_MODEL_NAME, ref.version, dst=target)
-            self._text_model = (ref.version, local)
+            self._text_model = (ref.version, registry.cached_download(self.settings, ref))
         return self._text_model
 
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -26,12 +27,13 @@ import duckdb
 from recsys.algorithms.text_index import TextIndex
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError, NotFoundError
+from recsys.core.rules import CHAMPION_ALIAS as CHAMPION
+from recsys.core.rules import TEXT_MODEL_NAME, mlflow_metrics
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-TEXT_MODEL_NAME = "text-scorer"
-RANKER_MODEL_NAME = "ranker"
+# Model version tag holding {relative path: sha256} of every artifact file, set at registration.
+CHECKSUM_TAG = "sha256"
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,54 @@ def register(settings: Settings, name: str, run_id: str, artifact_path: str) -> 
         c.create_registered_model(name)
     source = f"{c.get_run(run_id).info.artifact_uri}/{artifact_path}"
     mv = c.create_model_version(name=name, source=source, run_id=run_id)
+    ref = ModelRef(name=name, version=str(mv.version), run_id=run_id, source=source)
+    try:
+        record_checksums(settings, ref)
+    except Exception:  # the version stays usable; serving then verifies it by parsing only
+        log.exception("could not record checksums for %s version %s", name, ref.version)
     log.info("registered %s version %s from run %s", name, mv.version, run_id)
-    return ModelRef(name=name, version=str(mv.version), run_id=run_id, source=source)
+    return ref
+
+
+def sha256_tree(directory: Path) -> dict[str, str]:
+    """``{relative posix path: sha256 hex}`` of every file under ``directory``."""
+    out: dict[str, str] = {}
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        out[path.relative_to(directory).as_posix()] = digest.hexdigest()
+    return out
+
+
+def record_checksums(settings: Settings, ref: ModelRef) -> dict[str, str]:
+    """Hash the registered version's artifact files (as the store holds them) into a version tag.
+
+    Serving checks the files it loads against this record, so a file damaged or replaced after
+    registration is refused instead of parsed.
+    """
+    with tempfile.TemporaryDirectory(prefix="checksum-") as tmp:
+        _, local = download(settings, ref.name, ref.version, dst=Path(tmp))
+        sums = sha256_tree(local)
+    client(settings).set_model_version_tag(ref.name, ref.version, CHECKSUM_TAG, json.dumps(sums))
+    return sums
+
+
+def recorded_checksums(settings: Settings, name: str, version: str) -> dict[str, str] | None:
+    """The checksums recorded at registration, or ``None`` for a version registered without."""
+    try:
+        mv = client(settings).get_model_version(name, str(version))
+    except Exception as exc:
+        raise NotFoundError(f"model {name!r} has no version {version}") from exc
+    raw = (mv.tags or {}).get(CHECKSUM_TAG)
+    if raw is None:
+        return None
+    try:
+        sums = json.loads(raw)
+    except ValueError:
+        return {}  # an unreadable record matches no file: the version is refused
+    return {str(k): str(v) for k, v in sums.items()} if isinstance(sums, dict) else {}
 
 
 def promote(settings: Settings, name: str, version: str | int) -> ModelRef:
@@ -150,6 +198,15 @@ def champion(settings: Settings, name: str) -> ModelRef | None:
     return ModelRef(
         name=name, version=str(mv.version), run_id=str(mv.run_id), source=str(mv.source)
     )
+
+
+def model_version(settings: Settings, name: str, version: str | int) -> ModelRef:
+    """One registered version of ``name``; NotFoundError when there is no such version."""
+    try:
+        mv = client(settings).get_model_version(name, str(version))
+    except Exception as exc:
+        raise NotFoundError(f"model {name!r} has no version {version}") from exc
+    return ModelRef(name, str(mv.version), str(mv.run_id), str(mv.source))
 
 
 def run_metric(settings: Settings, run_id: str, key: str) -> float | None:
@@ -190,7 +247,7 @@ def download(
     """Download a registered version (default: the champion) and return its local directory."""
     import mlflow
 
-    c = client(settings)
+    client(settings)
     if version is None:
         ref = champion(settings, name)
         if ref is None:
@@ -199,14 +256,75 @@ def download(
                 f"or promote one (`recsys models promote {name} VERSION`)"
             )
     else:
-        try:
-            mv = c.get_model_version(name, str(version))
-        except Exception as exc:
-            raise NotFoundError(f"model {name!r} has no version {version}") from exc
-        ref = ModelRef(name, str(mv.version), str(mv.run_id), str(mv.source))
+        ref = model_version(settings, name, version)
     target = dst or Path(tempfile.mkdtemp(prefix=f"{name}-v{ref.version}-"))
     local = mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(target))
     return ref, Path(local)
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log ``params`` to the active run."""
+    import mlflow
+
+    mlflow.log_params(dict(params))
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log ``metrics`` (names as ``recsys.core.rules`` spells them) to the active run."""
+    import mlflow
+
+    mlflow.log_metrics(mlflow_metrics(metrics), step=step)
+
+
+def log_artifact(path: Path | str, artifact_path: str) -> None:
+    """Log one file to the active run under ``artifact_path``."""
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_artifacts(directory: Path | str, artifact_path: str) -> None:
+    """Log a directory's files to the active run under ``artifact_path``."""
+    import mlflow
+
+    mlflow.log_artifacts(str(directory), artifact_path)
+
+
+def model_cache_dir(settings: Settings, name: str, version: str) -> Path:
+    """Where a registered version's files are kept once downloaded (the one champion cache)."""
+    return settings.home / "serving" / "models" / name / str(version)
+
+
+def cached_download(settings: Settings, ref: ModelRef) -> Path:
+    """``ref``'s artifacts in its per-version cache folder, downloaded on first use.
+
+    The download goes to a temporary sibling that is then renamed, so a concurrent reader never
+    sees half a download; a download another process finished first wins.
+    """
+    cache = model_cache_dir(settings, ref.name, ref.version)
+    if cache.is_dir() and any(cache.iterdir()):
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache.parent))
+    try:
+        _, local = download(settings, ref.name, ref.version, dst=tmp)
+        try:
+            os.replace(local, cache)
+        except OSError:
+            if not (cache.is_dir() and any(cache.iterdir())):
+                raise  # not a concurrent download that finished first
+        log.info("downloaded %s v%s to %s", ref.name, ref.version, cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache
+
+
+def cached_champion(settings: Settings, name: str) -> tuple[ModelRef, Path]:
+    """The champion of ``name`` and its cached files; ``ModelNotReadyError`` when none."""
+    ref = champion(settings, name)
+    if ref is None:
+        return download(settings, name)  # raises the registry's "no champion" error
+    return ref, cached_download(settings, ref)
 
 
 def list_versions(settings: Settings, name: str) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Protocol baselines beside popularity (``candidates.Popularity``): item-kNN and ALS.
 
-Both are fitted on positive interactions only (protocol v1: rating >= 4) and rank the whole
+Both are fitted on positive interactions only (``recsys.core.rules``) and rank the whole
 catalog minus what the user has seen, through the same generator protocol as the candidates.
 """
 
@@ -15,12 +15,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from feature_store.interactions import Interactions
-from recsys.algorithms.candidates import _Dense
+from recsys.algorithms.topk import DenseGenerator
 
 log = logging.getLogger(__name__)
 
 
-class ItemKNN(_Dense):
+class ItemKNN(DenseGenerator):
     """Item-based CF: cosine similarity on binary train positives, each item keeping its ``k``
     nearest neighbours (implicit's ``CosineRecommender``); score(u, i) = sum over u's positives
     j of sim(j, i).  Keeping 200 neighbours scores better on protocol v1 than the full matrix
@@ -53,7 +53,7 @@ class ItemKNN(_Dense):
         return np.where(scores > 0, scores, -np.inf)
 
 
-class ALS(_Dense):
+class ALS(DenseGenerator):
     """Implicit-feedback matrix factorisation (library ``implicit``), confidence = 1 + alpha*x."""
 
     name = "als"

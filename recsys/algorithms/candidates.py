@@ -10,7 +10,6 @@ arrays (popularity answers everyone).
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -19,14 +18,13 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from feature_store.interactions import POSITIVE_SQL, Interactions
+from feature_store.interactions import Interactions
+from recsys.algorithms.baselines import ALS, ItemKNN
+from recsys.algorithms.text_index import user_text_vector
+from recsys.algorithms.topk import EMPTY, DenseGenerator, Scored, top_n
+from recsys.core.rules import COLD_ITEM_MAX_EVENTS, HISTORY_LENGTH
 
 log = logging.getLogger(__name__)
-
-Scored = tuple[np.ndarray, np.ndarray]  # (item ids, scores), best first
-# Items with at most this many interactions are "cold" (protocol v1's cold slice uses <= 5).
-COLD_ITEM_EVENTS = 5
-_EMPTY: Scored = (np.empty(0, dtype=object), np.empty(0, dtype=np.float32))
 
 
 @runtime_checkable
@@ -42,50 +40,7 @@ class Generator(Protocol):
     ) -> list[Scored]: ...
 
 
-def top_n(scores: np.ndarray, exclude: np.ndarray, n: int, item_ids: np.ndarray) -> Scored:
-    """The n best catalog entries of a dense score vector, excluded indices and -inf removed.
-
-    Ties are broken by catalog index (integer item id ascending), so results are deterministic.
-    """
-    s = scores.astype(np.float64, copy=True)
-    if len(exclude):
-        s[exclude] = -np.inf
-    valid = np.flatnonzero(np.isfinite(s))
-    if len(valid) == 0 or n <= 0:
-        return _EMPTY
-    if len(valid) > n:
-        # keep everything tied with the n-th score so the tie-break below stays exact
-        kth = np.partition(-s[valid], n - 1)[n - 1]
-        valid = valid[-s[valid] <= kth]
-    order = valid[np.lexsort((valid, -s[valid]))][:n]
-    return item_ids[order], s[order].astype(np.float32)
-
-
-class _Dense(ABC):
-    """Base for generators that score the whole catalog per user with a dense vector."""
-
-    name = "dense"
-    data: Interactions
-
-    @abstractmethod
-    def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
-        """Scores of every catalog item for user row ``u`` (None: unknown user), or None."""
-
-    def generate(
-        self, user_ids: Sequence[str], n: int, as_of: Sequence[datetime] | None = None
-    ) -> list[Scored]:
-        out: list[Scored] = []
-        for k, user_id in enumerate(user_ids):
-            u = self.data.user_index.get(user_id)
-            scores = self.user_scores(u, as_of[k] if as_of is not None else None)
-            if scores is None:
-                out.append(_EMPTY)
-                continue
-            out.append(top_n(scores, self.data.seen_items(user_id), n, self.data.item_ids))
-        return out
-
-
-class Popularity(_Dense):
+class Popularity(DenseGenerator):
     """Count of positive interactions per item (protocol v1's popularity baseline)."""
 
     name = "popularity"
@@ -99,7 +54,7 @@ class Popularity(_Dense):
         return self.counts
 
 
-class RecentPopularity(_Dense):
+class RecentPopularity(DenseGenerator):
     """Positive interactions per item in the ``window_days`` before each user's ``as_of``."""
 
     name = "recent_pop"
@@ -109,12 +64,10 @@ class RecentPopularity(_Dense):
 
     def fit(self, data: Interactions) -> RecentPopularity:
         self.data = data
-        ev = data.con.execute(
-            f"SELECT item_id, ts FROM {data.relation} WHERE {POSITIVE_SQL} ORDER BY ts"
-        ).fetchnumpy()
-        idx = np.array([data.item_index.get(i, -1) for i in ev["item_id"]], dtype=np.int64)
-        self.ts = np.asarray(ev["ts"], dtype="datetime64[s]")
-        self.items = idx
+        ev = data.positive_events
+        order = np.argsort(ev.ts, kind="stable")
+        self.ts = ev.ts[order].astype("datetime64[s]")
+        self.items = ev.item[order]
         self._cache: dict[Any, np.ndarray] = {}
         return self
 
@@ -134,7 +87,7 @@ class RecentPopularity(_Dense):
         return np.where(counts > 0, counts, -np.inf)
 
 
-class CoVisitation(_Dense):
+class CoVisitation(DenseGenerator):
     """Item-item co-occurrence within ``window_days`` in users' positive histories.
 
     Each positive event pairs with up to ``neighbours`` events on either side of it in the
@@ -152,24 +105,9 @@ class CoVisitation(_Dense):
 
     def fit(self, data: Interactions) -> CoVisitation:
         self.data = data
-        pairs = data.con.execute(
-            f"""
-            WITH p AS (
-                SELECT user_id, item_id, epoch(ts) AS t,
-                       row_number() OVER (PARTITION BY user_id ORDER BY ts, item_id) AS rn
-                FROM {data.relation} WHERE {POSITIVE_SQL}
-            )
-            SELECT a.item_id AS a, b.item_id AS b, count(*)::FLOAT AS w
-            FROM p a JOIN p b ON a.user_id = b.user_id
-                 AND b.rn BETWEEN a.rn - {self.neighbours} AND a.rn + {self.neighbours}
-            WHERE a.rn <> b.rn AND a.item_id <> b.item_id AND abs(a.t - b.t) <= {self.window_s}
-            GROUP BY ALL
-            """
-        ).fetchnumpy()
-        ix = data.item_index
-        a = np.array([ix[i] for i in pairs["a"]], dtype=np.int64)
-        b = np.array([ix[i] for i in pairs["b"]], dtype=np.int64)
-        w = np.asarray(pairs["w"], dtype=np.float64)
+        counts = self._pair_counts(data).tocoo()
+        a, b = counts.row.astype(np.int64), counts.col.astype(np.int64)
+        w = np.asarray(counts.data, dtype=np.float64)
         freq = np.asarray(data.positives.astype(bool).sum(axis=0)).ravel() + 1.0
         w = w / np.sqrt(freq[a] * freq[b])
         self.matrix = sp.csr_matrix((w, (a, b)), shape=(data.n_items, data.n_items))
@@ -177,15 +115,41 @@ class CoVisitation(_Dense):
         log.info("co-visitation: %d item pairs", self.matrix.nnz)
         return self
 
+    def _pair_counts(self, data: Interactions) -> sp.csr_matrix:
+        """(item a, item b) -> how often b is within ``neighbours`` positions and ``window``
+        seconds of a in one user's positive timeline, ordered by (time, item id)."""
+        ev = data.positive_events
+        rank = _id_rank(data.item_ids)
+        micros = ev.ts.astype(np.int64)
+        order = np.lexsort((rank[ev.item], micros, ev.user))
+        user, item = ev.user[order], ev.item[order]
+        t = micros[order].astype(np.float64) / 1e6
+        left: list[np.ndarray] = []
+        right: list[np.ndarray] = []
+        for d in range(1, self.neighbours + 1):
+            ok = (user[d:] == user[:-d]) & (item[d:] != item[:-d])
+            ok &= np.abs(t[d:] - t[:-d]) <= self.window_s
+            left += [item[:-d][ok], item[d:][ok]]
+            right += [item[d:][ok], item[:-d][ok]]
+        rows = np.concatenate(left) if left else np.empty(0, dtype=np.int64)
+        cols = np.concatenate(right) if right else np.empty(0, dtype=np.int64)
+        n = data.n_items
+        counts = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+        counts.sum_duplicates()
+        return counts
+
     def _recent_positives(self, data: Interactions) -> dict[str, np.ndarray]:
-        rows = data.con.execute(
-            f"""
-            SELECT user_id, list(item_id ORDER BY ts DESC, item_id) AS items
-            FROM {data.relation} WHERE {POSITIVE_SQL} GROUP BY user_id
-            """
-        ).fetchall()
-        ix = data.item_index
-        return {u: np.array([ix[i] for i in items[: self.recent]]) for u, items in rows}
+        """Per user, their latest ``recent`` positive items (newest first, ties by item id)."""
+        ev = data.positive_events
+        rank = _id_rank(data.item_ids)
+        order = np.lexsort((rank[ev.item], -ev.ts.astype(np.int64), ev.user))
+        user, item = ev.user[order], ev.item[order]
+        users, starts = np.unique(user, return_index=True)
+        ends = np.append(starts[1:], len(user))
+        return {
+            str(data.user_ids[u]): item[s:e][: self.recent]
+            for u, s, e in zip(users, starts, ends, strict=True)
+        }
 
     def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
         if u is None:
@@ -197,7 +161,12 @@ class CoVisitation(_Dense):
         return np.where(scores > 0, scores, -np.inf)
 
 
-class GenreAffinity(_Dense):
+def _id_rank(ids: np.ndarray) -> np.ndarray:
+    """Each id's position in string order (DuckDB's ``ORDER BY item_id``)."""
+    return np.unique(np.asarray(ids, dtype=str), return_inverse=True)[1].astype(np.int64)
+
+
+class GenreAffinity(DenseGenerator):
     """Items in the genres (categories) the user likes, weighted by log popularity."""
 
     name = "genre"
@@ -239,7 +208,11 @@ class TextNeighbours:
     name = "text"
 
     def __init__(
-        self, index: Any, recent: int = 20, max_item_events: int | None = None, name: str = ""
+        self,
+        index: Any,
+        recent: int = HISTORY_LENGTH,
+        max_item_events: int | None = None,
+        name: str = "",
     ) -> None:
         self.index = index
         self.recent = int(recent)
@@ -259,13 +232,7 @@ class TextNeighbours:
         return self
 
     def user_vector(self, user_id: str) -> np.ndarray | None:
-        vec = self.index.user_vector(user_id)
-        if vec is None:
-            pos = self.data.positive_items(user_id)
-            if len(pos) == 0:
-                return None
-            vec = self.index.vector_from_history(list(self.data.item_ids[pos[-self.recent :]]))
-        return vec
+        return user_text_vector(self.index, user_id, self.data, recent=self.recent)
 
     def generate(
         self, user_ids: Sequence[str], n: int, as_of: Sequence[datetime] | None = None
@@ -274,7 +241,7 @@ class TextNeighbours:
         for user_id in user_ids:
             vec = self.user_vector(user_id)
             if vec is None:
-                out.append(_EMPTY)
+                out.append(EMPTY)
                 continue
             seen = self.data.item_ids[self.data.seen_items(user_id)]
             if self.cold_ids is None:
@@ -338,7 +305,7 @@ class Blender:
                     k = pos.get(item)
                     if k is not None:
                         rank[k], score[k] = r + 1, sc
-                if isinstance(gen, _Dense):
+                if isinstance(gen, DenseGenerator):
                     score = self._dense_scores(gen, user_id, when[u], items, score)
                 cols[f"gen_{gen.name}_score"].append(score)
                 cols[f"gen_{gen.name}_rank"].append(rank)
@@ -380,7 +347,11 @@ class Blender:
 
     @staticmethod
     def _dense_scores(
-        gen: _Dense, user_id: str, as_of: datetime | None, items: np.ndarray, score: np.ndarray
+        gen: DenseGenerator,
+        user_id: str,
+        as_of: datetime | None,
+        items: np.ndarray,
+        score: np.ndarray,
     ) -> np.ndarray:
         """A dense generator's score for every candidate, not only those it proposed: the
         ranker then compares, say, the ALS score of a co-visitation candidate."""
@@ -400,7 +371,7 @@ class Blender:
         for user_id in user_ids:
             g = by_user.get(user_id)
             if g is None:
-                out.append(_EMPTY)
+                out.append(EMPTY)
                 continue
             g = g.head(n)
             out.append(
@@ -415,8 +386,6 @@ class Blender:
 def default_generators(settings: Any, text_index: Any | None = None) -> list[Generator]:
     """The product's generators (text neighbours only when a text index is available)."""
     r = settings.ranker
-    from recsys.algorithms.baselines import ALS, ItemKNN
-
     gens: list[Generator] = [
         CoVisitation(window_days=r.covisit_window_days),
         ALS(seed=settings.seed),
@@ -427,5 +396,5 @@ def default_generators(settings: Any, text_index: Any | None = None) -> list[Gen
     ]
     if text_index is not None:
         gens.insert(1, TextNeighbours(text_index))
-        gens.insert(2, TextNeighbours(text_index, max_item_events=COLD_ITEM_EVENTS))
+        gens.insert(2, TextNeighbours(text_index, max_item_events=COLD_ITEM_MAX_EVENTS))
     return gens

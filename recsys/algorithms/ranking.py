@@ -20,7 +20,10 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from feature_store.features import FEATURE_COLUMNS, compute_features
 from feature_store.interactions import Interactions
+from recsys.algorithms.text_index import user_text_vector
+from recsys.core.rules import HISTORY_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,6 @@ TEXT_FEATURES: tuple[str, ...] = ("text_score", "text_score_rel", "gen_text_scor
 
 
 def behavioural_columns() -> tuple[str, ...]:
-    from feature_store.features import FEATURE_COLUMNS
 
     return tuple(FEATURE_COLUMNS)
 
@@ -56,20 +58,15 @@ class TextFeatures:
     newer, see ``history``) gets ``vector_from_history`` of their latest positive items.
     """
 
-    def __init__(self, index: Any, data: Interactions | None = None, recent: int = 20) -> None:
+    def __init__(
+        self, index: Any, data: Interactions | None = None, recent: int = HISTORY_LENGTH
+    ) -> None:
         self.index = index
         self.data = data
         self.recent = int(recent)
 
     def user_vector(self, user_id: str | None, history: Sequence[str] = ()) -> np.ndarray | None:
-        if history:
-            return self.index.vector_from_history(list(history)[-self.recent :])
-        vec = self.index.user_vector(user_id) if user_id is not None else None
-        if vec is None and self.data is not None and user_id is not None:
-            pos = self.data.positive_items(user_id)
-            if len(pos):
-                vec = self.index.vector_from_history(list(self.data.item_ids[pos[-self.recent :]]))
-        return vec
+        return user_text_vector(self.index, user_id, self.data, history, self.recent)
 
     def scores(
         self, frame: pl.DataFrame, vectors: dict[str, np.ndarray | None] | None = None
@@ -131,7 +128,6 @@ def assemble(
     ``snapshot`` (a ``feature_store.features.FeatureSnapshot`` of ``events``) answers from
     memory on the request path; the values are those ``compute_features`` reads from the store.
     """
-    from feature_store.features import compute_features
 
     feats = compute_features(
         con,

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from recsys.cli import settings_from
+from recsys.core import rules
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def _model_scorers(settings: Any, con: Any) -> tuple[dict[str, Any], Any | None]
     from training.registry import load_text_index
 
     try:
-        _, path = registry.download(settings, registry.RANKER_MODEL_NAME)
+        _, path = registry.download(settings, rules.RANKER_MODEL_NAME)
     except ModelNotReadyError as exc:
         log.warning("replay without the ranker: %s", exc)
         return {}, None
@@ -153,7 +154,9 @@ def _model_scorers(settings: Any, con: Any) -> tuple[dict[str, Any], Any | None]
     scorers: dict[str, Any] = {"ranker": ranker_scorer(model)}
     text = None
     if model.uses_text:
-        index = load_text_index(settings, con, scope="live", version=model.text_model_version)
+        index = load_text_index(
+            settings, con, scope=rules.LIVE_SCOPE.name, version=model.text_model_version
+        )
         if index is not None:
             # user vectors from the clicks before each impression, never the live embedding
             text = HistoryText(con, index)

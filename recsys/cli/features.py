@@ -12,6 +12,7 @@ import click
 
 from recsys.cli import settings_from
 from recsys.core.errors import DataValidationError
+from recsys.core.rules import FIT_SCOPE, LIVE_SCOPE, TRAIN_SCOPE
 
 if TYPE_CHECKING:
     import polars as pl
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
     "events",
     default="events",
     show_default=True,
-    type=click.Choice(["events", "events_train_v1", "events_fit_v1"]),
+    type=click.Choice([s.events for s in (LIVE_SCOPE, TRAIN_SCOPE, FIT_SCOPE)]),
     help="Event relation to read: the live table or a protocol v1 view.",
 )
 @click.pass_context

@@ -7,8 +7,8 @@ import json
 import click
 
 from recsys.cli import settings_from
-
-MODEL_NAMES = ("text-scorer", "ranker")
+from recsys.core import rules
+from recsys.core.rules import MODEL_NAMES
 
 
 @click.group()
@@ -58,7 +58,7 @@ def promote(ctx: click.Context, name: str, version: str) -> None:
     from training import registry
 
     ref = registry.promote(settings_from(ctx), name, version)
-    click.echo(f"{ref.name} version {ref.version} is now {registry.CHAMPION}")
+    click.echo(f"{ref.name} version {ref.version} is now {rules.CHAMPION_ALIAS}")
 
 
 @models.command("compare")

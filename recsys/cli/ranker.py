@@ -55,8 +55,8 @@ def train_ranker(
     m = summary["metrics"]
     click.echo(
         f"ranker version {summary['version']} (run {summary['run_id']}, text model "
-        f"{summary['text_model_version']}): val NDCG@10 {m['val_ndcg_10']:.4f} "
-        f"(no text {m['no_text_val_ndcg_10']:.4f}); "
+        f"{summary['text_model_version']}): val NDCG@10 {m['val_ndcg@10']:.4f} "
+        f"(no text {m['no_text_val_ndcg@10']:.4f}); "
         f"{'promoted to champion' if summary['promoted'] else 'not promoted'}"
     )
     click.echo(json.dumps({"top_features": summary["top_features"][:5]}, default=str))

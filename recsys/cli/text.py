@@ -13,8 +13,9 @@ from pathlib import Path
 import click
 
 from recsys.cli import settings_from
+from recsys.core import rules
 
-SCOPE_CHOICES = ("fit_v1", "train_v1", "live")
+SCOPE_CHOICES = tuple(rules.SCOPES)
 
 
 @click.command("text")
@@ -27,6 +28,11 @@ SCOPE_CHOICES = ("fit_v1", "train_v1", "live")
 @click.option(
     "--base-model", type=click.Path(file_okay=False), help="Local BERT-family model directory."
 )
+@click.option(
+    "--model",
+    type=click.Choice(["tower", "pairs"]),
+    help="tower: history tower over cached lower BERT layers (default); pairs: per-pair BERT.",
+)
 @click.option("--no-promote", is_flag=True, help="Register only; never move the champion alias.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
@@ -37,6 +43,7 @@ def train_text(
     batch_size: int | None,
     use_lora: bool | None,
     base_model: str | None,
+    model: str | None,
     no_promote: bool,
     as_json: bool,
 ) -> None:
@@ -44,11 +51,14 @@ def train_text(
     from feature_store.db import connect
     from training.text.train import train_text_model
 
+    settings = settings_from(ctx, **{"text.model": model})
+    tower = settings.text.model == "tower"
     settings = settings_from(
         ctx,
         **{
-            "text.epochs": epochs,
-            "text.batch_size": batch_size,
+            "text.model": model,
+            ("text.tower_epochs" if tower else "text.epochs"): epochs,
+            ("text.tower_batch_size" if tower else "text.batch_size"): batch_size,
             "text.use_lora": use_lora,
             "text.base_model": base_model,
         },
@@ -56,7 +66,13 @@ def train_text(
     started = time.perf_counter()
     con = connect(settings.db_path)
     try:
-        result = train_text_model(settings, con, max_pairs=max_pairs, promote=not no_promote)
+        result = train_text_model(
+            settings,
+            con,
+            max_pairs=max_pairs,
+            promote=not no_promote,
+            on_plan=None if as_json else (lambda plan: click.echo(plan.describe())),
+        )
     finally:
         con.close()
     seconds = time.perf_counter() - started
@@ -115,7 +131,7 @@ def score(
     settings = settings_from(ctx)
     version = None if model_version == "champion" else model_version
     with tempfile.TemporaryDirectory(prefix="text-scorer-") as tmp:
-        ref, model_dir = registry.download(settings, registry.TEXT_MODEL_NAME, version, Path(tmp))
+        ref, model_dir = registry.download(settings, rules.TEXT_MODEL_NAME, version, Path(tmp))
         click.echo(f"scoring with {ref.name} version {ref.version} (run {ref.run_id})")
         started = time.perf_counter()
         con = connect(settings.db_path)

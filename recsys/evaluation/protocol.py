@@ -1,10 +1,11 @@
 """Evaluation protocol v1 (ARCHITECTURE.md), every system in one run on one split.
 
-Definitions (see docs/ranking.md): positives are test ratings >= 4; a user counts when they
-have >= 1 test positive; each system ranks the catalog minus the user's train items from train
-events only (``events_train_v1``), top 50 kept; items a system never proposes are misses.
-``coverage@10`` = distinct items in all top-10 lists / catalog size.  The cold slice keeps test
-positives whose item has <= 5 train ratings: ``cold_ndcg@10`` is NDCG@10 with only those as
+Definitions (see docs/ranking.md): positives are positive test ratings
+(``recsys.core.rules``); a user counts when they have >= 1 test positive; each system ranks
+the catalog minus the user's train items from train events only (``events_train_v1``), top 50
+kept; items a system never proposes are misses.  ``coverage@10`` = distinct items in all top-10
+lists / catalog size.  The cold slice keeps test positives whose item has at most
+``COLD_ITEM_MAX_EVENTS`` train ratings: ``cold_ndcg@10`` is NDCG@10 with only those as
 relevant, averaged over users with >= 1 cold test positive.
 """
 
@@ -13,16 +14,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import numpy as np
 
-from feature_store.interactions import Interactions
+from recsys.algorithms.baselines import ALS, ItemKNN
+from recsys.algorithms.candidates import Popularity
 from recsys.algorithms.metrics import coverage_at_k, mrr_at_k, ndcg_at_k, recall_at_k
 from recsys.core.config import Settings
-from recsys.core.errors import EvaluationError
+from recsys.evaluation.protocol_data import ProtocolData, generator_rankings, load_protocol
+from recsys.evaluation.protocol_models import ranker_rankings, text_only_rankings
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,6 @@ SYSTEMS: tuple[str, ...] = (
     "ranker_no_text",
     "ranker",
 )
-COLD_MAX_TRAIN_RATINGS = 5
-TOP = 50
 HISTORY_BUCKETS: tuple[tuple[int, int], ...] = (
     (0, 30),
     (30, 60),
@@ -44,70 +44,6 @@ HISTORY_BUCKETS: tuple[tuple[int, int], ...] = (
     (120, 300),
     (300, 10**9),
 )
-
-
-@dataclass
-class ProtocolData:
-    """Everything the protocol needs from the store, read once."""
-
-    train: Interactions
-    users: list[str]  # users with >= 1 test positive
-    truth: dict[str, set[str]]
-    cold_truth: dict[str, set[str]]
-    history: dict[str, int]  # train ratings per user
-    catalog_size: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def load_protocol(con: duckdb.DuckDBPyConnection, settings: Settings | None = None) -> ProtocolData:
-    """Read the split of ``settings.split`` (materializing it when missing or stale)."""
-    from training.ranker.run import ensure_split
-
-    ensure_split(con, settings)
-    train = Interactions.from_store(con, "events_train_v1")
-    rows = con.execute(
-        f"""
-        WITH counts AS (SELECT item_id, count(*) AS n FROM split_v1
-                        WHERE part IN ('fit', 'val') GROUP BY item_id)
-        SELECT s.user_id, s.item_id, coalesce(c.n, 0) <= {COLD_MAX_TRAIN_RATINGS} AS cold
-        FROM split_v1 s LEFT JOIN counts c USING (item_id)
-        WHERE s.part = 'test' AND s.rating >= 4.0
-        """
-    ).fetchall()
-    truth: dict[str, set[str]] = {}
-    cold: dict[str, set[str]] = {}
-    for user, item, is_cold in rows:
-        truth.setdefault(user, set()).add(item)
-        if is_cold:
-            cold.setdefault(user, set()).add(item)
-    history = dict(con.execute("SELECT user_id, n_fit + n_val FROM split_v1_users").fetchall())
-    users = sorted(truth)
-    if not users:
-        raise EvaluationError(_no_users_reason(con))
-    log.info(
-        "protocol v1: %d users with test positives (%d with cold positives), catalog %d",
-        len(users),
-        len(cold),
-        train.n_items,
-    )
-    return ProtocolData(train, users, truth, cold, history, train.n_items)
-
-
-def _no_users_reason(con: duckdb.DuckDBPyConnection) -> str:
-    row = con.execute(
-        """SELECT count(DISTINCT user_id), count(*) FILTER (WHERE part = 'test'),
-                  count(*) FILTER (WHERE part = 'test' AND rating IS NOT NULL),
-                  (SELECT any_value(kind) FROM split_v1_spec)
-           FROM split_v1"""
-    ).fetchone()
-    users, test, rated, kind = row if row is not None else (0, 0, 0, None)
-    return (
-        "nothing to evaluate: no user has a positive (a rating >= 4) in the test part of the "
-        f"{kind or 'user_time'} split ({users} users with split events, {test} test events, "
-        f"{rated} of them ratings). Ingest ratings (`recsys ingest movielens`, or an events "
-        "file with `rate` events); for an impression log, `recsys evaluate --replay store`"
-        " scores the logged lists."
-    )
 
 
 def score_rankings(rankings: Mapping[str, Sequence[str]], data: ProtocolData) -> dict[str, Any]:
@@ -157,13 +93,6 @@ def _by_history(ndcg: np.ndarray, data: ProtocolData) -> dict[str, dict[str, flo
     return out
 
 
-def generator_rankings(gen: Any, data: ProtocolData) -> dict[str, list[str]]:
-    """Fit a generator/baseline on train events and take its top 50 per evaluated user."""
-    gen.fit(data.train)
-    results = gen.generate(data.users, TOP)
-    return {u: list(ids) for u, (ids, _) in zip(data.users, results, strict=True)}
-
-
 def run_protocol(
     settings: Settings, con: duckdb.DuckDBPyConnection, systems: Sequence[str] = SYSTEMS
 ) -> dict[str, Any]:
@@ -203,9 +132,6 @@ Builder = Callable[[], tuple[dict[str, list[str]] | None, str]]
 def _builders(
     settings: Settings, con: duckdb.DuckDBPyConnection, data: ProtocolData, report: dict[str, Any]
 ) -> dict[str, Builder]:
-    from recsys.algorithms.baselines import ALS, ItemKNN
-    from recsys.algorithms.candidates import Popularity
-    from recsys.evaluation.protocol_models import ranker_rankings, text_only_rankings
 
     state: dict[str, Any] = {}
     return {

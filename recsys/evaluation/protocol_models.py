@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
 import polars as pl
 
+from recsys.algorithms.candidates import TextNeighbours
+from recsys.algorithms.ranking import feature_matrix
+from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError
-
-if TYPE_CHECKING:
-    from recsys.evaluation.protocol import ProtocolData
+from recsys.evaluation.protocol_data import TOP, ProtocolData, generator_rankings
+from training import registry
+from training.ranker import dataset
+from training.ranker.model import RankerModel
+from training.ranker.run import ABLATION_DIR
+from training.registry import load_text_index
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +32,8 @@ def text_only_rankings(
     settings: Settings, con: duckdb.DuckDBPyConnection, data: ProtocolData
 ) -> tuple[dict[str, list[str]] | None, str]:
     """Rank the catalog by the champion text model's score (user vectors of scope train_v1)."""
-    from recsys.algorithms.candidates import TextNeighbours
-    from recsys.evaluation.protocol import generator_rankings
-    from training.registry import load_text_index
 
-    index = load_text_index(settings, con, scope="train_v1")
+    index = load_text_index(settings, con, scope=rules.TRAIN_SCOPE.name)
     if index is None:
         return None, (
             "no text model embeddings for scope train_v1: run `recsys train text` "
@@ -41,15 +44,12 @@ def text_only_rankings(
 
 def _load_rankers(settings: Settings, state: dict[str, Any]) -> str:
     """Download the champion ranker (and its ablation) into ``state``; '' or why not."""
-    from training import registry
-    from training.ranker.model import RankerModel
-    from training.ranker.run import ABLATION_DIR
 
     if "models" in state:
         return state["models_reason"]
     state["models"] = {}
     try:
-        ref, path = registry.download(settings, registry.RANKER_MODEL_NAME)
+        ref, path = registry.download(settings, rules.RANKER_MODEL_NAME)
     except ModelNotReadyError as exc:
         state["models_reason"] = f"{exc}; run `recsys train ranker`"
         return state["models_reason"]
@@ -58,9 +58,10 @@ def _load_rankers(settings: Settings, state: dict[str, Any]) -> str:
         state["models"]["ranker_no_text"] = RankerModel.load(Path(path) / ABLATION_DIR)
     state["ranker_version"] = ref.version
     n = state["models"]["ranker"].spec.get("num_candidates", settings.ranker.num_candidates)
-    val_recall = registry.run_metric(settings, ref.run_id, f"val_candidate_recall_{n}")
+    key = rules.metric_name("candidate_recall", n, prefix="val_")
+    val_recall = registry.run_metric(settings, ref.run_id, rules.mlflow_key(key))
     if val_recall is not None:
-        state["val_candidate_recall"] = (f"val_candidate_recall@{n}", val_recall)
+        state["val_candidate_recall"] = (key, val_recall)
     state["models_reason"] = ""
     return ""
 
@@ -69,8 +70,6 @@ def _test_frame(
     settings: Settings, con: duckdb.DuckDBPyConnection, data: ProtocolData, state: dict[str, Any]
 ) -> pl.DataFrame | str:
     """Candidates + features of every user at ``test_start`` (train events), built once."""
-    from training.ranker import dataset
-    from training.registry import load_text_index
 
     if "frame" in state:
         return state["frame"]
@@ -112,8 +111,6 @@ def ranker_rankings(
     ablation: bool,
 ) -> tuple[dict[str, list[str]] | None, str]:
     """Top 50 of the champion ranker (or its no-text ablation) over its candidates."""
-    from recsys.algorithms.ranking import feature_matrix
-    from recsys.evaluation.protocol import TOP
 
     reason = _load_rankers(settings, state)
     if reason:

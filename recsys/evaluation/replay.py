@@ -19,8 +19,13 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from feature_store.features import compute_features
+from feature_store.interactions import click_histories
 from recsys.algorithms.metrics import auc, mrr, ndcg_graded
+from recsys.algorithms.ranking import add_text_features, feature_matrix
+from recsys.algorithms.text_index import user_text_vector
 from recsys.core.errors import RecsysError
+from recsys.core.rules import HISTORY_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +62,6 @@ def builtin_scorers() -> dict[str, Scorer]:
 
 def ranker_scorer(model: Any) -> Scorer:
     """A trained ranker over the replay rows (features it lacks, e.g. generator ranks, are NaN)."""
-    from recsys.algorithms.ranking import feature_matrix
 
     return lambda f: model.predict(feature_matrix(f, model.feature_names))
 
@@ -66,8 +70,6 @@ def replay(
     con: duckdb.DuckDBPyConnection, scorers: dict[str, Scorer], text: Any | None = None
 ) -> dict[str, Any]:
     """Replay every impression list of the store under each scorer; MIND metrics per system."""
-    from feature_store.features import compute_features
-    from recsys.algorithms.ranking import add_text_features
 
     started = time.perf_counter()
     rows = impressions(con)
@@ -108,24 +110,12 @@ def score_lists(frame: pl.DataFrame, scores: np.ndarray) -> dict[str, Any]:
 
 
 def history_vectors(
-    con: duckdb.DuckDBPyConnection, index: Any, frame: pl.DataFrame, recent: int = 20
+    con: duckdb.DuckDBPyConnection, index: Any, frame: pl.DataFrame, recent: int = HISTORY_LENGTH
 ) -> np.ndarray:
     """Text scores from each request's click history strictly before the impression time."""
     reqs = frame.select("request_id", "user_id", "as_of").unique(maintain_order=True)
-    con.register("_replay_reqs", reqs.to_arrow())
-    try:
-        hist = con.execute(
-            f"""
-            SELECT r.request_id,
-                   list(e.item_id ORDER BY e.ts DESC)[1:{int(recent)}] AS items
-            FROM _replay_reqs r JOIN events e ON e.user_id = r.user_id AND e.ts < r.as_of
-            WHERE e.event_type = 'click'
-            GROUP BY r.request_id
-            """
-        ).fetchall()
-    finally:
-        con.unregister("_replay_reqs")
-    vec = {req: index.vector_from_history(items) for req, items in hist}
+    hist = click_histories(con, reqs, recent)
+    vec = {req: user_text_vector(index, None, history=items, recent=recent) for req, items in hist}
     out = np.full(frame.height, np.nan)
     groups = frame.with_row_index("_row").group_by("request_id", maintain_order=True)
     for req, rows_, items in groups.agg("_row", "item_id").iter_rows():

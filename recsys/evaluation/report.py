@@ -7,6 +7,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from recsys.core.rules import COLD_ITEM_MAX_EVENTS, POSITIVE_RATING
+from training import registry
+
 log = logging.getLogger(__name__)
 
 METRICS: tuple[str, ...] = (
@@ -72,9 +75,10 @@ def markdown(report: dict[str, Any]) -> str:
                 "",
             ]
         lines += [
-            "Definitions: positives are test ratings >= 4; users with >= 1 test positive; "
-            "full ranking over items not rated in train; cold_ndcg@10 keeps only test "
-            "positives whose item has <= 5 train ratings, over users with >= 1 such "
+            f"Definitions: positives are test ratings >= {POSITIVE_RATING:g}; users with >= 1 "
+            "test positive; full ranking over items not rated in train; cold_ndcg@10 keeps "
+            f"only test positives whose item has <= {COLD_ITEM_MAX_EVENTS} train ratings, "
+            "over users with >= 1 such "
             "positive. See docs/ranking.md.",
             "",
         ]
@@ -176,9 +180,6 @@ def log_to_mlflow(
     settings: Any, report: dict[str, Any], files: list[Path], fingerprint: str | None
 ) -> str:
     """One MLflow run holding every system's metrics and the report files; returns its id."""
-    import mlflow
-
-    from training import registry
 
     with registry.start_run(
         settings,
@@ -188,15 +189,12 @@ def log_to_mlflow(
     ) as run:
         metrics = {}
         for name, m in report.get("systems", {}).items():
-            metrics.update({f"{name}.{k.replace('@', '_')}": float(m[k]) for k in METRICS})
+            metrics.update({f"{name}.{k}": float(m[k]) for k in METRICS})
         for name, m in report.get("replay", {}).get("systems", {}).items():
             metrics.update(
-                {
-                    f"replay.{name}.{k.replace('@', '_')}": float(m[k])
-                    for k in ("auc", "mrr", "ndcg@5", "ndcg@10")
-                }
+                {f"replay.{name}.{k}": float(m[k]) for k in ("auc", "mrr", "ndcg@5", "ndcg@10")}
             )
-        mlflow.log_metrics(metrics)
+        registry.log_metrics(metrics)
         for f in files:
-            mlflow.log_artifact(str(f), "report")
+            registry.log_artifact(f, "report")
         return str(run.info.run_id)

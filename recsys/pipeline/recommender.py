@@ -1,40 +1,35 @@
 """The request path: candidates -> point-in-time features -> text score -> LightGBM -> top-k.
 
-``Recommender.load`` builds everything a serving worker needs from the champion ``ranker`` (its
-LightGBM text file), the text-scorer version it was trained with (a numpy ``TextIndex`` of
-scope ``live``) and the generators fitted on the store's events.  Requests compute features
-with the same function as training (``recsys.algorithms.ranking.assemble``), as of the store's
-clock: the latest event time in the store when it was loaded, so a snapshot behaves the same
-whether it is live or historical.  No Flask, no torch, no training loop is imported here.
+A ``Recommender`` is built from loaded parts (``recsys.pipeline.loader.load_recommender`` reads
+them from the registry and the store): the champion ranker, the text index of the text-scorer
+version it was trained with, fitted generators and a feature snapshot.  Requests compute
+features with the same function as training (``recsys.algorithms.ranking.assemble``), as of
+the loaded clock.  No Flask, no torch, no MLflow, no training loop is imported here.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import duckdb
 import numpy as np
 import polars as pl
 
-from feature_store.interactions import POSITIVE_SQL, Interactions
-from recsys.algorithms.candidates import Blender, Popularity, default_generators
+from feature_store.interactions import Interactions, recent_positives
+from recsys.algorithms.candidates import Blender, Popularity
 from recsys.algorithms.ranking import TextFeatures, assemble, feature_matrix
+from recsys.algorithms.text_index import user_text_vector
+from recsys.core import rules
 from recsys.core.config import Settings
-from recsys.core.errors import ModelNotReadyError
 
 log = logging.getLogger(__name__)
 
 EXPLAIN_TOP = 5
-_RECENT = 20
 # Per-user candidates and text vectors are precomputed at load for up to this many users (about
 # 15 ms of CPU each at load on MovieLens, ~300 rows each); beyond it requests compute them.
 PRECOMPUTE_MAX_USERS = 5000
@@ -58,7 +53,13 @@ class RecommendationResult:
 
 
 class Recommender:
-    """Champion models plus generator state; one per serving worker, shared by its threads."""
+    """Champion models plus generator state; one per serving worker, shared by its threads.
+
+    Pure: built from loaded parts (``recsys.pipeline.loader.load_recommender`` reads them from
+    the registry and the store), so the request path runs on any parts a test assembles.
+    ``recent`` holds every user's latest positive items (``feature_store.interactions.
+    recent_positives``) as of ``clock``; ``embedded_at`` when each stored user vector was made.
+    """
 
     def __init__(
         self,
@@ -71,6 +72,9 @@ class Recommender:
         clock: datetime,
         snapshot: Any | None = None,
         *,
+        titles: dict[str, str] | None = None,
+        embedded_at: dict[str, datetime] | None = None,
+        recent: dict[str, tuple[list[str], datetime]] | None = None,
         precompute: bool = True,
     ) -> None:
         self.settings, self.model, self.data, self.blender, self.text = (
@@ -84,19 +88,9 @@ class Recommender:
         self.clock = clock
         self.snapshot = snapshot
         self.popularity = Popularity().fit(data)
-        rows = data.con.execute(
-            "SELECT item_id, any_value(title) FROM items GROUP BY item_id"
-        ).fetchall()
-        self.titles = {str(i): str(t) for i, t in rows}
-        self._embedded_at: dict[str, datetime] = {}
-        if text is not None:
-            self._embedded_at = dict(
-                data.con.execute(
-                    "SELECT user_id, max(as_of) FROM user_embeddings WHERE model_version = ? "
-                    "AND scope = 'live' GROUP BY user_id",
-                    [text.index.model_version],
-                ).fetchall()
-            )
+        self.titles = titles or {}
+        self._embedded_at = embedded_at or {}
+        self._recent = recent
         # What a known user's request needs that does not depend on the request.
         self._cands: pl.DataFrame | None = None
         self._cand_rows: dict[str, tuple[int, int]] = {}
@@ -104,66 +98,11 @@ class Recommender:
         if precompute and 0 < len(data.user_ids) <= PRECOMPUTE_MAX_USERS:
             self._precompute()
 
-    @classmethod
-    def load(
-        cls, settings: Settings, con: duckdb.DuckDBPyConnection, *, precompute: bool = True
-    ) -> Recommender:
-        """Champion ranker + its text model's index + generators fitted on ``con``'s events.
-
-        ``precompute`` builds every known user's candidates and text vector now (see
-        ``PRECOMPUTE_MAX_USERS``) so that a request only looks them up.
-        """
-        from training import registry
-        from training.ranker.model import RankerModel
-
-        try:
-            ref, path = _cached_champion(settings, registry.RANKER_MODEL_NAME)
-        except ModelNotReadyError as exc:
-            raise ModelNotReadyError(f"{exc}; run `recsys train ranker`") from exc
-        model = RankerModel.load(path)
-        versions = {registry.RANKER_MODEL_NAME: ref.version}
-        data = Interactions.from_store(con, "events")
-        if len(data.user_ids) == 0:
-            raise ModelNotReadyError("the store has no events; run `recsys ingest` first")
-        text = None
-        if model.uses_text:
-            from recsys.algorithms.text_index import TextIndex
-
-            index = TextIndex.load(con, model_version=model.text_model_version, scope="live")
-            text = TextFeatures(index, data)
-            versions[registry.TEXT_MODEL_NAME] = str(model.text_model_version)
-        wanted = list(model.spec.get("generators", []))
-        gens = [
-            g
-            for g in default_generators(settings, text.index if text else None)
-            if g.name in wanted
-        ]
-        n = int(model.spec.get("num_candidates", settings.ranker.num_candidates))
-        blender = Blender(gens, n=n).fit(data)
-        row = con.execute("SELECT max(ts) FROM events").fetchone()
-        clock = (row[0] if row and row[0] else datetime.now()) + timedelta(seconds=1)
-        from feature_store.features import FeatureSnapshot
-
-        # the request path's features from memory (same definitions as compute_features)
-        snapshot = FeatureSnapshot.build(
-            con, events="events", covisit_window_days=settings.ranker.covisit_window_days
-        )
-        log.info(
-            "recommender loaded: %s, %d users, %d items, clock %s",
-            versions,
-            len(data.user_ids),
-            data.n_items,
-            clock,
-        )
-        return cls(
-            settings, model, data, blender, text, versions, clock, snapshot, precompute=precompute
-        )
-
     def _precompute(self) -> None:
         """Every known user's blended candidates and text vector, as of the clock.
 
         Candidates are exactly ``blender.frame([user], as_of=[clock])`` (the blender is per
-        user); the vector is what ``_user_vector`` gives without a history.
+        user); the vector is what ``user_vector`` gives without a history.
         """
         started = time.perf_counter()
         users = [str(u) for u in self.data.user_ids]
@@ -175,7 +114,7 @@ class Recommender:
             start += int(n)
         self._cands = frame
         if self.text is not None:
-            recent = self._recent_positives(self.data.con.cursor())
+            recent = self._recent or {}
             for user_id in users:
                 self._vectors[user_id] = self._vector_of(user_id, recent.get(user_id))
         log.info(
@@ -189,17 +128,8 @@ class Recommender:
     def _recent_positives(
         self, con: duckdb.DuckDBPyConnection, user_id: str | None = None
     ) -> dict[str, tuple[list[str], datetime]]:
-        """Per user: their latest ``_RECENT`` positive items, oldest first, and the newest time.
-
-        Ties in time are broken by item id so that every load picks the same items.
-        """
-        where = "AND user_id = ?" if user_id is not None else ""
-        rows = con.execute(
-            f"SELECT user_id, list(item_id ORDER BY ts DESC, item_id DESC)[1:{_RECENT}], max(ts) "
-            f"FROM events WHERE {POSITIVE_SQL} {where} GROUP BY user_id",
-            [user_id] if user_id is not None else [],
-        ).fetchall()
-        return {str(u): ([str(i) for i in reversed(items)], ts) for u, items, ts in rows}
+        """Per user: their latest ``rules.HISTORY_LENGTH`` positive items and the newest time."""
+        return recent_positives(con, "events", rules.HISTORY_LENGTH, user_id)
 
     def _vector_of(
         self, user_id: str, recent: tuple[list[str], datetime] | None
@@ -213,14 +143,19 @@ class Recommender:
         embedded_at = self._embedded_at.get(user_id)
         if stored is not None and embedded_at is not None and newest <= embedded_at:
             return stored
-        return self.text.index.vector_from_history(items)
+        return user_text_vector(self.text.index, user_id, history=items)
 
-    def _candidates(self, user_id: str) -> pl.DataFrame:
+    def candidates(self, user_id: str) -> pl.DataFrame:
         """The blender's candidate frame of a known user (precomputed when possible)."""
         span = self._cand_rows.get(user_id)
         if self._cands is not None and span is not None:
             return self._cands.slice(*span)
         return self.blender.frame([user_id], as_of=[self.clock])
+
+    @property
+    def precomputed(self) -> bool:
+        """Whether every known user's candidates (and text vector) were built at load."""
+        return self._cands is not None
 
     def known_user(self, user_id: str) -> bool:
         return user_id in self.data.user_index
@@ -246,7 +181,7 @@ class Recommender:
         """Top-k for a user; unknown users or an explicit history get the cold-start list."""
         if user_id is None or history or not self.known_user(user_id):
             return self._cold(k, history, genre=genre)
-        cands = self._candidates(user_id)
+        cands = self.candidates(user_id)
         if not exclude_seen:
             seen = self.data.item_ids[self.data.seen_items(user_id)]
             cands = pl.concat(
@@ -279,7 +214,7 @@ class Recommender:
             schema={"user_id": pl.Utf8, "item_id": pl.Utf8},
         )
         if uid is not None and known:
-            gen = self._candidates(uid)
+            gen = self.candidates(uid)
             frame = frame.join(gen, on=["user_id", "item_id"], how="left")
         result = self._score(
             uid or "", frame, k, explain=explain, con=con, cold=uid is None, history=history
@@ -303,7 +238,7 @@ class Recommender:
             return RecommendationResult((), dict(self.model_versions), cold)
         cur = con if con is not None else self.data.con.cursor()
         cands = cands.with_columns(pl.lit(self.clock).cast(pl.Datetime("us")).alias("as_of"))
-        vectors = {user_id: self._user_vector(user_id, history, cur)} if self.text else None
+        vectors = {user_id: self.user_vector(user_id, history, cur)} if self.text else None
         frame = assemble(
             cur,
             cands,
@@ -331,17 +266,26 @@ class Recommender:
         )
         return RecommendationResult(items, dict(self.model_versions), cold)
 
-    def _user_vector(
-        self, user_id: str, history: Sequence[str], con: duckdb.DuckDBPyConnection
+    def user_vector(
+        self,
+        user_id: str,
+        history: Sequence[str] = (),
+        con: duckdb.DuckDBPyConnection | None = None,
     ) -> np.ndarray | None:
-        """Stored embedding, unless the user has events newer than it (or a history is given)."""
-        assert self.text is not None  # noqa: S101 - only called when text features are on
+        """The user's text vector (``None`` without text features or when nothing is known).
+
+        The stored embedding, unless the user has positive events newer than it; with a
+        ``history``, the vector of those items instead.
+        """
+        if self.text is None:
+            return None
         known_history = [h for h in history if h in self.data.item_index]
         if known_history or not user_id:
             return self.text.user_vector(None, known_history) if known_history else None
         if user_id in self._vectors:
             return self._vectors[user_id]
-        return self._vector_of(user_id, self._recent_positives(con, user_id).get(user_id))
+        cur = con if con is not None else self.data.con.cursor()
+        return self._vector_of(user_id, self._recent_positives(cur, user_id).get(user_id))
 
     # -- cold start ------------------------------------------------------------------------
 
@@ -382,32 +326,3 @@ class Recommender:
                 lambda i: genre in self._genres(i), return_dtype=pl.Boolean
             )
         )
-
-
-def _cached_champion(settings: Settings, name: str) -> tuple[Any, Path]:
-    """The champion of ``name`` and its artifacts in a per-version cache folder.
-
-    ``<home>/serving/models/<name>/<version>`` is downloaded once (into a temporary sibling,
-    then renamed, so a reader never sees half a download) and reused by every later load.
-    """
-    from training import registry
-
-    ref = registry.champion(settings, name)
-    if ref is None:
-        return registry.download(settings, name)  # raises the registry's "no champion" error
-    cache = settings.home / "serving" / "models" / name / str(ref.version)
-    if cache.is_dir() and any(cache.iterdir()):
-        return ref, cache
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache.parent))
-    try:
-        _, local = registry.download(settings, name, str(ref.version), dst=tmp)
-        try:
-            os.replace(local, cache)
-        except OSError:
-            if not (cache.is_dir() and any(cache.iterdir())):
-                raise  # not a concurrent download that finished first
-        log.info("downloaded %s v%s to %s", name, ref.version, cache)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return ref, cache

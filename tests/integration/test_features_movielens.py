@@ -128,7 +128,7 @@ def test_snapshot_equals_the_store_for_real_users(ml: duckdb.DuckDBPyConnection)
         req = pl.DataFrame({"user_id": [user] * 300, "item_id": items, "as_of": [test_start] * 300})
         cached = compute_features(ml, req, snapshot=snap)
         for full_read in (True, False):
-            index = FeatureSnapshot._load(ml, "events", 1.0, requests=req, full_read=full_read)
+            index = FeatureSnapshot.read(ml, "events", 1.0, requests=req, full_read=full_read)
             assert index.compute(req).equals(cached, null_equal=True), (user, full_read)
     assert cached["user_events_all"].sum() == 0 and cached["item_events_all"].min() > 0
 

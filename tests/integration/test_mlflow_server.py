@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from recsys.core import rules
 from recsys.core.config import Settings
 from tests.servers import mlflow_server
 from training import registry
@@ -83,10 +84,10 @@ def test_models_trained_through_the_server_are_served_from_it(
         }
     )
     text = train_text_model(s, con, progress=False)
-    registry.promote(s, registry.TEXT_MODEL_NAME, text.model_version)
+    registry.promote(s, rules.TEXT_MODEL_NAME, text.model_version)
     score_store(s, con, text.model_dir, text.model_version, progress=False)
     ranker = train_and_log(s, con, promote=False)
-    registry.promote(s, registry.RANKER_MODEL_NAME, ranker["version"])
+    registry.promote(s, rules.RANKER_MODEL_NAME, ranker["version"])
     publish_snapshot(con, s, log_seq=0)
     con.close()
     assert not (home / "mlflow.db").exists()  # everything went through the server
@@ -104,3 +105,4 @@ def test_models_trained_through_the_server_are_served_from_it(
     }
     assert [item["rank"] for item in body["items"]] == [1, 2, 3, 4, 5]
     assert all(item["contributions"] for item in body["items"])
+    app.extensions[EXTENSION].close()  # drop the snapshot leases this process holds

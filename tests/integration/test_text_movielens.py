@@ -11,6 +11,7 @@ import pytest
 
 from feature_store.adapters.movielens import ingest_movielens
 from recsys.algorithms.text_index import TextIndex
+from recsys.core import rules
 from tests.tiny_bert import write_tiny_bert
 from training import registry
 from training.text import model as tm
@@ -31,6 +32,7 @@ def test_real_minilm_trains_registers_and_reproduces(movielens, settings) -> Non
     settings = settings.replace(
         **{
             "device": "cpu",
+            "text.model": "pairs",  # the per-pair model (a real-catalog tower run is minutes)
             "text.epochs": 1,
             "text.batch_size": 16,
             "text.eval_users": 12,
@@ -46,7 +48,7 @@ def test_real_minilm_trains_registers_and_reproduces(movielens, settings) -> Non
     m = result.metrics
     assert m["val_users"] == 12 and 0.0 < m["val_auc"] < 1.0 and 0.0 < m["tfidf_val_auc"] < 1.0
     assert result.promoted
-    ref, local = registry.download(settings, registry.TEXT_MODEL_NAME)
+    ref, local = registry.download(settings, rules.TEXT_MODEL_NAME)
     assert ref.version == result.model_version
     encoder = tm.load_encoder(local, tm.resolve_device("cpu"))
     again = evaluate_encoder(

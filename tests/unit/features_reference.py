@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import duckdb
 import polars as pl
 
-from feature_store.db import POSITIVE_EVENT_TYPES, POSITIVE_RATING
 from feature_store.features import FEATURE_COLUMNS, resolve_event_relation, validate_requests
+from feature_store.rules_sql import positive_sql
 
 
 def reference_features(
@@ -70,12 +70,8 @@ def _compute(
     return out.select(pl.col(FEATURE_COLUMNS).cast(pl.Float64))
 
 
-_POSITIVE_TYPES = ", ".join(f"'{t}'" for t in POSITIVE_EVENT_TYPES)
-# Positive engagement: a rating >= POSITIVE_RATING or a positive event type.
-POSITIVE_SQL = (
-    f"((e.event_type = 'rate' AND e.value >= {POSITIVE_RATING}) "
-    f"OR e.event_type IN ({_POSITIVE_TYPES}))"
-)
+# Positive engagement (recsys.core.rules).
+POSITIVE_SQL = positive_sql("e")
 _FLAGS = f"""{POSITIVE_SQL} AS is_pos,
            e.event_type = 'impression' AS is_impr,
            e.event_type = 'click' AS is_click,

@@ -18,9 +18,9 @@ from recsys.algorithms.candidates import (
     Popularity,
     RecentPopularity,
     TextNeighbours,
-    top_n,
 )
 from recsys.algorithms.text_index import TextIndex
+from recsys.algorithms.topk import top_n
 from tests.factories import GENRES, T0, load_into_store, make_catalog, make_events
 
 N_ITEMS = 36

@@ -1,6 +1,6 @@
 import duckdb
 
-from feature_store.splits import materialize_protocol_split
+from feature_store.splits import ensure_split, materialize_protocol_split
 from tests.factories import load_into_store, make_catalog, make_events
 
 
@@ -27,3 +27,15 @@ def test_split_uses_integer_ceil(store: duckdb.DuckDBPyConnection) -> None:
     )
     materialize_protocol_split(store)
     assert store.execute("SELECT n_test FROM split_v1_users").fetchone() == (7,)
+
+
+def test_ensure_split_rebuilds_when_any_part_is_missing(store: duckdb.DuckDBPyConnection) -> None:
+    load_into_store(store, make_catalog(), make_events(n_users=3, events_per_user=15))
+    ensure_split(store)
+    assert store.execute("SELECT count(*) FROM split_v1").fetchone() == (45,)
+    store.execute("DROP VIEW events_fit_v1")
+    ensure_split(store)  # split_v1 is there, the fit view is not: both checked
+    assert store.execute("SELECT count(*) FROM events_fit_v1").fetchone() == (27,)
+    store.execute("DELETE FROM split_v1 WHERE part = 'test'")
+    ensure_split(store)  # everything present: nothing is rebuilt
+    assert store.execute("SELECT count(*) FROM split_v1").fetchone() == (36,)

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feature_store.db import POSITIVE_EVENT_TYPES, POSITIVE_RATING, init_schema
+from feature_store.db import init_schema
 from feature_store.features import FEATURE_COLUMNS, compute_features
+from recsys.core.rules import is_positive
 
 T0 = datetime(2021, 3, 1)
 USERS = [f"u{k}" for k in range(4)]
@@ -107,11 +108,7 @@ def test_counts_match_a_brute_force_reference(past: list[tuple], cut_hours: int)
         user = [e for e in seen if e[0] == f["user_id"]]
         item = [e for e in seen if e[1] == f["item_id"]]
         week = [e for e in item if e[4] >= as_of - timedelta(days=7)]
-        positives = [
-            e
-            for e in user
-            if (e[2] == "rate" and e[3] >= POSITIVE_RATING) or e[2] in POSITIVE_EVENT_TYPES
-        ]
+        positives = [e for e in user if is_positive(e[2], e[3])]
         assert f["item_events_all"] == len(item)
         assert f["item_events_7d"] == len(week)
         assert f["user_events_all"] == len(user)

@@ -99,8 +99,8 @@ def test_snapshot_and_both_reads_equal_each_other_and_the_first_implementation(
         req = requests(moments)
         old = reference_features(con, req, covisit_window_days=window_days)
         auto = compute_features(con, req, covisit_window_days=window_days)
-        full = FeatureSnapshot._load(con, "events", window_days, requests=req, full_read=True)
-        part = FeatureSnapshot._load(con, "events", window_days, requests=req, full_read=False)
+        full = FeatureSnapshot.read(con, "events", window_days, requests=req, full_read=True)
+        part = FeatureSnapshot.read(con, "events", window_days, requests=req, full_read=False)
         snap = FeatureSnapshot.build(con, covisit_window_days=window_days)
         cached = compute_features(con, req, covisit_window_days=window_days, snapshot=snap)
     finally:

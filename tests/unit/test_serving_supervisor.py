@@ -202,3 +202,12 @@ def test_an_app_starts_even_when_the_log_cannot_be_opened(home: Settings) -> Non
         assert app.test_client().get("/healthz").status_code == 200
     finally:
         app.extensions["recsys"].close()
+
+
+def test_a_restarted_writer_does_not_republish_an_unchanged_store(home: Settings) -> None:
+    """Workers would switch snapshots (and rebuild models) for nothing after every restart."""
+    assert EventWriter(home, refresh_embeddings=False).flush().snapshot is None
+    con = connect(home.db_path)  # a batch job writes the store
+    con.execute("CREATE TABLE touched AS SELECT 1 AS x")
+    con.close()
+    assert EventWriter(home, refresh_embeddings=False).flush().snapshot is not None

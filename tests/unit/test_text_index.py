@@ -88,3 +88,29 @@ def test_auc_and_ndcg_on_known_rankings() -> None:
     # positives ranked 2nd and 3rd: (1/log2(3) + 1/log2(4)) / (1 + 1/log2(3))
     got = user_ndcg(np.array([0.8, 0.9, 0.1, 0.2]), labels)
     assert got == pytest.approx((1 / np.log2(3) + 1 / np.log2(4)) / (1 + 1 / np.log2(3)))
+
+
+def test_user_text_vector_prefers_history_then_stored_then_positives(store) -> None:
+    from feature_store.interactions import Interactions
+    from recsys.algorithms.text_index import user_text_vector
+    from tests.factories import T0
+
+    _write(store)
+    store.execute(
+        "INSERT INTO events VALUES ('e1', 'u3', 'b', 'rate', 5.0, NULL, ?, NULL, NULL, 't', 't')",
+        [T0],
+    )
+    index = TextIndex.load(store)
+    data = Interactions.from_store(store)
+    # a given history wins: its latest `recent` items, normalized mean
+    np.testing.assert_allclose(
+        user_text_vector(index, "u1", data, history=["d", "a", "b"], recent=2),
+        [np.sqrt(0.5), np.sqrt(0.5)],
+        rtol=1e-6,
+    )
+    # no history: the stored vector
+    np.testing.assert_allclose(user_text_vector(index, "u2", data), [0.0, 1.0])
+    # nothing stored: the user's positive items in the data
+    np.testing.assert_allclose(user_text_vector(index, "u3", data), [0.0, 1.0])
+    assert user_text_vector(index, "u3") is None  # and without data, nothing
+    assert user_text_vector(index, None, data) is None

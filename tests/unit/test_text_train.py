@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from recsys.algorithms.text_index import TextIndex
+from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ConfigError, NotFoundError
 from tests.factories import load_into_store, make_catalog, make_events
@@ -43,6 +44,7 @@ def tiny_settings(
     return settings.replace(
         **{
             "device": "cpu",
+            "text.model": "pairs",  # the per-pair model; the history tower: test_text_tower.py
             "text.base_model": str(model_dir),
             "text.epochs": 2,
             "text.batch_size": 16,
@@ -67,7 +69,7 @@ def test_train_register_reload_reproduces_val_metric(tiny_store, tiny_settings) 
     run = registry.client(tiny_settings).get_run(result.run_id)
     assert run.data.params["text.epochs"] == "2" and "data_fingerprint" in run.data.params
     assert run.data.metrics["val_ndcg_at_10"] == pytest.approx(m["val_ndcg@10"])
-    ref, local = registry.download(tiny_settings, registry.TEXT_MODEL_NAME)
+    ref, local = registry.download(tiny_settings, rules.TEXT_MODEL_NAME)
     assert ref.version == "1" and (local / "tokenizer_config.json").is_file()
     # The registered model, loaded back, reproduces its logged validation AUC.
     encoder = tm.load_encoder(local, tm.resolve_device("cpu"))
@@ -79,7 +81,7 @@ def test_train_register_reload_reproduces_val_metric(tiny_store, tiny_settings) 
 
     second = train_text_model(tiny_settings, tiny_store, progress=False, promote=False)
     assert second.model_version == "2" and not second.promoted
-    assert registry.champion(tiny_settings, registry.TEXT_MODEL_NAME).version == "1"
+    assert registry.champion(tiny_settings, rules.TEXT_MODEL_NAME).version == "1"
 
 
 def test_score_writes_all_scopes_and_refresh_updates_one_user(tiny_store, tiny_settings) -> None:
@@ -123,7 +125,7 @@ def test_score_writes_all_scopes_and_refresh_updates_one_user(tiny_store, tiny_s
     assert refresh_user_embeddings(tiny_store, tiny_settings, model_dir, "7", ["u0"]) == 1
     after = TextIndex.load(tiny_store)
     assert not np.allclose(before, after.user_vector("u0"))
-    assert len(after._user_row) == 12  # the other users' rows are kept
+    assert len(after.user_ids) == 12  # the other users' rows are kept
     assert tiny_store.execute(
         "SELECT count(*) FROM text_scores"
         " WHERE user_id = 'u0' AND item_id = 'i3' AND scope = 'live'"
@@ -137,6 +139,7 @@ def test_cli_train_and_score(tiny_store, tiny_settings, monkeypatch) -> None:
     env = {
         "RECSYS_HOME": str(tiny_settings.home),
         "RECSYS_TEXT__BASE_MODEL": tiny_settings.text.base_model,
+        "RECSYS_TEXT__MODEL": "tower",
         "RECSYS_TEXT__EVAL_NEGATIVES": "10",
         "RECSYS_RANKER__NUM_CANDIDATES": "5",
     }
@@ -161,6 +164,8 @@ def test_cli_train_and_score(tiny_store, tiny_settings, monkeypatch) -> None:
     )
     assert out.exit_code == 0, out.output
     assert "TF-IDF cosine" in out.output and "promoted to champion" in out.output
+    # the history tower prints its plan and a measured estimate first
+    assert out.output.index("plan: ") < out.output.index("estimate: ") < out.output.index("TF-IDF")
     out = runner.invoke(main, ["--device", "cpu", "score", "--scope", "live", "--batch-size", "16"])
     assert out.exit_code == 0, out.output
     assert "wrote 30 item embeddings" in out.output and "live: 12 user embeddings" in out.output

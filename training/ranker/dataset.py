@@ -3,7 +3,8 @@
 A group is (user, cutoff); its rows are the blender's candidates for that user from the events
 before the cutoff; the label is the user's engagement with the candidate after the cutoff:
 
-    3 rating >= 4.5   2 rating >= 4.0   1 click / like / share / purchase   0 otherwise
+    ``recsys.core.rules.RATING_GRADES`` for good ratings, ``ENGAGEMENT_GRADE`` (1) for a
+    positive engagement event (click / like / share / purchase), 0 otherwise
 
 Training reads ``events_fit_v1`` with cutoff ``val_start`` and labels from the ``val`` part
 (text vectors of scope ``fit_v1``); test scoring reads ``events_train_v1`` with cutoff
@@ -21,10 +22,12 @@ import duckdb
 import polars as pl
 
 from feature_store.interactions import Interactions
+from feature_store.rules_sql import label_sql, positive_rating_sql
 from recsys.algorithms.candidates import Blender, default_generators
 from recsys.algorithms.ranking import TextFeatures, assemble
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
+from recsys.core.rules import FIT_SCOPE, TRAIN_SCOPE
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +42,15 @@ class Stage:
     text_scope: str
 
 
-FIT = Stage(events="events_fit_v1", cutoff="val_start", label_part="val", text_scope="fit_v1")
-TEST = Stage(
-    events="events_train_v1", cutoff="test_start", label_part="test", text_scope="train_v1"
+FIT = Stage(
+    events=FIT_SCOPE.events, cutoff="val_start", label_part="val", text_scope=FIT_SCOPE.name
 )
-
-LABEL_SQL = """
-    CASE WHEN event_type = 'rate' AND value >= 4.5 THEN 3
-         WHEN event_type = 'rate' AND value >= 4.0 THEN 2
-         WHEN event_type IN ('click', 'like', 'share', 'purchase') THEN 1
-         ELSE 0 END
-"""
+TEST = Stage(
+    events=TRAIN_SCOPE.events,
+    cutoff="test_start",
+    label_part="test",
+    text_scope=TRAIN_SCOPE.name,
+)
 
 
 def cutoffs(con: duckdb.DuckDBPyConnection, stage: Stage) -> pl.DataFrame:
@@ -68,7 +69,7 @@ def labels(con: duckdb.DuckDBPyConnection, stage: Stage) -> pl.DataFrame:
     """(user_id, item_id, label): the best engagement in the stage's label part."""
     return con.execute(
         f"""
-        SELECT e.user_id, e.item_id, max({LABEL_SQL})::INTEGER AS label
+        SELECT e.user_id, e.item_id, max({label_sql()})::INTEGER AS label
         FROM events e JOIN split_v1 s USING (event_id)
         WHERE s.part = '{stage.label_part}'
         GROUP BY ALL
@@ -141,7 +142,9 @@ def candidate_recall(frame: pl.DataFrame, truth: pl.DataFrame) -> float:
 
 
 def positives(con: duckdb.DuckDBPyConnection, part: str) -> pl.DataFrame:
-    """(user_id, item_id) of the protocol positives (rating >= 4) in ``part``."""
+    """(user_id, item_id) of the protocol positives (positive ratings) in ``part``."""
     return con.execute(
-        "SELECT DISTINCT user_id, item_id FROM split_v1 WHERE part = ? AND rating >= 4.0", [part]
+        "SELECT DISTINCT user_id, item_id FROM split_v1 "
+        f"WHERE part = ? AND {positive_rating_sql()}",
+        [part],
     ).pl()

@@ -11,33 +11,28 @@ from typing import Any
 
 import duckdb
 
+from feature_store.splits import ensure_split
+from recsys.core import rules
 from recsys.core.config import Settings
+from training import registry
 from training.ranker import dataset
 from training.ranker.train import FitResult, train_both
+from training.registry import load_text_index
 
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 ABLATION_DIR = "no_text"  # inside the model artifact: the ranker_no_text ablation
-PROMOTION_METRIC = "val_ndcg_10"
-
-
-def ensure_split(con: duckdb.DuckDBPyConnection, settings: Settings | None = None) -> None:
-    """Materialize the split of ``settings.split`` when missing or built with other settings."""
-    from feature_store.splits import ensure_split as _ensure
-
-    _ensure(con, settings.split if settings is not None else None)
+PROMOTION_METRIC = rules.mlflow_key(rules.metric_name("ndcg", 10, prefix="val_"))
 
 
 def train_and_log(
     settings: Settings, con: duckdb.DuckDBPyConnection, *, promote: bool = True
 ) -> dict[str, Any]:
     """Train the ranker and its no-text ablation; one MLflow run; returns a summary."""
-    from training import registry
-    from training.registry import load_text_index
 
     started = time.perf_counter()
-    ensure_split(con, settings)
+    ensure_split(con, settings.split)
     text_index = load_text_index(settings, con, scope=dataset.FIT.text_scope)
     text_version = text_index.model_version if text_index is not None else None
     frame, generators = dataset.build_frame(con, settings, dataset.FIT, text_index=text_index)
@@ -52,11 +47,9 @@ def train_and_log(
         settings,
         "train-ranker",
         data_fingerprint=fingerprint,
-        tags={"model": registry.RANKER_MODEL_NAME, "text_model_version": str(text_version)},
+        tags={"model": rules.RANKER_MODEL_NAME, "text_model_version": str(text_version)},
     ) as run:
-        import mlflow
-
-        mlflow.log_params(
+        registry.log_params(
             {
                 "lgb." + k: str(v)
                 for k, v in product.model.booster.params.items()
@@ -66,16 +59,16 @@ def train_and_log(
         )
         metrics = {
             **product.metrics,
-            f"val_candidate_recall_{settings.ranker.num_candidates}": recall,
+            rules.metric_name(
+                "candidate_recall", settings.ranker.num_candidates, prefix="val_"
+            ): recall,
             **{f"no_text_{k}": v for k, v in ablation.metrics.items()},
             "total_seconds": time.perf_counter() - started,
         }
-        mlflow.log_metrics(metrics)
+        registry.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             _log_artifacts(Path(tmp), settings, product, ablation)
-        ref = registry.register(
-            settings, registry.RANKER_MODEL_NAME, run.info.run_id, MODEL_ARTIFACT
-        )
+        ref = registry.register(settings, rules.RANKER_MODEL_NAME, run.info.run_id, MODEL_ARTIFACT)
     promoted = registry.promote_if_better(settings, ref, PROMOTION_METRIC) if promote else False
     summary = {
         "run_id": ref.run_id,
@@ -96,19 +89,17 @@ def train_and_log(
 
 
 def _log_artifacts(tmp: Path, settings: Settings, product: FitResult, ablation: FitResult) -> None:
-    import mlflow
-
     model_dir = product.model.save(tmp / MODEL_ARTIFACT)
     ablation.model.save(model_dir / ABLATION_DIR)
     (model_dir / "settings.json").write_text(settings.to_json(), encoding="utf-8")
-    mlflow.log_artifacts(str(model_dir), MODEL_ARTIFACT)
+    registry.log_artifacts(model_dir, MODEL_ARTIFACT)
     for name, result in (("ranker", product), ("ranker_no_text", ablation)):
         table = tmp / f"{name}_importance.csv"
         result.importance.write_csv(table)
-        mlflow.log_artifact(str(table), "importance")
+        registry.log_artifact(table, "importance")
         png = tmp / f"{name}_importance.png"
         _importance_plot(result, png, title=f"{name}: gain importance")
-        mlflow.log_artifact(str(png), "importance")
+        registry.log_artifact(png, "importance")
 
 
 def _importance_plot(result: FitResult, path: Path, title: str, top: int = 25) -> None:

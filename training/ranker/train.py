@@ -7,7 +7,7 @@ Recipe (``recsys train ranker``):
    NDCG@10; refit on every group for the best number of rounds;
 3. train the same recipe without text features (the ``ranker_no_text`` ablation);
 4. log parameters, metrics, gain importance (table + plot) and both models as LightGBM text
-   files; register ``ranker`` and promote it when it beats the champion on ``val_ndcg_10``.
+   files; register ``ranker`` and promote it when it beats the champion on ``val_ndcg@10``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import polars as pl
 
 from recsys.algorithms.metrics import ndcg_at_k
 from recsys.algorithms.ranking import feature_matrix, feature_names
+from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
 from training.ranker.model import RankerModel
@@ -147,8 +148,8 @@ def fit(
         }
     ).sort("gain", descending=True)
     metrics = {
-        "val_ndcg_10": val_ndcg,
-        "val_lgb_ndcg_10": lgb_ndcg,
+        rules.metric_name("ndcg", 10, prefix="val_"): val_ndcg,
+        rules.metric_name("lgb_ndcg", 10, prefix="val_"): lgb_ndcg,
         "best_iteration": float(best),
         "train_groups": float(useful["user_id"].n_unique()),
         "train_rows": float(useful.height),

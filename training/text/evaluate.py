@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import numpy as np
 
+from feature_store.rules_sql import positive_rating_sql
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
+from recsys.core.rules import FIT_SCOPE, TRAIN_SCOPE
 from training.text.texts import ItemSummaries, item_summaries, user_histories
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ class EvalSet:
     user_texts: list[str]
     candidates: list[list[str]]
     labels: list[np.ndarray]
+    # the liked fit-period items of each user, oldest first (the history tower's input)
+    histories: list[list[str]] = field(default_factory=list)
 
     @property
     def item_ids(self) -> list[str]:
@@ -56,11 +60,11 @@ def build_eval_set(
     summaries = summaries or item_summaries(con)
     val_pos: dict[str, list[str]] = {}
     for user_id, item_id in con.execute(
-        "SELECT user_id, item_id FROM split_v1 WHERE part = 'val' AND rating >= 4 "
+        f"SELECT user_id, item_id FROM split_v1 WHERE part = 'val' AND {positive_rating_sql()} "
         "ORDER BY user_id, rn"
     ).fetchall():
         val_pos.setdefault(str(user_id), []).append(str(item_id))
-    histories = user_histories(con, "events_fit_v1", sorted(val_pos))
+    histories = user_histories(con, FIT_SCOPE.events, sorted(val_pos))
     users = sorted(u for u in val_pos if u in histories)
     if not users:
         raise TrainingError(
@@ -77,10 +81,10 @@ def build_eval_set(
         pool = np.sort(rng.choice(pool, size=cfg.eval_item_pool, replace=False))
     touched: dict[str, set[str]] = {}
     for user_id, item_id in con.execute(
-        "SELECT DISTINCT user_id, item_id FROM events_train_v1"
+        f"SELECT DISTINCT user_id, item_id FROM {TRAIN_SCOPE.events}"
     ).fetchall():
         touched.setdefault(str(user_id), set()).add(str(item_id))
-    texts, cands, labels = [], [], []
+    texts, cands, labels, hists = [], [], [], []
     for user_id in users:
         seen = touched.get(user_id, set())
         allowed = [i for i in pool if i not in seen]
@@ -92,12 +96,13 @@ def build_eval_set(
         texts.append(histories[user_id].text_before(None, summaries, cfg.user_history_items))
         cands.append([str(i) for i in items[perm]])
         labels.append(lab[perm])
+        hists.append([i for _, i in histories[user_id].liked])
     log.info(
         "validation set: %d users, %d distinct candidate items",
         len(users),
         len({i for c in cands for i in c}),
     )
-    return EvalSet(users, texts, cands, labels)
+    return EvalSet(users, texts, cands, labels, hists)
 
 
 def user_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:

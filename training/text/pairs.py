@@ -3,7 +3,7 @@
 Every pair's user text is rebuilt from the user's events strictly before the pair's event, and
 only events of ``events_fit_v1`` are read, so no validation or test interaction informs training.
 
-- positives: rating >= 4, click, like, share, purchase;
+- positives: ``recsys.core.rules`` (a good rating, click, like, share, purchase);
 - explicit negatives: low ratings (<= ``LOW_RATING``) and impressions of a served list that the
   user did not click (where impression logs exist);
 - sampled negatives: ``negatives_per_positive`` items per positive, drawn by popularity (count
@@ -21,6 +21,7 @@ import numpy as np
 
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
+from recsys.core.rules import FIT_SCOPE, POSITIVE_EVENT_TYPES, POSITIVE_RATING
 from training.text.texts import (
     POSITIVE_SQL,
     ItemSummaries,
@@ -32,7 +33,7 @@ from training.text.texts import (
 log = logging.getLogger(__name__)
 
 LOW_RATING = 2.5
-FIT_RELATION = "events_fit_v1"
+FIT_RELATION = FIT_SCOPE.events
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ def build_training_pairs(
     if not positives:
         raise TrainingError(
             f"no positive interactions with prior history in {relation}; the text model needs "
-            "users who liked (rating >= 4, click, like, share, purchase) at least two items"
+            f"users who liked (rating >= {POSITIVE_RATING:g}, "
+            f"{', '.join(POSITIVE_EVENT_TYPES)}) at least two items"
         )
     pop_ids, pop_p = _popularity(con, relation)
     touched = _touched(con, relation)

@@ -26,18 +26,14 @@ import numpy as np
 import pyarrow as pa
 
 from feature_store.db import transaction
+from feature_store.splits import ensure_split
 from recsys.core.config import Settings
 from recsys.core.errors import ConfigError
+from recsys.core.rules import LIVE_SCOPE, SCOPES
 from training.text import model as tm
 from training.text.texts import item_summaries, item_texts, user_histories
 
 log = logging.getLogger(__name__)
-
-SCOPES: dict[str, str] = {
-    "fit_v1": "events_fit_v1",
-    "train_v1": "events_train_v1",
-    "live": "events",
-}
 
 
 @dataclass(frozen=True)
@@ -184,6 +180,54 @@ def _last_ts(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, object]
     }
 
 
+def _text_users(
+    con: duckdb.DuckDBPyConnection,
+    encoder: tm.TwoTowerEncoder,
+    meta: dict,
+    hists: dict,
+    scope: str,
+    batch_size: int,
+    progress: bool,
+) -> tuple[list[str], np.ndarray]:
+    """User vectors of the per-pair model: the user text through the shared encoder."""
+    summaries = item_summaries(con)
+    texts = {
+        u: h.text_before(None, summaries, int(meta["user_history_items"]))
+        for u, h in sorted(hists.items())
+    }
+    texts = {u: t for u, t in texts.items() if t}
+    users = list(texts)
+    matrix = encoder.encode(
+        [texts[u] for u in users],
+        int(meta["max_user_tokens"]),
+        batch_size,
+        progress,
+        desc=f"users ({scope})",
+    )
+    return users, matrix
+
+
+def _tower_users(
+    encoder: tm.TwoTowerEncoder,
+    meta: dict,
+    hists: dict,
+    item_ids: Sequence[str],
+    item_matrix: np.ndarray,
+) -> tuple[list[str], np.ndarray]:
+    """User vectors of the history tower: the user tower over their last liked items."""
+    from training.text import tower as tw
+
+    row = {i: k for k, i in enumerate(item_ids)}
+    histories = {u: [row[i] for _, i in h.liked if i in row] for u, h in sorted(hists.items())}
+    users = [u for u, h in histories.items() if h]
+    width = int(meta["user_history_items"])
+    tower = getattr(encoder, "user_tower", None)
+    if tower is None:
+        raise ConfigError("a history-tower model needs its user tower (towers.safetensors)")
+    matrix = tw.user_vectors(tower, item_matrix, [histories[u] for u in users], width)
+    return users, matrix
+
+
 def score_users(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
@@ -199,22 +243,12 @@ def score_users(
     progress: bool = False,
 ) -> tuple[int, int]:
     """Encode users of ``scope`` (all, or ``user_ids``) and write their embeddings and top-N."""
-    relation = SCOPES[check_scopes([scope])[0]]
-    summaries = item_summaries(con)
+    relation = SCOPES[check_scopes([scope])[0]].events
     hists = user_histories(con, relation, user_ids)
-    texts = {
-        u: h.text_before(None, summaries, int(meta["user_history_items"]))
-        for u, h in sorted(hists.items())
-    }
-    texts = {u: t for u, t in texts.items() if t}
-    users = list(texts)
-    matrix = encoder.encode(
-        [texts[u] for u in users],
-        int(meta["max_user_tokens"]),
-        batch_size,
-        progress,
-        desc=f"users ({scope})",
-    )
+    if meta.get("architecture") == "history_tower":
+        users, matrix = _tower_users(encoder, meta, hists, item_ids, item_matrix)
+    else:
+        users, matrix = _text_users(con, encoder, meta, hists, scope, batch_size, progress)
     if not users:
         matrix = np.zeros((0, item_matrix.shape[1]), dtype=np.float32)
     last = _last_ts(con, relation)
@@ -257,20 +291,19 @@ def score_store(
     progress: bool = True,
 ) -> ScoreSummary:
     """Embed the whole catalog and every user of each scope with the model in ``model_dir``."""
-    from training.text.train import ensure_split
 
     scopes = check_scopes(scopes)
     device = tm.resolve_device(settings.device)
-    encoder = tm.load_encoder(model_dir, device)
+    encoder = load_scoring_encoder(model_dir, device)
     meta = tm.read_meta(model_dir, settings)
     batch = batch_size or settings.text.score_batch_size
-    if any(s != "live" for s in scopes):
-        ensure_split(con, settings)
+    if any(s != LIVE_SCOPE.name for s in scopes):
+        ensure_split(con, settings.split)
     texts = item_texts(con)
     item_ids = sorted(texts)
     log.info("embedding %d items with model %s on %s", len(item_ids), model_version, device)
-    item_matrix = encoder.encode(
-        [texts[i] for i in item_ids], int(meta["max_item_tokens"]), batch, progress, desc="items"
+    item_matrix = encode_catalog(
+        encoder, meta, [texts[i] for i in item_ids], batch, progress, settings.text.quantize_scoring
     )
     write_item_embeddings(con, model_version, item_ids, item_matrix)
     users, scores = {}, {}
@@ -296,7 +329,7 @@ def refresh_user_embeddings(
     model_dir: Path,
     model_version: str,
     user_ids: Sequence[str],
-    scope: str = "live",
+    scope: str = LIVE_SCOPE.name,
 ) -> int:
     """Re-encode only ``user_ids`` (after new events) and rewrite their embeddings and top-N
     scores against the stored item embeddings of ``model_version``.  Returns users updated."""
@@ -327,4 +360,55 @@ def _cached_encoder(model_dir: str, model_version: str, device: str) -> tm.TwoTo
     """The serving writer refreshes users every few seconds: load each model version once."""
     import torch
 
-    return tm.load_encoder(Path(model_dir), torch.device(device)).eval()
+    return load_scoring_encoder(Path(model_dir), torch.device(device)).eval()
+
+
+def load_scoring_encoder(model_dir: Path, device: object) -> tm.TwoTowerEncoder:
+    """The saved encoder; a history-tower model also gets ``item_proj`` and ``user_tower``."""
+    from training.text import tower as tw
+
+    encoder = tm.load_encoder(model_dir, device)  # type: ignore[arg-type]
+    if (model_dir / "towers.safetensors").is_file():
+        item_proj, user_tower = tw.load_towers(model_dir, encoder.dim)
+        encoder.item_proj = item_proj.to(encoder.device)
+        encoder.user_tower = user_tower.to(encoder.device)
+    return encoder
+
+
+def encode_catalog(
+    encoder: tm.TwoTowerEncoder,
+    meta: dict,
+    texts: list[str],
+    batch_size: int,
+    progress: bool,
+    quantize: bool,
+) -> np.ndarray:
+    """Item vectors; a history-tower model encodes through int8 Linear layers on CPU when
+    ``quantize`` (``text.quantize_scoring``), fp32 otherwise."""
+    from tqdm.auto import tqdm
+
+    from training.text import tower as tw
+
+    if meta.get("architecture") != "history_tower":
+        return encoder.encode(
+            texts, int(meta["max_item_tokens"]), batch_size, progress, desc="items"
+        )
+    batch = encoder.tokenizer(
+        [t or " " for t in texts],
+        max_length=int(meta["max_item_tokens"]),
+        truncation=True,
+        padding="max_length",
+        return_tensors="pt",
+    )
+    backbone = encoder.backbone
+    if quantize and encoder.device.type == "cpu":
+        backbone = tw.quantize(backbone)
+    with tqdm(total=len(texts), desc="items", disable=not progress, unit="item") as bar:
+        return tw.encode_items(
+            backbone,
+            encoder.item_proj,  # type: ignore[arg-type]
+            batch["input_ids"].to(encoder.device),
+            batch["attention_mask"].to(encoder.device),
+            batch_size,
+            on_batch=bar.update,
+        )

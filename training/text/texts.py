@@ -21,15 +21,13 @@ from datetime import datetime
 
 import duckdb
 
-from feature_store.db import POSITIVE_EVENT_TYPES, POSITIVE_RATING
+from feature_store.rules_sql import positive_sql
+from recsys.core.rules import HISTORY_LENGTH
 
 log = logging.getLogger(__name__)
 
 # Events that say "the user liked this item" (the same definition as the rest of the system).
-POSITIVE_SQL = (
-    f"((event_type = 'rate' AND value >= {POSITIVE_RATING}) "
-    f"OR event_type IN ({', '.join(repr(t) for t in POSITIVE_EVENT_TYPES)}))"
-)
+POSITIVE_SQL = positive_sql()
 NOTE_SQL = "(event_type IN ('tag', 'comment') AND text IS NOT NULL AND trim(text) <> '')"
 OVERVIEW_WORDS_IN_HISTORY = 16  # words of overview per history item: a hint, not the plot
 HISTORY_ITEMS_WITH_OVERVIEW = 3  # only the newest items carry an overview excerpt
@@ -135,7 +133,7 @@ def compose_user_text(
     items_newest_first: Sequence[str],
     summaries: ItemSummaries,
     notes_newest_first: Sequence[str] = (),
-    max_items: int = 20,
+    max_items: int = HISTORY_LENGTH,
 ) -> str:
     """The user-interest text from their liked items (newest first) and their own notes."""
     parts: list[str] = []
@@ -204,7 +202,7 @@ def user_texts(
     con: duckdb.DuckDBPyConnection,
     user_ids: Sequence[str] | None,
     events_relation: str = "events",
-    max_items: int = 20,
+    max_items: int = HISTORY_LENGTH,
     summaries: ItemSummaries | None = None,
 ) -> dict[str, str]:
     """``user_id -> user text`` from ``events_relation``; users with nothing liked or noted are

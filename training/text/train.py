@@ -30,8 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from feature_store.splits import ensure_split
+from recsys.core import rules
 from recsys.core.config import Settings
-from recsys.core.errors import TrainingError
+from recsys.core.errors import ConfigError, TrainingError
 from training import registry
 from training.text import model as tm
 from training.text.baselines import tfidf_metrics
@@ -219,13 +221,6 @@ def fit(
     return history
 
 
-def ensure_split(con: duckdb.DuckDBPyConnection, settings: Settings | None = None) -> None:
-    """Materialize the split of ``settings.split`` when missing or built with other settings."""
-    from feature_store.splits import ensure_split as _ensure
-
-    _ensure(con, settings.split if settings is not None else None)
-
-
 def train_text_model(
     settings: Settings,
     con: duckdb.DuckDBPyConnection,
@@ -233,9 +228,19 @@ def train_text_model(
     max_pairs: int | None = None,
     progress: bool = True,
     promote: bool = True,
+    on_plan: Any = None,
 ) -> TextTrainResult:
     """Train, evaluate, log, register and (when better) promote the text scorer."""
     import mlflow
+
+    if settings.text.model == "tower":
+        from training.text.tower_run import train_tower_model
+
+        return train_tower_model(settings, con, progress=progress, promote=promote, on_plan=on_plan)
+    if settings.text.model != "pairs":
+        raise ConfigError(
+            f"unknown text.model {settings.text.model!r}; choose 'tower' (default) or 'pairs'"
+        )
 
     device = tm.resolve_device(settings.device)
     base = tm.resolve_base_model(settings)
@@ -253,9 +258,9 @@ def train_text_model(
     )
     with registry.start_run(
         settings,
-        "text-scorer",
+        rules.TEXT_MODEL_NAME,
         data_fingerprint=fingerprint,
-        tags={"model": registry.TEXT_MODEL_NAME},
+        tags={"model": rules.TEXT_MODEL_NAME},
     ) as run:
         mlflow.log_params(
             {
@@ -276,7 +281,7 @@ def train_text_model(
             prefix="zeroshot_val_",
         )
         baselines.update(tfidf_metrics(eval_set, item_text))
-        mlflow.log_metrics(mlflow_metrics(baselines))
+        mlflow.log_metrics(rules.mlflow_metrics(baselines))
         log.info("baselines: %s", {k: round(v, 4) for k, v in baselines.items()})
         if settings.text.use_lora:
             tm.apply_lora(encoder, settings.text.lora_rank)
@@ -288,7 +293,7 @@ def train_text_model(
             meta,
             settings,
             progress=progress,
-            on_epoch=lambda row, epoch: mlflow.log_metrics(mlflow_metrics(row), step=epoch),
+            on_epoch=lambda row, epoch: mlflow.log_metrics(rules.mlflow_metrics(row), step=epoch),
         )
         tm.merge_lora(encoder)
         best = max(history, key=lambda r: r["val_auc"])
@@ -299,13 +304,13 @@ def train_text_model(
         }
         # At the last epoch's step, so the run's latest value is the kept (best) epoch's, not
         # the last epoch's curve point.
-        mlflow.log_metrics(mlflow_metrics(metrics), step=int(history[-1]["epoch"]))
+        mlflow.log_metrics(rules.mlflow_metrics(metrics), step=int(history[-1]["epoch"]))
         mlflow.log_table(_evaluation_table(metrics), artifact_file="evaluation.json")
         model_dir = _save_and_log(
             encoder, settings, run.info.run_id, {**meta, "data_fingerprint": fingerprint}
         )
         run_id = run.info.run_id
-    ref = registry.register(settings, registry.TEXT_MODEL_NAME, run_id, "model")
+    ref = registry.register(settings, rules.TEXT_MODEL_NAME, run_id, "model")
     promoted = promote and registry.promote_if_better(settings, ref, "val_auc")
     return TextTrainResult(run_id, ref.version, metrics, promoted, model_dir, history)
 
@@ -314,7 +319,7 @@ def _prepare_data(
     settings: Settings, con: duckdb.DuckDBPyConnection, max_pairs: int | None
 ) -> tuple[dict[str, str], PairSet, EvalSet, str]:
     """Split (if missing), item texts, training pairs, validation set and data fingerprint."""
-    ensure_split(con, settings)
+    ensure_split(con, settings.split)
     item_text = item_texts(con)
     if not item_text:
         raise TrainingError("the store has no items; run `recsys ingest` first")
@@ -330,15 +335,12 @@ def _save_and_log(
     """Save the model (safetensors) with its settings and log the directory as ``model``."""
     import mlflow
 
-    model_dir = tm.save_model(encoder, settings.artifacts_dir / "text-scorer" / run_id, meta)
+    model_dir = tm.save_model(
+        encoder, settings.artifacts_dir / rules.TEXT_MODEL_NAME / run_id, meta
+    )
     (model_dir / "settings.json").write_text(settings.to_json(), encoding="utf-8")
     mlflow.log_artifacts(str(model_dir), "model")
     return model_dir
-
-
-def mlflow_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """MLflow metric names cannot contain '@': ``val_ndcg@10`` is logged as ``val_ndcg_at_10``."""
-    return {k.replace("@", "_at_"): float(v) for k, v in metrics.items()}
 
 
 def _evaluation_table(metrics: dict[str, float]) -> dict[str, list[Any]]:

@@ -11,11 +11,15 @@ from click.testing import CliRunner
 
 from feature_store.db import connect
 from feature_store.splits import materialize_protocol_split
+from recsys.core import rules
 from recsys.core.config import Settings
-from recsys.pipeline.recommender import Recommendation, RecommendationResult, Recommender
+from recsys.pipeline.loader import load_recommender
+from recsys.pipeline.recommender import Recommendation, RecommendationResult
 from tests.factories import GENRES, load_into_store, make_catalog, make_events
 from tests.unit.test_ranker import N_ITEMS, small_settings
 from training import registry
+
+pytestmark = pytest.mark.integration
 
 
 def _write_text_model(settings: Settings, con: duckdb.DuckDBPyConnection) -> str:
@@ -24,7 +28,7 @@ def _write_text_model(settings: Settings, con: duckdb.DuckDBPyConnection) -> str
 
     with registry.start_run(settings, "fake-text") as run:
         mlflow.log_text("genre one-hot vectors for tests", "model/README.txt")
-    ref = registry.register(settings, registry.TEXT_MODEL_NAME, run.info.run_id, "model")
+    ref = registry.register(settings, rules.TEXT_MODEL_NAME, run.info.run_id, "model")
     registry.promote(settings, ref.name, ref.version)
     onehot = lambda g: [1.0 if k == g else 0.0 for k in range(len(GENRES))]  # noqa: E731
     con.executemany(
@@ -64,15 +68,15 @@ def trained(
 def test_training_registers_and_promotes_with_artifacts(trained: tuple) -> None:
     settings, _, summary = trained
     assert summary["promoted"]
-    ref = registry.champion(settings, registry.RANKER_MODEL_NAME)
+    ref = registry.champion(settings, rules.RANKER_MODEL_NAME)
     assert ref is not None and ref.version == summary["version"]
     run = registry.client(settings).get_run(ref.run_id)
-    assert {"val_ndcg_10", "no_text_val_ndcg_10", "val_candidate_recall_20"} <= set(
+    assert {"val_ndcg_at_10", "no_text_val_ndcg_at_10", "val_candidate_recall_at_20"} <= set(
         run.data.metrics
     )
     arts = {a.path for a in registry.client(settings).list_artifacts(ref.run_id, "importance")}
     assert "importance/ranker_importance.png" in arts and "importance/ranker_importance.csv" in arts
-    _, path = registry.download(settings, registry.RANKER_MODEL_NAME)
+    _, path = registry.download(settings, rules.RANKER_MODEL_NAME)
     assert (Path(path) / "ranker.txt").is_file() and (
         Path(path) / "no_text" / "ranker.txt"
     ).is_file()
@@ -80,7 +84,7 @@ def test_training_registers_and_promotes_with_artifacts(trained: tuple) -> None:
 
 def test_recommender_known_user_explained(trained: tuple) -> None:
     settings, con, summary = trained
-    rec = Recommender.load(settings, con)
+    rec = load_recommender(settings, con)
     assert rec.model_versions == {
         "ranker": summary["version"],
         "text-scorer": summary["text_model_version"],
@@ -101,7 +105,7 @@ def test_recommender_known_user_explained(trained: tuple) -> None:
 
 def test_recommender_cold_start_and_rank(trained: tuple) -> None:
     settings, con, _ = trained
-    rec = Recommender.load(settings, con)
+    rec = load_recommender(settings, con)
     cold = rec.recommend(None, 4, history=["i0", "i6"])  # two Action items
     assert cold.cold_start and len(cold.items) == 4
     assert "i0" not in {r.item_id for r in cold.items}
@@ -118,7 +122,7 @@ def test_no_champion_says_what_to_run(
     from recsys.core.errors import ModelNotReadyError
 
     with pytest.raises(ModelNotReadyError, match="recsys train ranker"):
-        Recommender.load(settings, store)
+        load_recommender(settings, store)
 
 
 def _as_tuples(result: RecommendationResult) -> list[tuple[str, float]]:
@@ -133,16 +137,16 @@ def test_precomputed_requests_equal_the_computed_ones(trained: tuple) -> None:
     from recsys.algorithms.ranking import assemble
 
     settings, con, _ = trained
-    fast = Recommender.load(settings, con)
-    slow = Recommender.load(settings, con, precompute=False)
-    assert fast._cands is not None and slow._cands is None
+    fast = load_recommender(settings, con)
+    slow = load_recommender(settings, con, precompute=False)
+    assert fast.precomputed and not slow.precomputed
     users = [str(u) for u in fast.data.user_ids]
     items = [str(i) for i in fast.data.item_ids]
     for user in users:
-        cands = fast._candidates(user)
+        cands = fast.candidates(user)
         expected = slow.blender.frame([user], as_of=[slow.clock])
         assert cands.equals(expected)
-        got, want = fast._vectors[user], slow._user_vector(user, (), con.cursor())
+        got, want = fast.user_vector(user), slow.user_vector(user, (), con.cursor())
         assert (got is None and want is None) or np.array_equal(got, want)
         assert _as_tuples(fast.recommend(user, 10)) == _as_tuples(slow.recommend(user, 10))
         assert _as_tuples(fast.recommend(user, 5, exclude_seen=False)) == _as_tuples(
@@ -154,7 +158,7 @@ def test_precomputed_requests_equal_the_computed_ones(trained: tuple) -> None:
         )
     # the request's feature rows are those training's assemble builds for the same candidates
     user = users[0]
-    cands = fast._candidates(user).with_columns(
+    cands = fast.candidates(user).with_columns(
         pl.lit(fast.clock).cast(pl.Datetime("us")).alias("as_of")
     )
     kwargs = {
@@ -163,32 +167,36 @@ def test_precomputed_requests_equal_the_computed_ones(trained: tuple) -> None:
         "covisit_window_days": settings.ranker.covisit_window_days,
     }
     served = assemble(
-        con.cursor(), cands, vectors={user: fast._vectors[user]}, snapshot=fast.snapshot, **kwargs
+        con.cursor(),
+        cands,
+        vectors={user: fast.user_vector(user)},
+        snapshot=fast.snapshot,
+        **kwargs,
     )
     assert served.equals(assemble(con.cursor(), cands, **kwargs))
     # text scores: the one-user shortcut gives what the per-user group_by gives in a batch
-    both = pl.concat([fast._candidates(u) for u in users[:3]])
+    both = pl.concat([fast.candidates(u) for u in users[:3]])
     batch = fast.text.scores(both)
-    singles = np.concatenate([fast.text.scores(fast._candidates(u)) for u in users[:3]])
+    singles = np.concatenate([fast.text.scores(fast.candidates(u)) for u in users[:3]])
     assert np.array_equal(batch, singles, equal_nan=True) and np.isfinite(batch).any()
 
 
 def test_two_loads_give_identical_results(trained: tuple) -> None:
     settings, con, _ = trained
-    first, second = Recommender.load(settings, con), Recommender.load(settings, con)
+    first, second = load_recommender(settings, con), load_recommender(settings, con)
     for user in [str(u) for u in first.data.user_ids]:
-        assert first._candidates(user).equals(second._candidates(user))
+        assert first.candidates(user).equals(second.candidates(user))
         assert _as_tuples(first.recommend(user, 10)) == _as_tuples(second.recommend(user, 10))
 
 
 def test_model_artifacts_are_cached_per_version(trained: tuple) -> None:
     settings, con, summary = trained
-    Recommender.load(settings, con, precompute=False)
-    cache = settings.home / "serving" / "models" / registry.RANKER_MODEL_NAME
+    load_recommender(settings, con, precompute=False)
+    cache = settings.home / "serving" / "models" / rules.RANKER_MODEL_NAME
     version_dir = cache / summary["version"]
     assert (version_dir / "ranker.txt").is_file()
     stamp = (version_dir / "ranker.txt").stat().st_mtime_ns
-    Recommender.load(settings, con, precompute=False)
+    load_recommender(settings, con, precompute=False)
     assert [p.name for p in cache.iterdir()] == [summary["version"]]  # no leftover downloads
     assert (version_dir / "ranker.txt").stat().st_mtime_ns == stamp  # reused, not re-downloaded
 

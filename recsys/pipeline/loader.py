@@ -1,0 +1,106 @@
+"""Builds a ``Recommender`` from the registry and the store: the only I/O of the request path.
+
+The champion ``ranker`` (its LightGBM text file, from the registry's one champion cache), the
+text-scorer version it was trained with (a numpy ``TextIndex`` of scope ``live``), the
+generators fitted on the store's events, a ``FeatureSnapshot`` of those events, item titles,
+users' recent positives and when their stored vectors were made.  The clock is the latest
+event time in the store, so a snapshot behaves the same whether it is live or historical.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+from feature_store.embeddings import user_embedding_times
+from feature_store.features import FeatureSnapshot
+from feature_store.interactions import Interactions, item_titles, newest_event, recent_positives
+from recsys.algorithms.candidates import Blender, default_generators
+from recsys.algorithms.ranking import TextFeatures
+from recsys.algorithms.text_index import TextIndex
+from recsys.core import rules
+from recsys.core.config import Settings
+from recsys.core.errors import ModelNotReadyError
+from recsys.pipeline.recommender import PRECOMPUTE_MAX_USERS, Recommender
+from training import registry
+from training.ranker.model import RankerModel
+
+log = logging.getLogger(__name__)
+
+
+def load_recommender(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    *,
+    precompute: bool = True,
+    ranker: tuple[registry.ModelRef, Path] | None = None,
+) -> Recommender:
+    """Champion ranker + its text model's index + generators fitted on ``con``'s events.
+
+    ``precompute`` builds every known user's candidates and text vector now (see
+    ``PRECOMPUTE_MAX_USERS``) so that a request only looks them up.  ``ranker`` (a version
+    and its local files, e.g. one serving verified) replaces the champion.
+    """
+    if ranker is not None:
+        ref, path = ranker
+    else:
+        try:
+            ref, path = registry.cached_champion(settings, rules.RANKER_MODEL_NAME)
+        except ModelNotReadyError as exc:
+            raise ModelNotReadyError(f"{exc}; run `recsys train ranker`") from exc
+    model = RankerModel.load(path)
+    versions = {rules.RANKER_MODEL_NAME: ref.version}
+    events = rules.LIVE_SCOPE.events
+    data = Interactions.from_store(con, events)
+    if len(data.user_ids) == 0:
+        raise ModelNotReadyError("the store has no events; run `recsys ingest` first")
+    text = None
+    embedded_at: dict[str, datetime] = {}
+    if model.uses_text:
+        scope = rules.LIVE_SCOPE.name
+        index = TextIndex.load(con, model_version=model.text_model_version, scope=scope)
+        text = TextFeatures(index, data)
+        versions[rules.TEXT_MODEL_NAME] = str(model.text_model_version)
+        embedded_at = user_embedding_times(con, index.model_version, scope)
+    wanted = list(model.spec.get("generators", []))
+    gens = [
+        g for g in default_generators(settings, text.index if text else None) if g.name in wanted
+    ]
+    n = int(model.spec.get("num_candidates", settings.ranker.num_candidates))
+    blender = Blender(gens, n=n).fit(data)
+    newest = newest_event(con, events)
+    clock = (newest or datetime.now()) + timedelta(seconds=1)
+    # the request path's features from memory (same definitions as compute_features)
+    snapshot = FeatureSnapshot.build(
+        con, events=events, covisit_window_days=settings.ranker.covisit_window_days
+    )
+    precomputed = precompute and 0 < len(data.user_ids) <= PRECOMPUTE_MAX_USERS
+    recent = (
+        recent_positives(con, events, rules.HISTORY_LENGTH)
+        if text is not None and precomputed
+        else None
+    )
+    log.info(
+        "recommender loaded: %s, %d users, %d items, clock %s",
+        versions,
+        len(data.user_ids),
+        data.n_items,
+        clock,
+    )
+    return Recommender(
+        settings,
+        model,
+        data,
+        blender,
+        text,
+        versions,
+        clock,
+        snapshot,
+        titles=item_titles(con),
+        embedded_at=embedded_at,
+        recent=recent,
+        precompute=precompute,
+    )

@@ -1,0 +1,180 @@
+"""The history-tower text model on tiny data with a tiny BERT: known answers for the towers and
+the loss, the plan, and the run end to end (MLflow, registration, scoring, int8 vs fp32)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+
+from recsys.core.config import Settings
+from recsys.core.errors import TrainingError
+from tests.factories import load_into_store, make_catalog, make_events
+from tests.tiny_bert import vocab_from_texts, write_tiny_bert
+from training import registry
+from training.text import model as tm
+from training.text import tower as tw
+from training.text.scoring import encode_catalog, load_scoring_encoder, score_store
+from training.text.texts import item_summaries, item_texts
+from training.text.tower_train import (
+    HeadScale,
+    LowerCache,
+    TowerConfig,
+    TowerExamples,
+    fit_towers,
+    tower_loss,
+)
+from training.text.train import train_text_model
+
+
+@pytest.fixture
+def tiny_store(store: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    load_into_store(store, make_catalog(30), make_events(12, 30, 15))
+    return store
+
+
+@pytest.fixture
+def tiny_settings(
+    settings: Settings, tiny_store: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> Settings:
+    texts = [*item_texts(tiny_store).values(), *item_summaries(tiny_store).short.values()]
+    model_dir = write_tiny_bert(tmp_path / "tiny-bert", vocab_from_texts(texts))
+    return settings.replace(
+        **{
+            "device": "cpu",
+            "text.base_model": str(model_dir),
+            "text.tower_epochs": 2,
+            "text.tower_batch_size": 16,
+            "text.bert_items_per_step": 4,
+            "text.eval_negatives": 10,
+            "text.score_batch_size": 8,
+            "ranker.num_candidates": 5,
+        }
+    )
+
+
+def _tiny_bert_layers(tmp_path: Path) -> tm.TwoTowerEncoder:
+    path = write_tiny_bert(tmp_path / "bert", vocab_from_texts(["alpha beta gamma delta"]))
+    return tm.load_encoder(path, torch.device("cpu"))
+
+
+def test_cache_plus_top_layer_equals_the_full_encoder(tmp_path: Path) -> None:
+    encoder = _tiny_bert_layers(tmp_path).eval()
+    texts = ["alpha beta", "gamma delta alpha beta gamma", "delta"]
+    batch = encoder.tokenizer(
+        texts, max_length=8, truncation=True, padding="max_length", return_tensors="pt"
+    )
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    cache = tw.build_lower_cache(encoder.backbone, ids, mask, n_lower=1)
+    tower = tw.ItemTower(list(encoder.backbone.encoder.layer)[1:], encoder.dim).eval()
+    hidden, m = cache.batch([0, 1, 2])
+    with torch.inference_mode():
+        ours = tower(hidden, m).numpy()
+    full = encoder.encode(texts, 8)  # identity projection: the plain mean-pooled encoder
+    np.testing.assert_allclose(ours, full, atol=2e-3)
+    # the saved-model path (whole backbone + projection) gives the same vectors
+    again = tw.encode_items(encoder.backbone, tower.proj, ids, mask)
+    np.testing.assert_allclose(again, full, atol=1e-4)
+
+
+def test_user_tower_learns_to_rank_the_item_matching_the_history_first() -> None:
+    # 8 items in 2 clusters of 4; users who liked cluster-A items go on to like item 0,
+    # cluster-B histories lead to item 4.  After a few steps item 0 ranks first for an A history.
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    dim = 8
+    centers = np.eye(dim, dtype=np.float32)[:2] * 3
+    pooled = np.stack([centers[k // 4] + rng.normal(0, 0.3, dim) for k in range(8)])
+    hidden = torch.from_numpy(pooled[:, None, :].repeat(2, 1)).half()
+    cache = LowerCache(hidden, torch.ones((8, 2), dtype=torch.int64))
+    item_tower, user_tower = tw.ItemTower([], dim), tw.UserTower(dim)
+    hist = [[1, 2, 3], [5, 6, 7]] * 40
+    targets = [0, 4] * 40
+    ex = TowerExamples(
+        tw_pad(hist), np.array(targets), np.ones(len(targets), np.float32), {"positive": 80}
+    )
+    cfg = TowerConfig(
+        epochs=15,
+        batch_size=16,
+        bert_items=0,
+        lr=0.05,
+        bert_lr=0.0,
+        weight_decay=0.0,
+        temperature=0.1,
+        label_weight=0.0,
+        seed=0,
+    )
+
+    def validate(table: np.ndarray, users: tw.UserTower) -> dict[str, float]:
+        vec = tw.user_vectors(users, table, [[1, 2, 3]], 3)[0]
+        return {"val_ndcg@10": float(np.argmax(table @ vec) == 0)}
+
+    history, _, _ = fit_towers(item_tower, user_tower, cache, ex, cfg, validate=validate)
+    assert history[-1]["val_ndcg@10"] == 1.0
+    table = item_tower.project(tw.mean_pool(hidden.float(), cache.mask)).detach().numpy()
+    scores = table @ tw.user_vectors(user_tower, table, [[1, 2, 3], [5, 6, 7]], 3).T
+    assert int(np.argmax(scores[:, 0])) == 0 and int(np.argmax(scores[:, 1])) == 4
+
+
+def tw_pad(hist: list[list[int]]) -> np.ndarray:
+    from training.text.tower_train import pad_histories
+
+    return pad_histories(hist, 3)
+
+
+def test_examples_cap_keeps_order_and_needs_a_positive() -> None:
+    ex = TowerExamples(
+        tw_pad([[0], [1], [2], [3]]),
+        np.array([5, 6, 7, 8]),
+        np.array([1, 0, 1, 0], np.float32),
+        {"positive": 2, "low_rating": 2},
+    )
+    small = ex.subset(np.array([2, 1]))
+    assert small.target.tolist() == [6, 7] and small.kinds == {"positive": 1, "negative": 1}
+    with pytest.raises(TrainingError, match="raise --max-pairs"):
+        ex.subset(np.array([1, 3]))
+
+
+def test_loss_known_answer() -> None:
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    catalog = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    head = HeadScale(1.0)
+    loss = tower_loss(users, catalog, np.array([0, 2]), torch.tensor([1.0, 0.0]), head, 1.0, 0.0)
+    # only row 0 is a positive: softmax of logits [1, 0, -1] at index 0
+    expected = -np.log(np.exp(1) / (np.exp(1) + 1 + np.exp(-1)))
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_train_plan_score_int8_matches_fp32(tiny_store, tiny_settings) -> None:
+    plans: list = []
+    tower = replace(tiny_settings, text=replace(tiny_settings.text, model="tower"))
+    result = train_text_model(tower, tiny_store, progress=False, on_plan=plans.append)
+    assert len(plans) == 1 and plans[0].examples > 0 and plans[0].estimate_seconds > 0
+    assert "top 1 of 2 BERT layers" in plans[0].describe()
+    m = result.metrics
+    for key in ("val_auc", "val_ndcg@10", "zeroshot_val_auc", "tfidf_val_ndcg@10"):
+        assert 0.0 <= m[key] <= 1.0
+    assert result.promoted and (result.model_dir / "towers.safetensors").is_file()
+    base = tm.load_encoder(Path(tiny_settings.text.base_model), torch.device("cpu"))
+    saved = tm.load_encoder(result.model_dir, torch.device("cpu"))
+    # the top layer was fine-tuned, the lower one was not
+    top_base = base.backbone.encoder.layer[1].output.dense.weight
+    top_saved = saved.backbone.encoder.layer[1].output.dense.weight
+    assert not torch.allclose(top_base, top_saved)
+    assert torch.equal(
+        base.backbone.encoder.layer[0].output.dense.weight,
+        saved.backbone.encoder.layer[0].output.dense.weight,
+    )
+    ref, local = registry.download(tiny_settings, registry.TEXT_MODEL_NAME)
+    summary = score_store(tiny_settings, tiny_store, local, ref.version, progress=False)
+    assert summary.items == 30 and summary.users["train_v1"] > 0
+    encoder = load_scoring_encoder(local, torch.device("cpu"))
+    meta = tm.read_meta(local, tiny_settings)
+    texts = list(item_texts(tiny_store).values())
+    fp32 = encode_catalog(encoder, meta, texts, 8, False, quantize=False)
+    int8 = encode_catalog(encoder, meta, texts, 8, False, quantize=True)
+    assert np.abs((fp32 * int8).sum(1) - 1.0).max() < 0.05

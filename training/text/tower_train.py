@@ -1,0 +1,345 @@
+"""Training data, plan/time estimate and the fit loop of the history-tower text model.
+
+Examples come from ``events_fit_v1`` (protocol v1's fit part), point in time: every positive
+(the project's one positive rule) and every explicit negative (low rating, unclicked impression)
+that has at least one liked item before it, with the user's last ``history`` liked items strictly
+before the event.  See ``training.text.tower`` for the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import torch
+from torch import nn
+
+from recsys.core.errors import TrainingError
+from training.text.pairs import FIT_RELATION, _labelled_events
+from training.text.texts import user_histories
+from training.text.tower import ItemTower, LowerCache, UserTower, history_means
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TowerExamples:
+    """Parallel arrays: history rows ``[n, H]`` (-1 padding), target rows, labels (1/0)."""
+
+    history: np.ndarray
+    target: np.ndarray
+    label: np.ndarray
+    kinds: dict[str, int]
+
+    def __len__(self) -> int:
+        return int(len(self.target))
+
+    def subset(self, rows: np.ndarray) -> TowerExamples:
+        """A seeded cap (``--max-pairs``): the chosen rows, in their original order."""
+        keep = np.sort(rows)
+        label = self.label[keep]
+        if not (label > 0).any():
+            raise TrainingError("the capped examples hold no positive; raise --max-pairs")
+        kinds = {"positive": int((label > 0).sum()), "negative": int((label <= 0).sum())}
+        return TowerExamples(self.history[keep], self.target[keep], label, kinds)
+
+
+def build_examples(
+    con: duckdb.DuckDBPyConnection,
+    item_row: dict[str, int],
+    max_history: int,
+    relation: str = FIT_RELATION,
+) -> TowerExamples:
+    """Every labelled event of ``relation`` with a non-empty liked history before it."""
+    hists = user_histories(con, relation)
+    rows_h: list[list[int]] = []
+    targets, labels, kinds = [], [], {"positive": 0, "low_rating": 0, "not_clicked": 0}
+    for r in _labelled_events(con, relation):
+        hist = hists.get(r.user_id)
+        if r.item_id not in item_row or hist is None:
+            continue
+        before = [item_row[i] for t, i in hist.liked if t < r.ts and i in item_row]
+        if not before:
+            continue
+        rows_h.append(before[-max_history:])
+        targets.append(item_row[r.item_id])
+        labels.append(1.0 if r.kind == "positive" else 0.0)
+        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    if not kinds["positive"]:
+        raise TrainingError(
+            f"no positive interactions with prior history in {relation}; the text model needs "
+            "users who liked (rating >= 4, click, like, share, purchase) at least two items"
+        )
+    history = np.full((len(rows_h), max(1, max_history)), -1, dtype=np.int64)
+    for k, h in enumerate(rows_h):
+        history[k, : len(h)] = h
+    log.info("text training examples from %s: %d (%s)", relation, len(targets), kinds)
+    return TowerExamples(
+        history, np.asarray(targets, np.int64), np.asarray(labels, np.float32), kinds
+    )
+
+
+@dataclass(frozen=True)
+class TowerPlan:
+    """What one training run will do, with a time estimate from measured steps."""
+
+    examples: int
+    items: int
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    top_layers: int
+    total_layers: int
+    device: str
+    cache_seconds: float = 0.0
+    step_seconds: float = 0.0
+    table_seconds: float = 0.0
+
+    @property
+    def estimate_seconds(self) -> float:
+        # per epoch: the steps plus one item-table refresh; one more refresh at the end
+        return (
+            self.cache_seconds
+            + self.epochs * (self.steps_per_epoch * self.step_seconds + self.table_seconds)
+            + self.table_seconds
+        )
+
+    def describe(self) -> str:
+        trained = (
+            f"top {self.top_layers} of {self.total_layers} BERT layers + pooling projection "
+            "+ user tower"
+        )
+        return (
+            f"plan: {self.examples:,} examples (every fit-period positive and explicit negative "
+            f"with history), {self.items:,} items, {self.epochs} epoch(s) x "
+            f"{self.steps_per_epoch} steps of {self.batch_size} on {self.device}; trained: "
+            f"{trained}; lower {self.total_layers - self.top_layers} layers cached once.\n"
+            f"estimate: {self.estimate_seconds:.0f} s (cache {self.cache_seconds:.0f} s, "
+            f"{self.step_seconds:.2f} s/step, item table {self.table_seconds:.0f} s; measured)"
+        )
+
+
+class HeadScale(nn.Module):
+    """``scale * cosine + bias``: logits of the explicit labels (calibrated probability)."""
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0 / temperature))
+        self.bias = nn.Parameter(torch.tensor(-0.5 / temperature))
+
+    def forward(self, cosine: torch.Tensor) -> torch.Tensor:
+        return cosine * self.scale + self.bias
+
+
+def pooled_table(
+    tower: ItemTower, cache: LowerCache, batch_size: int = 256, autocast: Callable | None = None
+) -> torch.Tensor:
+    """Every item's pooled top-layer output with the current layers (no gradients)."""
+    was = tower.training
+    tower.eval()
+    out = []
+    device = tower.proj.weight.device
+    with torch.inference_mode():
+        for start in range(0, len(cache), batch_size):
+            hidden, mask = cache.batch(np.arange(start, min(len(cache), start + batch_size)))
+            hidden, mask = hidden.to(device), mask.to(device)
+            with autocast() if autocast else contextlib.nullcontext():
+                out.append(tower.pooled(hidden, mask).float().cpu())
+    tower.train(was)
+    return torch.cat(out) if out else torch.zeros((0, tower.proj.in_features))
+
+
+def tower_loss(
+    users: torch.Tensor,
+    catalog: torch.Tensor,
+    target_rows: np.ndarray,
+    labels: torch.Tensor,
+    head: HeadScale,
+    temperature: float,
+    label_weight: float,
+) -> torch.Tensor:
+    """Softmax over the whole catalog for the positive rows plus ``label_weight`` x BCE of
+    ``head(cosine)`` against the labels (positives and explicit negatives)."""
+    rows = torch.as_tensor(target_rows, device=catalog.device)
+    cosine = (users * catalog[rows]).sum(-1)
+    loss = label_weight * nn.functional.binary_cross_entropy_with_logits(head(cosine), labels)
+    pos = torch.nonzero(labels > 0).flatten()
+    if len(pos):
+        logits = users[pos] @ catalog.T / temperature
+        loss = loss + nn.functional.cross_entropy(logits, rows[pos])
+    return loss
+
+
+def train_step(
+    towers: tuple[ItemTower, UserTower, HeadScale],
+    cache: LowerCache,
+    pooled: torch.Tensor,
+    ex: TowerExamples,
+    idx: np.ndarray,
+    cfg: TowerConfig,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    """Loss of one batch.  Up to ``cfg.bert_items`` distinct target items of the batch run
+    through the top BERT layers with gradients (each once) and replace their stale rows of the
+    pooled table; the projection sees the whole catalog every step."""
+    item_tower, user_tower, head = towers
+    rows = ex.target[idx]
+    table = pooled
+    if cfg.bert_items > 0:
+        uniq = np.unique(rows)
+        if len(uniq) > cfg.bert_items:
+            uniq = np.sort(rng.choice(uniq, size=cfg.bert_items, replace=False))
+        hidden, mask = cache.batch(uniq)
+        with cfg.autocast():
+            fresh = item_tower.pooled(hidden.to(pooled.device), mask.to(pooled.device)).float()
+        table = pooled.index_put((torch.as_tensor(uniq, device=pooled.device),), fresh)
+    catalog = item_tower.project(table)
+    history_table = item_tower.project(pooled).detach()  # history side: stop-gradient
+    users = user_tower(history_means(history_table, ex.history[idx]))
+    labels = torch.as_tensor(ex.label[idx], device=users.device)
+    return tower_loss(users, catalog, rows, labels, head, cfg.temperature, cfg.label_weight)
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    """Training knobs (from ``settings.text``)."""
+
+    epochs: int
+    batch_size: int
+    bert_items: int
+    lr: float
+    bert_lr: float
+    weight_decay: float
+    temperature: float
+    label_weight: float
+    seed: int
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    perm = rng.permutation(n)
+    return [perm[s : s + batch_size] for s in range(0, n, batch_size)]
+
+
+def steps_per_epoch(n_examples: int, batch_size: int, max_steps: int) -> int:
+    steps = math.ceil(n_examples / batch_size)
+    return min(steps, max_steps) if max_steps > 0 else steps
+
+
+def parameter_groups(
+    item_tower: ItemTower, user_tower: UserTower, head: HeadScale, lr: float, bert_lr: float
+) -> list[dict]:
+    """Projections and head at ``lr``; the fine-tuned BERT layers at ``bert_lr``."""
+    return [
+        {"params": list(item_tower.top.parameters()), "lr": bert_lr},
+        {
+            "params": list(item_tower.proj.parameters())
+            + list(user_tower.parameters())
+            + list(head.parameters()),
+            "lr": lr,
+        },
+    ]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def describe_kinds(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in kinds.items() if v)
+
+
+def pad_histories(histories: Sequence[Sequence[int]], width: int) -> np.ndarray:
+    out = np.full((len(histories), max(1, width)), -1, dtype=np.int64)
+    for k, h in enumerate(histories):
+        recent = list(h)[-width:]
+        out[k, : len(recent)] = recent
+    return out
+
+
+def fit_towers(
+    item_tower: ItemTower,
+    user_tower: UserTower,
+    cache: LowerCache,
+    ex: TowerExamples,
+    cfg: TowerConfig,
+    *,
+    validate: Callable[[np.ndarray, UserTower], dict[str, float]],
+    progress: bool = False,
+    on_epoch: Callable[[dict[str, float], int], object] | None = None,
+    pooled: torch.Tensor | None = None,
+) -> tuple[list[dict[str, float]], HeadScale, torch.Tensor]:
+    """Train in place; keeps the best epoch by ``val_ndcg@10``.  Returns (per-epoch metrics,
+    label head, the pooled item table of the kept weights)."""
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(cfg.seed)
+    head = HeadScale(cfg.temperature).to(item_tower.proj.weight.device)
+    groups = parameter_groups(item_tower, user_tower, head, cfg.lr, cfg.bert_lr)
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    per_epoch = math.ceil(len(ex) / cfg.batch_size)
+    total = max(1, per_epoch * cfg.epochs)
+    warm = max(1, total // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1.0 - s / total)
+    )
+    params = [p for g in groups for p in g["params"]]
+    device = item_tower.proj.weight.device
+    if pooled is None:
+        pooled = pooled_table(item_tower, cache, autocast=cfg.autocast)
+    pooled = pooled.to(device)
+    history: list[dict[str, float]] = []
+    best: tuple[float, dict, torch.Tensor] | None = None
+    for epoch in range(1, cfg.epochs + 1):
+        started = time.perf_counter()
+        losses = []
+        item_tower.train()
+        for idx in tqdm(
+            batches(len(ex), cfg.batch_size, rng), desc=f"epoch {epoch}", disable=not progress
+        ):
+            loss = train_step((item_tower, user_tower, head), cache, pooled, ex, idx, cfg, rng)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"training diverged (loss {loss.item()}); lower the rates")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        if cfg.bert_items > 0:
+            pooled = pooled_table(item_tower, cache, autocast=cfg.autocast).to(device)
+        seconds = time.perf_counter() - started
+        with torch.inference_mode():
+            table = item_tower.project(pooled).cpu().numpy()
+        row = {
+            "epoch": float(epoch),
+            "train_loss": float(np.mean(losses)),
+            "train_pairs_per_s": len(ex) / seconds,
+            "epoch_seconds": seconds,
+            **validate(table, user_tower),
+        }
+        history.append(row)
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+        if on_epoch is not None:
+            on_epoch(row, epoch)
+        if best is None or row["val_ndcg@10"] > best[0]:
+            state = {
+                "item": copy.deepcopy(item_tower.state_dict()),
+                "user": copy.deepcopy(user_tower.state_dict()),
+                "head": copy.deepcopy(head.state_dict()),
+            }
+            best = (row["val_ndcg@10"], state, pooled)
+    assert best is not None
+    item_tower.load_state_dict(best[1]["item"])
+    user_tower.load_state_dict(best[1]["user"])
+    head.load_state_dict(best[1]["head"])
+    return history, head, best[2]
