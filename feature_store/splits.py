@@ -15,8 +15,9 @@ Two kinds, chosen by ``Settings.split`` (:class:`recsys.core.config.SplitSetting
 
 Tables and views written (names kept from protocol v1):
 
-- ``split_v1(event_id, user_id, item_id, ts, rating, rn, part)``: every split event;
-  ``rating`` is the value of ``rate`` events, NULL for other types;
+- ``split_v1(event_id, user_id, item_id, ts, rating, rn, part, event_type, value)``: every
+  split event; ``rating`` is the value of ``rate`` events, NULL for other types; a test
+  positive is ``feature_store.rules_sql.positive_sql`` over these rows (the store's task);
 - ``split_v1_users(user_id, n_ratings, n_fit, n_val, n_test, val_start, test_start)``
   (``n_ratings`` counts split events);
 - ``split_v1_spec(spec, kind, val_start, test_start)``: the settings the split was built with;
@@ -46,6 +47,7 @@ DEFAULT_VAL_PERCENT = 20
 
 _ORDER = "ts, TRY_CAST(item_id AS BIGINT) NULLS LAST, item_id, event_id"
 
+SPLIT_LAYOUT = 2  # split_v1 columns; a store split with an older layout is rebuilt
 PROTOCOL_TABLES: tuple[str, ...] = (
     "split_v1",
     "split_v1_users",
@@ -130,13 +132,13 @@ def _build_split_table(con: duckdb.DuckDBPyConnection, scoped: str, part_sql: st
         f"""
         CREATE OR REPLACE TABLE split_v1 AS
         WITH r AS (
-            SELECT event_id, user_id, item_id, ts,
+            SELECT event_id, user_id, item_id, ts, event_type, value,
                    CASE WHEN event_type = 'rate' THEN value END AS rating,
                    row_number() OVER (PARTITION BY user_id ORDER BY {_ORDER}) AS rn,
                    count(*) OVER (PARTITION BY user_id) AS n
             FROM ({scoped})
         )
-        SELECT event_id, user_id, item_id, ts, rating, rn, {part_sql} AS part
+        SELECT event_id, user_id, item_id, ts, rating, rn, {part_sql} AS part, event_type, value
         FROM r
         """
     )
@@ -198,10 +200,8 @@ def _global_cuts(con: duckdb.DuckDBPyConnection, spec: SplitSettings) -> tuple[d
 
 
 def _spec_json(spec: SplitSettings) -> str:
-    return json.dumps(
-        {k: list(v) if isinstance(v, tuple) else v for k, v in spec.__dict__.items()},
-        sort_keys=True,
-    )
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.__dict__.items()}
+    return json.dumps({**fields, "layout": SPLIT_LAYOUT}, sort_keys=True)
 
 
 def _write_spec(

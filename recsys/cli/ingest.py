@@ -149,6 +149,10 @@ def _report(
         click.echo(f"first quarantined rows (all {bad:,} are in the quarantine table):", err=True)
         for source, row, column, reason, raw in rows:
             click.echo(f"  file {source}, row {row}, column {column!r}: {reason}  {raw}", err=True)
+    from feature_store.task import apply_task
+
+    task = apply_task(con, settings_from(ctx).task)
+    click.echo(task.describe())
     click.echo(f"done in {time.monotonic() - started:.1f} s; store {settings_from(ctx).db_path}")
     if bad:
         ctx.exit(EXIT_QUARANTINED)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.core.errors import ConfigError
-from recsys.core.rules import HISTORY_LENGTH
+from recsys.core.rules import HISTORY_LENGTH, TASK_PRESETS_NAMES, parse_grade
 
 ENV_PREFIX = "RECSYS_"
 CONFIG_FILE_ENV = "RECSYS_CONFIG"
@@ -148,6 +148,37 @@ class SplitSettings:
 
 
 @dataclass(frozen=True)
+class TaskSettings:
+    """What the log teaches (``recsys.core.rules.Task``; docs/ranking.md "Task").
+
+    ``preset``: ``auto`` (detected from the store: ``ratings`` when it has ``rate`` events,
+    ``impressions`` when it has served lists, else ``events``), ``ratings``, ``impressions`` or
+    ``events``.  The other fields override the preset's when set: ``positive_event_types``
+    (e.g. ``["purchase"]``), ``positive_rating`` (a ``rate`` at or above is positive; < 0: the
+    preset's 4.0), ``negative_rating`` (at or below: explicit negative; < 0: 2.5), ``grades``
+    (``["purchase:2", "click:1", "rate>=4.5:3"]``, best first) and ``impression_negatives``
+    (shown-not-clicked items of a served list are explicit negatives).
+    """
+
+    preset: str = "auto"
+    positive_event_types: tuple[str, ...] = ()
+    positive_rating: float = -1.0
+    negative_rating: float = -1.0
+    grades: tuple[str, ...] = ()
+    impression_negatives: bool = True
+
+    def __post_init__(self) -> None:
+        names = ("auto", *TASK_PRESETS_NAMES)
+        if self.preset not in names:
+            raise ConfigError(f"task.preset must be one of {', '.join(names)}; got {self.preset!r}")
+        for spec in self.grades:
+            try:
+                parse_grade(spec)
+            except ValueError as exc:
+                raise ConfigError(f"task.grades: {exc}") from exc
+
+
+@dataclass(frozen=True)
 class Settings:
     """Resolved settings for one home directory."""
 
@@ -163,6 +194,7 @@ class Settings:
     ranker: RankerSettings = field(default_factory=RankerSettings)
     serving: ServingSettings = field(default_factory=ServingSettings)
     split: SplitSettings = field(default_factory=SplitSettings)
+    task: TaskSettings = field(default_factory=TaskSettings)
 
     def __post_init__(self) -> None:
         if self.device not in {"auto", "cpu", "cuda"}:

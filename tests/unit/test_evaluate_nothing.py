@@ -20,17 +20,20 @@ def test_evaluate_without_test_positives_fails_and_logs_no_run(
 ) -> None:
     from recsys.cli import main
 
-    load_into_store(store, make_catalog(), click_log())  # clicks only: no rating positives
+    # clicks only, and a task whose only positive is a purchase: nothing to score
+    load_into_store(store, make_catalog(), click_log())
     store.execute("CHECKPOINT")
     store.close()
     out = tmp_path / "report"
     result = CliRunner().invoke(
         main,
         ["--home", str(settings.home), "evaluate", "--output", str(out), "--systems", "popularity"],
+        env={"RECSYS_TASK__POSITIVE_EVENT_TYPES": "purchase"},
     )
     assert result.exit_code != 0
     assert "nothing to evaluate" in result.output
     assert "2 users with split events, 4 test events, 0 of them ratings" in result.output
+    assert "positive = purchase or rate >= 4" in result.output
     assert not (out / "report.json").exists()
     assert not (settings.home / "mlflow.db").exists()
     assert not (settings.home / "mlruns").exists()

@@ -61,7 +61,7 @@ def test_no_test_period_event_reaches_training_for_users_without_ratings(
     assert counts == {"fit": 12, "val": 4, "test": 4}
     assert set(
         store.execute(
-            "SELECT DISTINCT event_type FROM split_v1 JOIN events USING (event_id)"
+            "SELECT DISTINCT e.event_type FROM split_v1 JOIN events e USING (event_id)"
         ).fetchall()
     ) == {("click",)}
     for view, start in (("events_train_v1", "test_start"), ("events_fit_v1", "val_start")):
@@ -115,7 +115,8 @@ def test_raters_keep_protocol_v1_and_their_other_events_are_cut(
     assert (
         _count(
             store,
-            "SELECT count(*) FROM split_v1 JOIN events USING (event_id) WHERE event_type = 'tag'",
+            "SELECT count(*) FROM split_v1 JOIN events e USING (event_id) "
+            "WHERE e.event_type = 'tag'",
         )
         == 0
     )

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from feature_store.splits import ensure_split
+from feature_store.task import apply_task
 from recsys.core import rules
 from recsys.core.config import Settings
 from training.text import model as tm
@@ -260,6 +261,7 @@ def train_tower_model(
     device = tm.resolve_device(settings.device)
     base = tm.resolve_base_model(settings)
     tm.seed_everything(settings.seed)
+    apply_task(con, settings.task)
     ensure_split(con, settings.split)
     item_text = item_texts(con)
     if not item_text:
