@@ -44,6 +44,7 @@ def status() -> ResponseReturnValue:
             "models_loaded_at": st.models.loaded_at,
             "snapshot": info.to_dict() if info else None,
             "snapshot_age_seconds": round(time.time() - info.published_at, 3) if info else None,
-            "event_log": st.event_log.health(),  # never raises: an unwritable log is reported
+            # never raises: an unwritable log is reported
+            "event_log": {**st.event_log.health(), "path": str(st.event_log.path)},
         }
     )

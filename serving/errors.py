@@ -8,6 +8,7 @@ an unknown path, 405, 413 from the body-size limit, ...) get a stable code from 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from flask import Flask, jsonify
@@ -81,6 +82,15 @@ class StoreNotReadyError(RecsysError):
     http_status = 503
 
 
+# An absolute file path of two or more segments (not an API route such as /v1/admin/reload).
+_PATH = re.compile(r"(?<![\w.:/])/(?!v1/)[\w.@+-]+(?:/[\w.@+-]*)+")
+
+
+def redact_paths(text: str | None) -> str | None:
+    """``text`` with absolute file paths replaced by ``<path>``: for unauthenticated answers."""
+    return None if text is None else _PATH.sub("<path>", text)
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -113,7 +123,8 @@ def register_error_handlers(app: Flask) -> None:
             log.error("%s: %s", exc.code, exc, exc_info=True)
         elif status > 500:
             log.debug("%s: %s", exc.code, exc)
-        response = jsonify(error_body(exc.code, str(exc)))
+        # answers never carry file paths (the log keeps the whole message)
+        response = jsonify(error_body(exc.code, redact_paths(str(exc)) or ""))
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             response.headers["Retry-After"] = str(int(retry_after))

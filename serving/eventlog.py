@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.core.errors import RecsysError
+from serving.errors import redact_paths
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,8 @@ class EventLog:
 
     def health(self) -> dict[str, Any]:
         """For /readyz: whether the log takes writes now, its backlog and the oldest's age."""
-        out: dict[str, Any] = {"ok": True, "path": str(self.path)}
+        # no file path: /readyz is unauthenticated (GET /v1/admin/status adds the path)
+        out: dict[str, Any] = {"ok": True, "state": "writable"}
         try:
             self._ensure_schema()
             con = sqlite3.connect(self.path, timeout=0.5, isolation_level=None)
@@ -216,7 +218,12 @@ class EventLog:
             finally:
                 con.close()
         except (OSError, sqlite3.Error) as exc:
-            return {**out, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            return {
+                **out,
+                "ok": False,
+                "state": "unwritable",
+                "error": redact_paths(f"{type(exc).__name__}: {exc}"),
+            }
         age = max(0.0, time.time() - float(oldest)) if oldest is not None else 0.0
         return {**out, "backlog": int(count), "oldest_age_s": round(age, 3)}
 

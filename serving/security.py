@@ -35,7 +35,8 @@ def require_api_key(view: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from serving.state import state
 
-        check_api_key(state().settings.serving.api_key, request.headers.get(API_KEY_HEADER))
+        configured = state().settings.serving.api_key.get_secret_value()
+        check_api_key(configured, request.headers.get(API_KEY_HEADER))
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

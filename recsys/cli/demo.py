@@ -134,8 +134,8 @@ def _print_report(report_dir: Path) -> None:
 
 def _demo_api_key(settings: Settings) -> str:
     """The configured API key, or one generated once for this home (kept in <home>/demo-api-key)."""
-    if settings.serving.api_key:
-        return settings.serving.api_key
+    if settings.serving.api_key.get_secret_value():
+        return settings.serving.api_key.get_secret_value()
     path = settings.home / "demo-api-key"
     if not path.is_file():
         path.write_text(secrets.token_urlsafe(24))

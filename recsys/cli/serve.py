@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from recsys.cli import settings_from
-from recsys.core.config import Settings
+from recsys.core.config import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     data["home"] = str(Path(settings.home).resolve())
     data["data_dir"] = str(Path(settings.data_dir).resolve())
     walk("", data)
+    # to_dict() masks secrets; the child needs their values (through its environment only)
+    for key, value in settings.secrets().items():
+        out[ENV_PREFIX + key.upper().replace(".", "__")] = value
     return out
 
 

@@ -19,6 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from recsys.core.errors import ConfigError
 from recsys.core.rules import HISTORY_LENGTH, TASK_PRESETS_NAMES, parse_grade
 
@@ -88,7 +90,9 @@ class ServingSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2
-    api_key: str = ""  # empty: /v1/events and /v1/admin/* refuse every request
+    # empty: /v1/events and /v1/admin/* refuse every request.  A secret: never logged, never
+    # written to MLflow or settings.json (``to_dict`` shows "***").
+    api_key: SecretStr = SecretStr("")
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1_000_000
     max_events_per_batch: int = 1000
@@ -228,8 +232,22 @@ class Settings:
         return (self.home / "mlruns").resolve().as_uri()
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able view, logged to MLflow with every run and saved beside artifacts."""
+        """Plain JSON-able view, logged to MLflow with every run and saved beside artifacts.
+
+        Secrets (``SecretStr`` settings) read ``"***"`` when set and ``""`` when not: their
+        values never leave the process this way.
+        """
         return _jsonable(dataclasses.asdict(self))
+
+    def secrets(self) -> dict[str, str]:
+        """``{dotted key: value}`` of every secret setting that is set (to pass to a child)."""
+        out: dict[str, str] = {}
+        for key in sorted(secret_keys()):
+            section, _, name = key.partition(".")
+            value = getattr(getattr(self, section), name) if name else getattr(self, section)
+            if value.get_secret_value():
+                out[key] = value.get_secret_value()
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -327,15 +345,35 @@ def _valid_keys() -> set[str]:
     return keys
 
 
+def secret_keys() -> set[str]:
+    """Dotted keys of the settings typed ``SecretStr``."""
+    keys: set[str] = set()
+    hints = typing.get_type_hints(Settings)
+    for f in fields(Settings):
+        if dataclasses.is_dataclass(hints[f.name]):
+            sub_hints = typing.get_type_hints(hints[f.name])
+            keys.update(f"{f.name}.{n}" for n, t in sub_hints.items() if t is SecretStr)
+        elif hints[f.name] is SecretStr:
+            keys.add(f.name)
+    return keys
+
+
 def _coerce(cls: type, name: str, raw: Any, key: str, origin: str) -> Any:
     target = typing.get_type_hints(cls)[name]
     try:
         return _convert(target, raw)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"setting {key!r} (from {origin}) = {raw!r}: {exc}") from exc
+        shown = "***" if target is SecretStr else repr(raw)
+        raise ConfigError(f"setting {key!r} (from {origin}) = {shown}: {exc}") from exc
 
 
 def _convert(target: Any, raw: Any) -> Any:
+    if target is SecretStr:
+        if isinstance(raw, SecretStr):
+            return raw
+        if not isinstance(raw, str | int):
+            raise ValueError("expected a string")
+        return SecretStr(str(raw))
     if target is Path:
         return Path(str(raw)).expanduser()
     if target is bool:
@@ -378,4 +416,6 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, SecretStr):
+        return "***" if value.get_secret_value() else ""
     return value
