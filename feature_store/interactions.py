@@ -95,8 +95,12 @@ class Interactions:
             f"""
             WITH ids AS (SELECT item_id FROM items UNION SELECT DISTINCT item_id FROM {rel})
             SELECT ids.item_id, coalesce(i.genres, []) AS genres
-            FROM ids LEFT JOIN (SELECT item_id, any_value(genres) AS genres FROM items
-                                GROUP BY item_id) i USING (item_id)
+            FROM ids LEFT JOIN (
+                -- items without genres (news, products) are grouped by their category
+                SELECT item_id, any_value(CASE WHEN len(genres) > 0 THEN genres
+                                               WHEN category IS NOT NULL THEN [category]
+                                          END) AS genres
+                FROM items GROUP BY item_id) i USING (item_id)
             ORDER BY TRY_CAST(ids.item_id AS BIGINT) NULLS LAST, ids.item_id
             """
         ).fetchall()

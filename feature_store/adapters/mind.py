@@ -3,7 +3,8 @@
 Both files are tab-separated without a header (the Microsoft News Dataset layout):
 
 - news.tsv: news id, category, subcategory, title, abstract, url, title entities, abstract
-  entities -> items (genres = [category, subcategory], description = abstract);
+  entities -> items (category, tags = [subcategory], description = abstract; news have no
+  genres: the text reads "Category: ...", the genre generator and features use the category);
 - behaviors.tsv: impression id, user id, time (``11/15/2019 8:55:22 AM``), click history
   (space-separated news ids), impressions (``N1-1 N2-0``: news id and clicked label) ->
   one ``impression`` event per listed news (request_id = impression id, position = 0-based
@@ -11,9 +12,13 @@ Both files are tab-separated without a header (the Microsoft News Dataset layout
   same request id, position and time for each label 1 (id ``mind:click:{impression}:{position}``).
   Test-split lines without labels (``N1``) give impressions only.
 
-The click *history* has no times of its own.  It is ingested as ``click`` events one second
-before the user's first impression in the file (id ``mind:hist:{user}:{news}``, no request id),
-so point-in-time features see it as known before any logged impression and never after.
+The click *history* has no times of its own.  Each history item is ingested as a ``click``
+event one second before the earliest impression whose history lists it (id
+``mind:hist:{user}:{news}``, no request id), and not at all when the user clicked it in an earlier
+logged impression (that click is the event).  In MIND proper a user's history is the same on
+every line, so it all lands before the user's first impression; in a log whose histories grow
+(later lines list the clicks of earlier impressions), an item is never known before the line
+that first lists it, so no label of a later impression leaks into an earlier point in time.
 """
 
 from __future__ import annotations
@@ -107,10 +112,10 @@ def _ingest_news(con: duckdb.DuckDBPyConnection, path: Path, progress: bool) -> 
             con,
             f"""SELECT news_id AS item_id, title, NULL::VARCHAR AS year,
             abstract AS description, NULL::VARCHAR AS tagline, NULL::VARCHAR[] AS keywords,
-            list_filter([trim(category), trim(subcategory)], g -> g IS NOT NULL AND g <> '')
-                AS genres,
-            category, NULL::VARCHAR AS director, NULL::VARCHAR AS actors,
-            NULL::VARCHAR[] AS tags, url, NULL::VARCHAR AS created_at
+            NULL::VARCHAR[] AS genres, nullif(trim(category), '') AS category,
+            NULL::VARCHAR AS director, NULL::VARCHAR AS actors,
+            list_filter([trim(subcategory)], g -> g IS NOT NULL AND g <> '') AS tags, url,
+            NULL::VARCHAR AS created_at
             FROM {_tsv(path, NEWS_COLUMNS)}""",
             table,
             path=path,
@@ -128,6 +133,7 @@ def _events_sql(lines: str) -> str:
     return f"""
     WITH tokens AS (
         SELECT _row AS line, trim(impression_id) AS request_id, user_id, {ts} AS ts,
+               try_strptime(trim(time), '{TIME_FORMAT}') AS at,
                unnest(string_split(trim(impressions), ' ')) AS token,
                unnest(range(len(string_split(trim(impressions), ' ')))) AS pos
         FROM {lines} WHERE nullif(trim(impressions), '') IS NOT NULL),
@@ -135,15 +141,13 @@ def _events_sql(lines: str) -> str:
         SELECT *, split_part(token, '-', 1) AS item_id,
                CASE WHEN token LIKE '%-%' THEN split_part(token, '-', 2) END AS label
         FROM tokens),
-    firsts AS (
-        SELECT user_id, min(try_strptime(trim(time), '{TIME_FORMAT}')) AS first_ts,
-               min(_row) AS line
-        FROM {lines} GROUP BY user_id),
     history AS (
-        SELECT DISTINCT ON (b.user_id, h.item_id) b._row AS line, b.user_id, h.item_id
+        -- each history item once, at the earliest line that lists it
+        SELECT DISTINCT ON (b.user_id, h.item_id) b._row AS line, b.user_id, h.item_id,
+               try_strptime(trim(b.time), '{TIME_FORMAT}') AS seen
         FROM {lines} b, unnest(string_split(trim(coalesce(b.history, '')), ' ')) AS h(item_id)
         WHERE h.item_id <> ''
-        ORDER BY b.user_id, h.item_id, b._row)
+        ORDER BY b.user_id, h.item_id, seen NULLS LAST, b._row)
     SELECT line, 'mind:imp:' || request_id || ':' || pos AS event_id, user_id, item_id,
            'impression' AS event_type, ts, NULL::VARCHAR AS value, NULL::VARCHAR AS text,
            request_id,
@@ -155,9 +159,12 @@ def _events_sql(lines: str) -> str:
     FROM parsed WHERE label = '1'
     UNION ALL
     SELECT h.line, 'mind:hist:' || h.user_id || ':' || h.item_id, h.user_id, h.item_id, 'click',
-           coalesce(strftime(f.first_ts - INTERVAL 1 SECOND, '%Y-%m-%dT%H:%M:%S'), 'unknown'),
+           coalesce(strftime(h.seen - INTERVAL 1 SECOND, '%Y-%m-%dT%H:%M:%S'), 'unknown'),
            NULL, NULL, NULL, NULL
-    FROM history h JOIN firsts f USING (user_id)"""
+    FROM history h
+    -- a history item the user clicked in an earlier logged impression is that click already
+    WHERE NOT EXISTS (SELECT 1 FROM parsed p WHERE p.label = '1' AND p.user_id = h.user_id
+                      AND p.item_id = h.item_id AND p.at < h.seen)"""
 
 
 def _ingest_behaviors(

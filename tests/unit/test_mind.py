@@ -56,12 +56,13 @@ def test_history_is_one_second_before_first_impression(store):
 def test_news_become_items_and_reingest_adds_nothing(store):
     ingest_mind(store, MIND, progress=False)
     item = store.execute(
-        "SELECT title, genres, category, description, url FROM items WHERE item_id = 'N1'"
+        "SELECT title, genres, category, tags, description, url FROM items WHERE item_id = 'N1'"
     ).fetchone()
     assert item == (
         'Leaders meet at the "summit"',
-        ["news", "newsworld"],
+        None,
         "news",
+        ["newsworld"],
         "Two leaders met to talk about trade.",
         "https://example.com/n1",
     )
@@ -90,3 +91,22 @@ def test_missing_mind_file(store, tmp_path):
     with pytest.raises(DataValidationError, match="behaviors.tsv"):
         (tmp_path / "news.tsv").write_text((MIND / "news.tsv").read_text())
         ingest_mind(store, tmp_path, progress=False)
+
+
+def test_growing_histories_do_not_leak_later_labels(store, tmp_path):
+    """A converted log whose later lines list the clicks of earlier impressions: each history
+    item is known only from the line that first lists it (or is the earlier click itself)."""
+    (tmp_path / "news.tsv").write_text((MIND / "news.tsv").read_text())
+    (tmp_path / "behaviors.tsv").write_text(
+        "1\tU9\t11/15/2019 8:00:00 AM\tN1\tN2-1 N3-0\n"
+        "2\tU9\t11/15/2019 9:00:00 AM\tN1 N2 N4\tN5-1 N3-0\n"
+        "3\tU9\t11/15/2019 10:00:00 AM\tN1 N2 N4 N5\tN3-1\n"
+    )
+    ingest_mind(store, tmp_path, progress=False)
+    hist = store.execute("""SELECT item_id, strftime(ts, '%H:%M:%S') FROM events
+        WHERE event_id LIKE 'mind:hist:%' ORDER BY ALL""").fetchall()
+    # N1 before line 1; N4 only before line 2; N2 and N5 are the clicks of lines 1 and 2
+    assert hist == [("N1", "07:59:59"), ("N4", "08:59:59")]
+    known_at_line_1 = store.execute("""SELECT item_id FROM events WHERE event_type = 'click'
+        AND ts < TIMESTAMP '2019-11-15 08:00:00' ORDER BY ALL""").fetchall()
+    assert known_at_line_1 == [("N1",)]

@@ -41,6 +41,21 @@ def test_item_text_uses_every_field_in_order() -> None:
     )
 
 
+def test_item_text_of_a_product_or_news_item_uses_its_own_fields() -> None:
+    row = {
+        "title": "Trail shoe",
+        "category": "Footwear",
+        "genres": None,
+        "description": "Light and waterproof.",
+        "tags": ["running", "outdoor"],
+    }
+    assert compose_item_text(row) == (
+        "Trail shoe Category: Footwear. Light and waterproof. Tags: running, outdoor."
+    )
+    # a film keeps its genres (its category is its first genre): MovieLens text is unchanged
+    assert "Category" not in compose_item_text({"title": "A", "genres": ["X"], "category": "X"})
+
+
 @pytest.mark.parametrize(
     "row",
     [

@@ -1,8 +1,10 @@
 """The texts the two towers read: item text and user-interest text, built from the store.
 
-Item text: title (year), genres, overview/plot, tagline, keywords, users' tags, director — in
-that order, so truncation to the token budget drops the least informative parts first.  Items
-with missing fields fall back to what exists (the title at least).
+Item text: title (year), genres (or, for items without genres such as news or products, the
+category), description (overview/plot/abstract), tagline, keywords, tags, director — in that
+order, so truncation to the token budget drops the least informative parts first.  Items with
+missing fields fall back to what exists (the title at least); any catalog composes from the
+fields it has, and MovieLens texts are unchanged.
 
 User text: the user's own tags/comments (most recent first), then their positively engaged items
 newest first, each as a short summary (title, genres, the first words of the overview).  The
@@ -33,7 +35,9 @@ OVERVIEW_WORDS_IN_HISTORY = 16  # words of overview per history item: a hint, no
 HISTORY_ITEMS_WITH_OVERVIEW = 3  # only the newest items carry an overview excerpt
 MAX_NOTES = 10
 
-_ITEM_COLUMNS = "item_id, title, year, description, tagline, keywords, genres, tags, director"
+_ITEM_COLUMNS = (
+    "item_id, title, year, description, tagline, keywords, genres, category, tags, director"
+)
 
 
 def _join(values: Iterable[object] | None, limit: int | None = None) -> str:
@@ -52,8 +56,11 @@ def compose_item_text(row: Mapping[str, object]) -> str:
     """The full item text from one ``items`` row (missing fields are skipped)."""
     parts = [_title(row.get("title"), row.get("year"))]
     genres = _join(row.get("genres"))  # type: ignore[arg-type]
+    category = str(row.get("category") or "").strip()
     if genres:
         parts.append(f"Genres: {genres}.")
+    elif category:  # news, products: a category instead of genres
+        parts.append(f"Category: {category}.")
     for key in ("description", "tagline"):
         value = str(row.get(key) or "").strip()
         if value and value.upper() != "N/A":
@@ -73,7 +80,7 @@ def compose_item_text(row: Mapping[str, object]) -> str:
 def compose_item_summary(row: Mapping[str, object], with_overview: bool) -> str:
     """A short item mention for user histories: title, genres and optionally overview words."""
     text = _title(row.get("title"), row.get("year"))
-    genres = _join(row.get("genres"), 3)  # type: ignore[arg-type]
+    genres = _join(row.get("genres"), 3) or str(row.get("category") or "").strip()  # type: ignore[arg-type]
     if genres:
         text += f" [{genres}]"
     if with_overview:
