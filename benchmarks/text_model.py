@@ -62,7 +62,7 @@ def bench_training(con: Any, settings: Any, device: Any, steps: int) -> dict[str
     from training.text.texts import item_texts
     from training.text.train import LabelHead, _batches, _train_step
 
-    ensure_split(con)
+    ensure_split(con, settings.split)
     batch = settings.text.batch_size
     pairs = build_training_pairs(con, settings, max_pairs=batch * (steps + 1))
     texts = item_texts(con)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import duckdb
 
+from feature_store.task import ensure_macros
 from recsys.core.errors import RecsysError
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def init_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create every table that does not exist yet (idempotent)."""
     ddl = resources.files("feature_store").joinpath("schema.sql").read_text(encoding="utf-8")
     con.execute(ddl)
+    ensure_macros(con)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,12 @@
-"""MovieLens ml-latest-small (+ TMDB 5000 and MeLU item text) -> items and rate/tag events.
+"""MovieLens (ml-latest-small, or a classic ``::`` release such as ML-1M / ML-10M, + optional
+TMDB 5000 and MeLU item text) -> items and rate/tag events.
+
+Layouts found under the data directory (:func:`locate`): ``movielens-small/*.csv`` (the
+documented layout), or the release folder itself holding ``ratings.csv`` + ``movies.csv`` or
+``ratings.dat`` + ``movies.dat`` (``::``-separated, no header).  Ratings and movies are required;
+tags, ``links.csv``, ``movie-text/tmdb_5000_movies.csv`` and ``movie-text/movies_extrainfos.dat``
+are used when present.  ``.dat`` files are read in the encoding given, or detected (UTF-8 when
+the file decodes as UTF-8, else Latin-1, the encoding of ML-1M); CSV files must be UTF-8.
 
 Mapping (docs/ingest.md): ratings -> ``rate`` events (value = rating, id
 ``ml:rate:{userId}:{movieId}:{timestamp}``); tags -> ``tag`` events with their text (id
@@ -41,15 +49,25 @@ REQUIRED = {
     "links": ("movieId", "tmdbId"),
     "tmdb": ("id", "overview", "tagline", "keywords"),
 }
+OPTIONAL = ("tags", "links", "tmdb", "extrainfos")
+ENCODINGS = ("auto", "utf-8", "latin-1")
+# ``::`` releases have no header: their columns, named as in the CSV release
+DAT_COLUMNS = {
+    "ratings": ("userId", "movieId", "rating", "timestamp"),
+    "movies": ("movieId", "title", "genres"),
+    "tags": ("userId", "movieId", "tag", "timestamp"),
+}
 FETCH_HELP = """\
 Put the public files under @DIR@ like this:
-  @DIR@/movielens-small/{ratings,tags,movies,links}.csv
+  @DIR@/movielens-small/{ratings,movies}.csv (required), {tags,links}.csv (optional)
       from the GroupLens "ml-latest-small" zip
       (https://files.grouplens.org/datasets/movielens/ml-latest-small.zip; unzip and rename the
       folder ml-latest-small -> movielens-small)
-  @DIR@/movie-text/tmdb_5000_movies.csv
+  or a classic release folder as unzipped (ML-1M, ML-10M: ratings.dat, movies.dat, tags.dat)
+      passed itself as @DIR@
+  @DIR@/movie-text/tmdb_5000_movies.csv (optional)
       from the Kaggle "TMDB 5000 Movie Dataset" (tmdb-movie-metadata)
-  @DIR@/movie-text/movies_extrainfos.dat
+  @DIR@/movie-text/movies_extrainfos.dat (optional)
       from the MeLU paper's repository (hoyeoplee/MeLU, movielens/movies_extrainfos.dat)
 and pass --data-dir @DIR@ (or set RECSYS_DATA_DIR)."""
 # movieId::title::year::rated::released::genre::director::writer::actors::plot::poster
@@ -69,29 +87,103 @@ class MovieLensSummary:
     results: tuple[IngestResult, ...]
 
 
+@dataclass(frozen=True)
+class Release:
+    """The MovieLens files found: ``paths`` has every required file and the optional ones found."""
+
+    paths: dict[str, Path]
+    fmt: str  # csv | dat
+    encoding: str  # of the .dat files: utf-8 | latin-1
+
+
+def locate(data_dir: Path, encoding: str = "auto") -> Release:
+    """Find a MovieLens release under ``data_dir`` (see the module docstring)."""
+    if encoding not in ENCODINGS:
+        raise DataValidationError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding}")
+    data_dir = Path(data_dir)
+    for folder in (data_dir / "movielens-small", data_dir):
+        fmt = next((f for f in ("csv", "dat") if (folder / f"ratings.{f}").is_file()), None)
+        if fmt is not None:
+            break
+    else:
+        raise DataValidationError(
+            "MovieLens ratings not found (ratings.csv or ratings.dat)\n"
+            + FETCH_HELP.replace("@DIR@", str(data_dir)),
+            path=str(data_dir / FILES["ratings"]),
+        )
+    paths = {name: folder / f"{name}.{fmt}" for name in ("ratings", "movies", "tags")}
+    paths["links"] = folder / "links.csv"
+    for name in ("tmdb", "extrainfos"):
+        file = Path(FILES[name]).name
+        paths[name] = next(
+            (d / file for d in (data_dir / "movie-text", folder) if (d / file).is_file()),
+            data_dir / FILES[name],
+        )
+    if not paths["movies"].is_file():
+        raise DataValidationError(
+            f"MovieLens movies file not found beside {paths['ratings'].name}\n"
+            + FETCH_HELP.replace("@DIR@", str(data_dir)),
+            path=str(paths["movies"]),
+        )
+    found = {k: p for k, p in paths.items() if k not in OPTIONAL or p.is_file()}
+    if encoding == "auto":
+        encoding = "utf-8"
+        if fmt == "dat" and not all(_is_utf8(found[k]) for k in DAT_COLUMNS if k in found):
+            encoding = "latin-1"
+    skipped = sorted(set(OPTIONAL) - set(found))
+    log.info(
+        "movielens: %s release in %s (%s)%s",
+        fmt,
+        folder,
+        encoding,
+        f"; not found, skipped: {', '.join(skipped)}" if skipped else "",
+    )
+    return Release(found, fmt, encoding)
+
+
 def missing_files(data_dir: Path) -> list[Path]:
-    """The MovieLens/text files that are not under ``data_dir``."""
+    """The files of the documented ml-latest-small + text layout not under ``data_dir``."""
     return [data_dir / rel for rel in FILES.values() if not (data_dir / rel).is_file()]
 
 
 def ingest_movielens(
-    con: duckdb.DuckDBPyConnection, data_dir: Path, *, progress: bool = True
+    con: duckdb.DuckDBPyConnection,
+    data_dir: Path,
+    *,
+    progress: bool = True,
+    encoding: str = "auto",
 ) -> MovieLensSummary:
-    """Ingest MovieLens small with its item text (all-or-nothing; re-running adds nothing)."""
-    data_dir = Path(data_dir)
-    missing = missing_files(data_dir)
-    if missing:
-        raise DataValidationError(
-            "MovieLens files not found: "
-            + ", ".join(str(p) for p in missing)
-            + "\n"
-            + FETCH_HELP.replace("@DIR@", str(data_dir)),
-            path=str(missing[0]),
+    """Ingest a MovieLens release with its item text (all-or-nothing; re-running adds nothing)."""
+    release = locate(Path(data_dir), encoding)
+    rel = {name: _relation(release, name) for name in release.paths}
+    _check_files(con, release)
+    with transaction(con):
+        items = _ingest_items(con, release, rel, progress)
+        ratings = _events_batch(
+            con,
+            release.paths["ratings"],
+            SOURCE + "-ratings",
+            RATINGS_SELECT + rel["ratings"],
+            progress,
         )
-    paths = {name: data_dir / rel for name, rel in FILES.items()}
-    for name, path in paths.items():  # whole-file checks before anything is written
-        check_file(path, "csv" if name != "extrainfos" else "dat")
-        if name in REQUIRED:
+        results = [items, ratings]
+        if "tags" in release.paths:
+            results.append(_ingest_tags(con, release.paths["tags"], rel["tags"], progress))
+    summary = _summary(con, tuple(results), str(release.paths["movies"]))
+    log.info("movielens: %s", {k: v for k, v in summary.__dict__.items() if k != "results"})
+    return summary
+
+
+def _check_files(con: duckdb.DuckDBPyConnection, release: Release) -> None:
+    """Whole-file checks before anything is written."""
+    for name, path in release.paths.items():
+        dat = release.fmt == "dat" and name in DAT_COLUMNS
+        if dat and release.encoding != "utf-8":
+            if path.stat().st_size == 0:
+                raise DataValidationError("file is empty", path=str(path), row=0)
+            continue
+        check_file(path, "dat" if dat or name == "extrainfos" else "csv")
+        if name in REQUIRED and not dat:
             found = staged_columns(con, path, "csv")
             lacking = [c for c in REQUIRED[name] if c not in found]
             if lacking:
@@ -101,55 +193,71 @@ def ingest_movielens(
                     row=0,
                     column=lacking[0],
                 )
-    with transaction(con):
-        items = _ingest_items(con, paths, progress)
-        ratings = _ingest_ratings(con, paths["ratings"], progress)
-        tags = _ingest_tags(con, paths["tags"], progress)
-    results = (items, ratings, tags)
-    summary = _summary(con, results, str(paths["movies"]))
-    log.info("movielens: %s", {k: v for k, v in summary.__dict__.items() if k != "results"})
-    return summary
+
+
+def _relation(release: Release, name: str) -> str:
+    """The SQL relation reading one file (``::`` files with the CSV release's column names)."""
+    path = release.paths[name]
+    if release.fmt == "dat" and name in DAT_COLUMNS:
+        cols = ", ".join(f"'{c}': 'VARCHAR'" for c in DAT_COLUMNS[name])
+        quoted = str(path).replace("'", "''")
+        return (
+            f"read_csv('{quoted}', delim='::', header=false, quote='', escape='', "
+            f"columns={{{cols}}}, auto_detect=false, strict_mode=true, "
+            f"encoding='{release.encoding}')"
+        )
+    return reader_sql(path, "csv")
+
+
+def _is_utf8(path: Path) -> bool:
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _ingest_items(
-    con: duckdb.DuckDBPyConnection, paths: dict[str, Path], progress: bool
+    con: duckdb.DuckDBPyConnection, release: Release, rel: dict[str, str], progress: bool
 ) -> IngestResult:
+    movies = release.paths["movies"]
     with open_batch(
-        con,
-        SOURCE + "-items",
-        str(paths["movies"]),
-        steps=3,
-        progress=progress,
-        own_transaction=False,
+        con, SOURCE + "-items", str(movies), steps=3, progress=progress, own_transaction=False
     ) as batch:
         extra = batch.tmp("extra")
-        con.register(extra, _read_extrainfos(paths["extrainfos"]))
+        con.register(extra, _read_extrainfos(release.paths.get("extrainfos")))
         table = batch.tmp("movies")
         try:
-            rows = stage_query(con, _items_sql(paths, extra), table, path=paths["movies"])
+            rows = stage_query(con, _items_sql(rel, extra), table, path=movies)
         finally:
             con.unregister(extra)
         batch.step(f"read {rows} movies")
-        result = write_items(batch, table, rows_read=rows, path=str(paths["movies"]))
+        result = write_items(batch, table, rows_read=rows, path=str(movies))
         batch.record(result)
         drop_stage(con, table)
     return result
 
 
-def _items_sql(paths: dict[str, Path], extra: str) -> str:
+def _items_sql(rel: dict[str, str], extra: str) -> str:
     year_re = r"\((\d{4})[^)]*\)\s*$"
     kw = """list_transform(from_json(keywords, '[{"name":"VARCHAR"}]'), k -> k.name)"""
+    links = rel.get("links", "(SELECT NULL::VARCHAR AS movieId, NULL::VARCHAR AS tmdbId LIMIT 0)")
+    tmdb = rel.get(
+        "tmdb",
+        "(SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS overview, NULL::VARCHAR AS tagline, "
+        "NULL::VARCHAR AS keywords LIMIT 0)",
+    )
+    tags = rel.get("tags", "(SELECT NULL::VARCHAR AS movieId, NULL::VARCHAR AS tag LIMIT 0)")
     return f"""
-    WITH movies AS (SELECT * FROM {reader_sql(paths["movies"], "csv")}),
-    links AS (SELECT movieId, nullif(trim(tmdbId), '') AS tmdb_id
-              FROM {reader_sql(paths["links"], "csv")}),
+    WITH movies AS (SELECT * FROM {rel["movies"]}),
+    links AS (SELECT movieId, nullif(trim(tmdbId), '') AS tmdb_id FROM {links}),
     tmdb AS (SELECT trim(id) AS tmdb_id, nullif(trim(overview), '') AS overview,
                     nullif(trim(tagline), '') AS tagline,
                     CASE WHEN json_valid(keywords) THEN {kw} END AS keywords
-             FROM {reader_sql(paths["tmdb"], "csv")}
+             FROM {tmdb}
              QUALIFY row_number() OVER (PARTITION BY trim(id) ORDER BY overview NULLS LAST) = 1),
     tags AS (SELECT trim(movieId) AS movieId, list(DISTINCT trim(tag) ORDER BY trim(tag)) AS tags
-             FROM {reader_sql(paths["tags"], "csv")} WHERE nullif(trim(tag), '') IS NOT NULL
+             FROM {tags} WHERE nullif(trim(tag), '') IS NOT NULL
              GROUP BY ALL)
     SELECT trim(m.movieId) AS item_id,
         coalesce(nullif(regexp_replace(trim(m.title), '\\s*{year_re}', ''), ''), trim(m.title))
@@ -171,11 +279,13 @@ def _items_sql(paths: dict[str, Path], extra: str) -> str:
     LEFT JOIN tags g ON g.movieId = trim(m.movieId)"""
 
 
-def _read_extrainfos(path: Path) -> pa.Table:
-    """Parse the MeLU ``::``-separated file (small: 3.9k lines, so plain Python)."""
+def _read_extrainfos(path: Path | None) -> pa.Table:
+    """Parse the MeLU ``::``-separated file (small: 3.9k lines, so plain Python); None: empty."""
     columns: dict[str, list[str | None]] = {
         k: [] for k in ("movie_id", "year", "director", "actors", "plot")
     }
+    if path is None:
+        return pa.table({k: pa.array([], type=pa.string()) for k in columns})
     with path.open(encoding="utf-8", newline="") as fh:
         for line_no, line in enumerate(fh, start=1):
             parts = line.rstrip("\r\n").split("::")
@@ -203,24 +313,24 @@ def _events_batch(
     with open_batch(
         con, kind, str(path), steps=4, progress=progress, own_transaction=False
     ) as batch:
-        result = write_events(batch, f"{select} FROM {reader_sql(path, 'csv')}", path=str(path))
+        result = write_events(batch, select, path=str(path))
         batch.record(result)
     return result
 
 
-def _ingest_ratings(con: duckdb.DuckDBPyConnection, path: Path, progress: bool) -> IngestResult:
-    select = """SELECT 'ml:rate:' || trim(userId) || ':' || trim(movieId) || ':' || trim(timestamp)
-        AS event_id, userId AS user_id, movieId AS item_id, 'rate' AS event_type,
-        timestamp AS ts, rating AS value, NULL::VARCHAR AS text, NULL::VARCHAR AS request_id,
-        NULL::VARCHAR AS position"""
-    return _events_batch(con, path, SOURCE + "-ratings", select, progress)
+RATINGS_SELECT = """SELECT 'ml:rate:' || trim(userId) || ':' || trim(movieId) || ':'
+    || trim(timestamp) AS event_id, userId AS user_id, movieId AS item_id, 'rate' AS event_type,
+    timestamp AS ts, rating AS value, NULL::VARCHAR AS text, NULL::VARCHAR AS request_id,
+    NULL::VARCHAR AS position FROM """
 
 
-def _ingest_tags(con: duckdb.DuckDBPyConnection, path: Path, progress: bool) -> IngestResult:
-    select = """SELECT 'ml:tag:' || trim(userId) || ':' || trim(movieId) || ':' || trim(timestamp)
-        || ':' || md5(coalesce(tag, ''))[:12] AS event_id, userId AS user_id,
+def _ingest_tags(
+    con: duckdb.DuckDBPyConnection, path: Path, relation: str, progress: bool
+) -> IngestResult:
+    select = f"""SELECT 'ml:tag:' || trim(userId) || ':' || trim(movieId) || ':'
+        || trim(timestamp) || ':' || md5(coalesce(tag, ''))[:12] AS event_id, userId AS user_id,
         movieId AS item_id, 'tag' AS event_type, timestamp AS ts, NULL::VARCHAR AS value,
-        tag AS text, NULL::VARCHAR AS request_id, NULL::VARCHAR AS position"""
+        tag AS text, NULL::VARCHAR AS request_id, NULL::VARCHAR AS position FROM {relation}"""
     return _events_batch(con, path, SOURCE + "-tags", select, progress)
 
 

@@ -47,6 +47,7 @@ def evaluate(
 ) -> None:
     """Evaluate on protocol v1 (MovieLens) and write report.json, report.md and plots."""
     from feature_store.db import connect
+    from recsys.core.errors import EvaluationError
     from recsys.evaluation.protocol import PROTOCOL, SYSTEMS, run_protocol
     from recsys.evaluation.report import log_to_mlflow, write_report
     from training import registry
@@ -61,9 +62,16 @@ def evaluate(
     try:
         fingerprint = registry.data_fingerprint(con)
         if not replay_only:
-            report = run_protocol(settings, con, chosen)
+            try:
+                report = run_protocol(settings, con, chosen)
+            except EvaluationError as exc:
+                if not replay_source:
+                    raise
+                log.warning("%s", exc)
+                report["skipped"]["protocol"] = str(exc)
         if replay_source:
             report["replay"] = _replay(settings, con, replay_source)
+            _check_replay(report["replay"])
     finally:
         con.close()
     files = write_report(report, out)
@@ -83,6 +91,18 @@ def evaluate(
             f"nDCG@5 {m['ndcg@5']:.4f}  nDCG@10 {m['ndcg@10']:.4f}  lists {m['impressions']}"
         )
     click.echo(f"report: {out / 'report.md'} (MLflow run {run_id})")
+
+
+def _check_replay(result: dict[str, Any]) -> None:
+    """Refuse a replay in which no list has both a click and a non-click (nothing scored)."""
+    from recsys.core.errors import EvaluationError
+
+    lists = [int(m.get("impressions", 0)) for m in result.get("systems", {}).values()]
+    if not lists or max(lists) == 0:
+        raise EvaluationError(
+            "nothing to evaluate: no logged impression list has both a click and a non-click "
+            f"({result.get('requests', 0)} lists read from {result.get('source', 'the log')})"
+        )
 
 
 def _replay(settings: Any, con: Any, source: str) -> dict[str, Any]:

@@ -66,17 +66,25 @@ def items(ctx: click.Context, file: Path, fmt: str | None, strict: bool) -> None
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Holds movielens-small/ and movie-text/ (default: the root --data-dir).",
+    help="Holds movielens-small/ and movie-text/, or is a MovieLens release folder "
+    "(ml-latest-small, ML-1M, ML-10M) itself (default: the root --data-dir).",
+)
+@click.option(
+    "--encoding",
+    type=click.Choice(("auto", "utf-8", "latin-1")),
+    default="auto",
+    show_default=True,
+    help="Encoding of the '::' files (ML-1M is Latin-1); auto: UTF-8 if they decode as UTF-8.",
 )
 @click.pass_context
-def movielens(ctx: click.Context, data_dir: Path | None) -> None:
-    """Ingest MovieLens ml-latest-small with TMDB and OMDb item text."""
+def movielens(ctx: click.Context, data_dir: Path | None, encoding: str) -> None:
+    """Ingest MovieLens (ml-latest-small or a '::' release) with optional TMDB/OMDb item text."""
     from feature_store.adapters.movielens import ingest_movielens
 
     settings = settings_from(ctx, data_dir=str(data_dir) if data_dir else None)
     with _store(ctx) as con:
         started = time.monotonic()
-        summary = ingest_movielens(con, settings.data_dir)
+        summary = ingest_movielens(con, settings.data_dir, encoding=encoding)
         click.echo(
             f"movielens: {summary.ratings:,} rate events, {summary.tags:,} tag events, "
             f"{summary.movies:,} movies; text (overview or plot) for "
@@ -141,6 +149,10 @@ def _report(
         click.echo(f"first quarantined rows (all {bad:,} are in the quarantine table):", err=True)
         for source, row, column, reason, raw in rows:
             click.echo(f"  file {source}, row {row}, column {column!r}: {reason}  {raw}", err=True)
+    from feature_store.task import apply_task
+
+    task = apply_task(con, settings_from(ctx).task)
+    click.echo(task.describe())
     click.echo(f"done in {time.monotonic() - started:.1f} s; store {settings_from(ctx).db_path}")
     if bad:
         ctx.exit(EXIT_QUARANTINED)

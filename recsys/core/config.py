@@ -15,13 +15,14 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 
 from recsys.core.errors import ConfigError
-from recsys.core.rules import HISTORY_LENGTH
+from recsys.core.rules import HISTORY_LENGTH, TASK_PRESETS_NAMES, parse_grade
 
 ENV_PREFIX = "RECSYS_"
 CONFIG_FILE_ENV = "RECSYS_CONFIG"
@@ -106,6 +107,81 @@ class ServingSettings:
     queue_deadline_ms: float = 500.0
 
 
+SPLIT_KINDS = ("user_time", "global_time")
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """How the event log is split into fit / val / test (ARCHITECTURE.md, docs/ranking.md).
+
+    ``user_time``: per user, the last ``test_percent`` % (ceil) of the user's split events are
+    test and the end of the rest (``val_percent`` %) validation; a user's split events are their
+    ratings when they have any (protocol v1), else all their interaction events.  Every other
+    event of the user counts only before the user's cut.  ``global_time``: one cut for everyone;
+    test is everything at or after ``test_start`` (ISO date/time; empty: the last ``test_days``
+    days of the log), validation the ``val_days`` days before it.
+    """
+
+    kind: str = "user_time"
+    test_percent: int = 20
+    val_percent: int = 20
+    test_start: str = ""
+    test_days: float = 1.0
+    val_days: float = 1.0
+    # exposure, not interaction: never defines a user's cut (still filtered by it)
+    exposure_event_types: tuple[str, ...] = ("impression",)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SPLIT_KINDS:
+            raise ConfigError(
+                f"split.kind must be one of {', '.join(SPLIT_KINDS)}; got {self.kind!r}"
+            )
+        for name in ("test_percent", "val_percent"):
+            if not 0 < getattr(self, name) < 100:
+                raise ConfigError(f"split.{name} must be in 1..99; got {getattr(self, name)}")
+        if self.test_days <= 0 or self.val_days <= 0:
+            raise ConfigError("split.test_days and split.val_days must be > 0")
+        if self.test_start:
+            try:
+                datetime.fromisoformat(self.test_start)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"split.test_start must be an ISO date or time such as 2019-11-14 or "
+                    f"2019-11-14T00:00:00; got {self.test_start!r}"
+                ) from exc
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What the log teaches (``recsys.core.rules.Task``; docs/ranking.md "Task").
+
+    ``preset``: ``auto`` (detected from the store: ``ratings`` when it has ``rate`` events,
+    ``impressions`` when it has served lists, else ``events``), ``ratings``, ``impressions`` or
+    ``events``.  The other fields override the preset's when set: ``positive_event_types``
+    (e.g. ``["purchase"]``), ``positive_rating`` (a ``rate`` at or above is positive; < 0: the
+    preset's 4.0), ``negative_rating`` (at or below: explicit negative; < 0: 2.5), ``grades``
+    (``["purchase:2", "click:1", "rate>=4.5:3"]``, best first) and ``impression_negatives``
+    (shown-not-clicked items of a served list are explicit negatives).
+    """
+
+    preset: str = "auto"
+    positive_event_types: tuple[str, ...] = ()
+    positive_rating: float = -1.0
+    negative_rating: float = -1.0
+    grades: tuple[str, ...] = ()
+    impression_negatives: bool = True
+
+    def __post_init__(self) -> None:
+        names = ("auto", *TASK_PRESETS_NAMES)
+        if self.preset not in names:
+            raise ConfigError(f"task.preset must be one of {', '.join(names)}; got {self.preset!r}")
+        for spec in self.grades:
+            try:
+                parse_grade(spec)
+            except ValueError as exc:
+                raise ConfigError(f"task.grades: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings for one home directory."""
@@ -121,6 +197,8 @@ class Settings:
     text: TextSettings = field(default_factory=TextSettings)
     ranker: RankerSettings = field(default_factory=RankerSettings)
     serving: ServingSettings = field(default_factory=ServingSettings)
+    split: SplitSettings = field(default_factory=SplitSettings)
+    task: TaskSettings = field(default_factory=TaskSettings)
 
     def __post_init__(self) -> None:
         if self.device not in {"auto", "cpu", "cuda"}:

@@ -67,3 +67,10 @@ class TrainingError(RecsysError):
 
     code = "training_error"
     http_status = 500
+
+
+class EvaluationError(RecsysError):
+    """Nothing can be evaluated: no held-out user with a positive, no replayable list."""
+
+    code = "nothing_to_evaluate"
+    http_status = 409

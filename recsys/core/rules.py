@@ -10,33 +10,196 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# -- positives and labels ----------------------------------------------------------------------
+# -- positives, explicit negatives and labels: the task ---------------------------------------
 
-# Engagement events that count as a positive signal whatever their value.
-POSITIVE_EVENT_TYPES: tuple[str, ...] = ("click", "like", "share", "purchase")
-# A ``rate`` event is positive when its value is at least this (protocol v1: rating >= 4.0).
-POSITIVE_RATING = 4.0
-# The ranker's graded labels, best first: (minimum rating, grade); positive engagement events
-# without a qualifying rating get ``ENGAGEMENT_GRADE``, anything else 0.
-RATING_GRADES: tuple[tuple[float, int], ...] = ((4.5, 3), (POSITIVE_RATING, 2))
-ENGAGEMENT_GRADE = 1
+TASK_PRESETS_NAMES: tuple[str, ...] = ("ratings", "impressions", "events")
+EXPOSURE_EVENT_TYPE = "impression"  # shown to the user; a click in the same list engages with it
 
 
-def is_positive(event_type: str, value: float | None) -> bool:
-    """The positive-interaction rule on one event (the SQL form is ``feature_store.rules_sql``)."""
-    if event_type == "rate":
-        return value is not None and value >= POSITIVE_RATING
-    return event_type in POSITIVE_EVENT_TYPES
+@dataclass(frozen=True)
+class Grade:
+    """A label grade: ``event_type`` events (``value >= min_value`` when set) get ``grade``."""
+
+    event_type: str
+    grade: int
+    min_value: float | None = None
+
+    def matches(self, event_type: str, value: float | None) -> bool:
+        if event_type != self.event_type:
+            return False
+        return self.min_value is None or (value is not None and value >= self.min_value)
+
+    def spec(self) -> str:
+        cond = "" if self.min_value is None else f">={self.min_value:g}"
+        return f"{self.event_type}{cond}:{self.grade}"
 
 
-def label_grade(event_type: str, value: float | None) -> int:
-    """The ranker's label for one event: a rating grade, the engagement grade, or 0."""
-    if event_type == "rate":
-        for threshold, grade in RATING_GRADES:
-            if value is not None and value >= threshold:
-                return grade
+@dataclass(frozen=True)
+class Task:
+    """What the log teaches: positives, explicit negatives and the ranker's label grades.
+
+    One instance per store and settings (``feature_store.task.apply_task`` resolves it and
+    installs it as SQL macros); every layer that decides "positive" goes through it.
+    """
+
+    preset: str
+    positive_event_types: tuple[str, ...]  # positive whatever their value
+    positive_rating: float | None  # a ``rate`` event at or above is positive (None: never)
+    negative_rating: float | None  # a ``rate`` event at or below is an explicit negative
+    impression_negatives: bool  # shown but not clicked in the same served list: negative
+    grades: tuple[Grade, ...]  # best first; the first that matches wins, else 0
+
+    def is_positive(self, event_type: str, value: float | None) -> bool:
+        if event_type == "rate":
+            return (
+                self.positive_rating is not None
+                and value is not None
+                and (value >= self.positive_rating)
+            )
+        return event_type in self.positive_event_types
+
+    def is_explicit_negative(self, event_type: str, value: float | None) -> bool:
+        """A low rating (the SQL form adds unclicked impressions, which need the list)."""
+        return (
+            event_type == "rate"
+            and self.negative_rating is not None
+            and value is not None
+            and value <= self.negative_rating
+        )
+
+    def label_grade(self, event_type: str, value: float | None) -> int:
+        for g in self.grades:
+            if g.matches(event_type, value):
+                return g.grade
         return 0
-    return ENGAGEMENT_GRADE if event_type in POSITIVE_EVENT_TYPES else 0
+
+    def describe(self) -> str:
+        rating = (
+            f"rate >= {self.positive_rating:g}" if self.positive_rating is not None else "no rating"
+        )
+        return (
+            f"task {self.preset}: positive = {', '.join(self.positive_event_types)} or {rating}; "
+            f"explicit negatives = "
+            + ", ".join(
+                x
+                for x in (
+                    f"rate <= {self.negative_rating:g}" if self.negative_rating is not None else "",
+                    "impressions not clicked" if self.impression_negatives else "",
+                )
+                if x
+            )
+            + f"; grades {' '.join(g.spec() for g in self.grades)}"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "preset": self.preset,
+            "positive_event_types": list(self.positive_event_types),
+            "positive_rating": self.positive_rating,
+            "negative_rating": self.negative_rating,
+            "impression_negatives": self.impression_negatives,
+            "grades": [g.spec() for g in self.grades],
+        }
+
+
+def parse_grade(spec: str) -> Grade:
+    """``"purchase:2"`` or ``"rate>=4.5:3"`` -> ``Grade``; ``ValueError`` says what is wrong."""
+    head, sep, grade = spec.strip().rpartition(":")
+    if not sep or not head:
+        raise ValueError(f"grade {spec!r} must read EVENT_TYPE[>=VALUE]:GRADE, e.g. purchase:2")
+    event_type, cmp, threshold = head.partition(">=")
+    try:
+        return Grade(event_type.strip().lower(), int(grade), float(threshold) if cmp else None)
+    except ValueError as exc:
+        raise ValueError(f"grade {spec!r}: GRADE must be an integer, VALUE a number") from exc
+
+
+_ENGAGEMENT = ("click", "like", "share", "purchase")
+POSITIVE_RATING = 4.0  # protocol v1: rating >= 4.0
+LOW_RATING = 2.5  # a rating at or below is an explicit negative
+
+# ``ratings`` is protocol v1's task (MovieLens); ``impressions`` logs (MIND-style) have served
+# lists; ``events`` logs (clicks, purchases) have neither ratings nor lists.
+TASK_PRESETS: Mapping[str, Task] = {
+    "ratings": Task(
+        "ratings",
+        _ENGAGEMENT,
+        POSITIVE_RATING,
+        LOW_RATING,
+        True,
+        (
+            Grade("rate", 3, 4.5),
+            Grade("rate", 2, POSITIVE_RATING),
+            *(Grade(t, 1) for t in _ENGAGEMENT),
+        ),
+    ),
+    "impressions": Task(
+        "impressions",
+        _ENGAGEMENT,
+        POSITIVE_RATING,
+        LOW_RATING,
+        True,
+        (
+            Grade("purchase", 2),
+            Grade("rate", 2, POSITIVE_RATING),
+            *(Grade(t, 1) for t in _ENGAGEMENT[:3]),
+        ),
+    ),
+    "events": Task(
+        "events",
+        _ENGAGEMENT,
+        POSITIVE_RATING,
+        LOW_RATING,
+        True,
+        (
+            Grade("purchase", 2),
+            Grade("rate", 2, POSITIVE_RATING),
+            *(Grade(t, 1) for t in _ENGAGEMENT[:3]),
+        ),
+    ),
+}
+DEFAULT_TASK = TASK_PRESETS["ratings"]
+
+
+def detect_preset(event_types: set[str], has_served_lists: bool) -> str:
+    """``auto``: ratings when the log has ``rate`` events, impressions when it has served lists
+    (impressions with a request id), else events."""
+    if "rate" in event_types:
+        return "ratings"
+    return "impressions" if has_served_lists else "events"
+
+
+def make_task(
+    preset: str,
+    *,
+    positive_event_types: tuple[str, ...] = (),
+    positive_rating: float | None = None,
+    negative_rating: float | None = None,
+    grades: tuple[str, ...] = (),
+    impression_negatives: bool | None = None,
+) -> Task:
+    """The preset's task with each given field overriding it."""
+    if preset not in TASK_PRESETS:
+        raise ValueError(f"task preset must be one of {', '.join(TASK_PRESETS)}; got {preset!r}")
+    base = TASK_PRESETS[preset]
+    return Task(
+        preset,
+        tuple(t.lower() for t in positive_event_types) or base.positive_event_types,
+        base.positive_rating if positive_rating is None else positive_rating,
+        base.negative_rating if negative_rating is None else negative_rating,
+        base.impression_negatives if impression_negatives is None else impression_negatives,
+        tuple(parse_grade(g) for g in grades) or base.grades,
+    )
+
+
+def is_positive(event_type: str, value: float | None, task: Task = DEFAULT_TASK) -> bool:
+    """The positive-interaction rule on one event (the SQL form is ``feature_store.rules_sql``)."""
+    return task.is_positive(event_type, value)
+
+
+def label_grade(event_type: str, value: float | None, task: Task = DEFAULT_TASK) -> int:
+    """The ranker's label for one event: its task grade, or 0."""
+    return task.label_grade(event_type, value)
 
 
 # -- protocol v1 split -------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def run_protocol(
     settings: Settings, con: duckdb.DuckDBPyConnection, systems: Sequence[str] = SYSTEMS
 ) -> dict[str, Any]:
     """Evaluate ``systems`` on protocol v1; systems that cannot run are listed under ``skipped``."""
-    data = load_protocol(con)
+    data = load_protocol(con, settings)
     report: dict[str, Any] = {"protocol": PROTOCOL, "systems": {}, "skipped": {}, "timings_s": {}}
     builders = _builders(settings, con, data, report)
     for name in systems:

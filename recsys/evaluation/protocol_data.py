@@ -9,9 +9,12 @@ from typing import Any
 import duckdb
 
 from feature_store.interactions import Interactions
-from feature_store.rules_sql import positive_rating_sql
+from feature_store.rules_sql import positive_sql
 from feature_store.splits import ensure_split
+from feature_store.task import apply_task, stored_task
 from recsys.core import rules
+from recsys.core.config import Settings
+from recsys.core.errors import EvaluationError
 from recsys.core.rules import COLD_ITEM_MAX_EVENTS
 
 log = logging.getLogger(__name__)
@@ -32,9 +35,11 @@ class ProtocolData:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def load_protocol(con: duckdb.DuckDBPyConnection) -> ProtocolData:
-    """Read the protocol v1 split (materializing it when missing)."""
-    ensure_split(con)
+def load_protocol(con: duckdb.DuckDBPyConnection, settings: Settings | None = None) -> ProtocolData:
+    """Read the split of ``settings.split`` (materializing it when missing or stale)."""
+    if settings is not None:
+        apply_task(con, settings.task)
+    ensure_split(con, settings.split if settings is not None else None)
     train = Interactions.from_store(con, rules.TRAIN_SCOPE.events)
     rows = con.execute(
         f"""
@@ -42,7 +47,7 @@ def load_protocol(con: duckdb.DuckDBPyConnection) -> ProtocolData:
                         WHERE part IN ('fit', 'val') GROUP BY item_id)
         SELECT s.user_id, s.item_id, coalesce(c.n, 0) <= {COLD_ITEM_MAX_EVENTS} AS cold
         FROM split_v1 s LEFT JOIN counts c USING (item_id)
-        WHERE s.part = 'test' AND {positive_rating_sql("s.rating")}
+        WHERE s.part = 'test' AND {positive_sql("s")}
         """
     ).fetchall()
     truth: dict[str, set[str]] = {}
@@ -53,13 +58,33 @@ def load_protocol(con: duckdb.DuckDBPyConnection) -> ProtocolData:
             cold.setdefault(user, set()).add(item)
     history = dict(con.execute("SELECT user_id, n_fit + n_val FROM split_v1_users").fetchall())
     users = sorted(truth)
+    if not users:
+        raise EvaluationError(_no_users_reason(con))
     log.info(
         "protocol v1: %d users with test positives (%d with cold positives), catalog %d",
         len(users),
         len(cold),
         train.n_items,
     )
-    return ProtocolData(train, users, truth, cold, history, train.n_items)
+    extra: dict[str, Any] = {"task": stored_task(con).describe()}
+    return ProtocolData(train, users, truth, cold, history, train.n_items, extra)
+
+
+def _no_users_reason(con: duckdb.DuckDBPyConnection) -> str:
+    row = con.execute(
+        """SELECT count(DISTINCT user_id), count(*) FILTER (WHERE part = 'test'),
+                  count(*) FILTER (WHERE part = 'test' AND rating IS NOT NULL),
+                  (SELECT any_value(kind) FROM split_v1_spec)
+           FROM split_v1"""
+    ).fetchone()
+    users, test, rated, kind = row if row is not None else (0, 0, 0, None)
+    return (
+        f"nothing to evaluate: no user has a positive in the test part of the "
+        f"{kind or 'user_time'} split ({users} users with split events, {test} test events, "
+        f"{rated} of them ratings; {stored_task(con).describe()}). Ingest more events, set "
+        "[task] positive_event_types / positive_rating to match the log, or, for an impression "
+        "log, `recsys evaluate --replay store` scores the logged lists."
+    )
 
 
 def generator_rankings(gen: Any, data: ProtocolData) -> dict[str, list[str]]:

@@ -75,7 +75,8 @@ def markdown(report: dict[str, Any]) -> str:
                 "",
             ]
         lines += [
-            f"Definitions: positives are test ratings >= {POSITIVE_RATING:g}; users with >= 1 "
+            f"Definitions: positives are the task's test positives "
+            f"({report.get('task', f'ratings >= {POSITIVE_RATING:g}')}); users with >= 1 "
             "test positive; full ranking over items not rated in train; cold_ndcg@10 keeps "
             f"only test positives whose item has <= {COLD_ITEM_MAX_EVENTS} train ratings, "
             "over users with >= 1 such "

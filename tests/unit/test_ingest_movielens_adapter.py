@@ -140,3 +140,50 @@ def test_bad_extrainfos_line_names_row(store, data_dir):
         ml.ingest_movielens(store, data_dir, progress=False)
     assert err.value.row == 1
     assert table_counts(store)["items"] == 0
+
+
+@pytest.fixture
+def ml1m_dir(tmp_path: Path) -> Path:
+    """An ML-1M-style release: '::'-separated, no header, Latin-1, no links/tags/TMDB."""
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "movies.dat").write_bytes(
+        "1::Toy Story (1995)::Animation|Children's|Comedy\n"
+        '2::Café "Noir", Le (1998)::Drama\n'.encode("latin-1")
+    )
+    (folder / "ratings.dat").write_bytes(
+        b"1::1::5::978300760\n1::2::3::978302109\n2::2::4::978301968\n"
+    )
+    return folder
+
+
+@pytest.mark.parametrize("encoding", ["auto", "latin-1"])
+def test_classic_dat_release_latin1(store, ml1m_dir, encoding):
+    release = ml.locate(ml1m_dir, encoding)
+    assert (release.fmt, release.encoding) == ("dat", "latin-1")
+    assert set(release.paths) == {"ratings", "movies"}
+    summary = ml.ingest_movielens(store, ml1m_dir, progress=False, encoding=encoding)
+    assert (summary.ratings, summary.tags, summary.movies, summary.quarantined) == (3, 0, 2, 0)
+    items = store.execute("SELECT item_id, title, year, genres FROM items ORDER BY item_id")
+    assert items.fetchall() == [
+        ("1", "Toy Story", 1995, ["Animation", "Children's", "Comedy"]),
+        ("2", 'Café "Noir", Le', 1998, ["Drama"]),
+    ]
+    events = store.execute("SELECT event_id, value FROM events ORDER BY event_id").fetchall()
+    assert events[0] == ("ml:rate:1:1:978300760", 5.0)
+
+
+def test_dat_release_with_tags_utf8(store, ml1m_dir):
+    (ml1m_dir / "movies.dat").write_text("1::Amélie (2001)::Comedy\n", encoding="utf-8")
+    (ml1m_dir / "ratings.dat").write_text("1::1::4.5::1230000000\n")
+    (ml1m_dir / "tags.dat").write_text("1::1::paris::1230000001\n", encoding="utf-8")
+    assert ml.locate(ml1m_dir).encoding == "utf-8"
+    summary = ml.ingest_movielens(store, ml1m_dir, progress=False)
+    assert (summary.ratings, summary.tags, summary.items_with_tags) == (1, 1, 1)
+    assert store.execute("SELECT title, tags FROM items").fetchall() == [("Amélie", ["paris"])]
+
+
+def test_no_release_found_says_what_to_put_where(store, tmp_path):
+    with pytest.raises(DataValidationError, match="ratings.csv or ratings.dat") as err:
+        ml.ingest_movielens(store, tmp_path, progress=False)
+    assert "ML-1M" in str(err.value)

@@ -3,8 +3,8 @@
 A group is (user, cutoff); its rows are the blender's candidates for that user from the events
 before the cutoff; the label is the user's engagement with the candidate after the cutoff:
 
-    ``recsys.core.rules.RATING_GRADES`` for good ratings, ``ENGAGEMENT_GRADE`` (1) for a
-    positive engagement event (click / like / share / purchase), 0 otherwise
+    the store task's grade (``recsys.core.rules.Task.grades``: ratings 3 / 2, engagement 1
+    for protocol v1; purchase 2, click 1 for the event presets), 0 otherwise
 
 Training reads ``events_fit_v1`` with cutoff ``val_start`` and labels from the ``val`` part
 (text vectors of scope ``fit_v1``); test scoring reads ``events_train_v1`` with cutoff
@@ -22,7 +22,7 @@ import duckdb
 import polars as pl
 
 from feature_store.interactions import Interactions
-from feature_store.rules_sql import label_sql, positive_rating_sql
+from feature_store.rules_sql import label_sql, positive_sql
 from recsys.algorithms.candidates import Blender, default_generators
 from recsys.algorithms.ranking import TextFeatures, assemble
 from recsys.core.config import Settings
@@ -69,7 +69,7 @@ def labels(con: duckdb.DuckDBPyConnection, stage: Stage) -> pl.DataFrame:
     """(user_id, item_id, label): the best engagement in the stage's label part."""
     return con.execute(
         f"""
-        SELECT e.user_id, e.item_id, max({label_sql()})::INTEGER AS label
+        SELECT e.user_id, e.item_id, max({label_sql("e")})::INTEGER AS label
         FROM events e JOIN split_v1 s USING (event_id)
         WHERE s.part = '{stage.label_part}'
         GROUP BY ALL
@@ -142,9 +142,8 @@ def candidate_recall(frame: pl.DataFrame, truth: pl.DataFrame) -> float:
 
 
 def positives(con: duckdb.DuckDBPyConnection, part: str) -> pl.DataFrame:
-    """(user_id, item_id) of the protocol positives (positive ratings) in ``part``."""
+    """(user_id, item_id) of the task's positives among the split events of ``part``."""
     return con.execute(
-        "SELECT DISTINCT user_id, item_id FROM split_v1 "
-        f"WHERE part = ? AND {positive_rating_sql()}",
+        f"SELECT DISTINCT user_id, item_id FROM split_v1 WHERE part = ? AND {positive_sql()}",
         [part],
     ).pl()

@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 
 from feature_store.splits import ensure_split
+from feature_store.task import apply_task
 from recsys.core import rules
 from recsys.core.config import Settings
 from training import registry
@@ -32,7 +33,8 @@ def train_and_log(
     """Train the ranker and its no-text ablation; one MLflow run; returns a summary."""
 
     started = time.perf_counter()
-    ensure_split(con)
+    apply_task(con, settings.task)
+    ensure_split(con, settings.split)
     text_index = load_text_index(settings, con, scope=dataset.FIT.text_scope)
     text_version = text_index.model_version if text_index is not None else None
     frame, generators = dataset.build_frame(con, settings, dataset.FIT, text_index=text_index)

@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from feature_store.rules_sql import positive_rating_sql
+from feature_store.rules_sql import positive_sql
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
 from recsys.core.rules import FIT_SCOPE, TRAIN_SCOPE
@@ -60,7 +60,7 @@ def build_eval_set(
     summaries = summaries or item_summaries(con)
     val_pos: dict[str, list[str]] = {}
     for user_id, item_id in con.execute(
-        f"SELECT user_id, item_id FROM split_v1 WHERE part = 'val' AND {positive_rating_sql()} "
+        f"SELECT user_id, item_id FROM split_v1 WHERE part = 'val' AND {positive_sql()} "
         "ORDER BY user_id, rn"
     ).fetchall():
         val_pos.setdefault(str(user_id), []).append(str(item_id))

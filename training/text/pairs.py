@@ -3,9 +3,10 @@
 Every pair's user text is rebuilt from the user's events strictly before the pair's event, and
 only events of ``events_fit_v1`` are read, so no validation or test interaction informs training.
 
-- positives: ``recsys.core.rules`` (a good rating, click, like, share, purchase);
-- explicit negatives: low ratings (<= ``LOW_RATING``) and impressions of a served list that the
-  user did not click (where impression logs exist);
+- positives: the store's task (``recsys.core.rules.Task``: a good rating, click, like, share,
+  purchase by default);
+- explicit negatives, also from the task: low ratings and, when ``impression_negatives`` is on,
+  the items of a served list (impressions sharing a request id) that the user did not click;
 - sampled negatives: ``negatives_per_positive`` items per positive, drawn by popularity (count
   of fit-period events) among items the user never touched in the fit period.
 """
@@ -19,9 +20,11 @@ from datetime import datetime
 import duckdb
 import numpy as np
 
+from feature_store.rules_sql import low_rating_sql
+from feature_store.task import stored_task
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
-from recsys.core.rules import FIT_SCOPE, POSITIVE_EVENT_TYPES, POSITIVE_RATING
+from recsys.core.rules import EXPOSURE_EVENT_TYPE, FIT_SCOPE
 from training.text.texts import (
     POSITIVE_SQL,
     ItemSummaries,
@@ -32,7 +35,6 @@ from training.text.texts import (
 
 log = logging.getLogger(__name__)
 
-LOW_RATING = 2.5
 FIT_RELATION = FIT_SCOPE.events
 
 
@@ -63,20 +65,25 @@ class _Row:
 
 
 def _labelled_events(con: duckdb.DuckDBPyConnection, relation: str) -> list[_Row]:
+    """Positives and explicit negatives of the store's task, in (user, time, item) order."""
+    not_clicked = (
+        f"""UNION ALL
+        SELECT i.user_id, i.item_id, i.ts, 'not_clicked' FROM ev i
+        WHERE i.event_type = '{EXPOSURE_EVENT_TYPE}' AND i.request_id IS NOT NULL
+          AND NOT EXISTS (
+              SELECT 1 FROM ev c
+              WHERE c.user_id = i.user_id AND c.item_id = i.item_id
+                AND c.request_id = i.request_id AND c.event_type <> '{EXPOSURE_EVENT_TYPE}')"""
+        if stored_task(con).impression_negatives
+        else ""
+    )
     rows = con.execute(
         f"""
         WITH ev AS (SELECT * FROM {relation})
         SELECT user_id, item_id, ts, 'positive' AS kind FROM ev WHERE {POSITIVE_SQL}
         UNION ALL
-        SELECT user_id, item_id, ts, 'low_rating' FROM ev
-        WHERE event_type = 'rate' AND value <= {LOW_RATING}
-        UNION ALL
-        SELECT i.user_id, i.item_id, i.ts, 'not_clicked' FROM ev i
-        WHERE i.event_type = 'impression' AND i.request_id IS NOT NULL
-          AND NOT EXISTS (
-              SELECT 1 FROM ev c
-              WHERE c.user_id = i.user_id AND c.item_id = i.item_id
-                AND c.request_id = i.request_id AND c.event_type <> 'impression')
+        SELECT user_id, item_id, ts, 'low_rating' FROM ev WHERE {low_rating_sql()}
+        {not_clicked}
         ORDER BY 1, 3, 2
         """
     ).fetchall()
@@ -128,8 +135,7 @@ def build_training_pairs(
     if not positives:
         raise TrainingError(
             f"no positive interactions with prior history in {relation}; the text model needs "
-            f"users who liked (rating >= {POSITIVE_RATING:g}, "
-            f"{', '.join(POSITIVE_EVENT_TYPES)}) at least two items"
+            f"users with at least two positives ({stored_task(con).describe()})"
         )
     pop_ids, pop_p = _popularity(con, relation)
     touched = _touched(con, relation)

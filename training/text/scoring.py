@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from feature_store.db import transaction
 from feature_store.splits import ensure_split
+from feature_store.task import apply_task
 from recsys.core.config import Settings
 from recsys.core.errors import ConfigError
 from recsys.core.rules import LIVE_SCOPE, SCOPES
@@ -297,8 +298,9 @@ def score_store(
     encoder = load_scoring_encoder(model_dir, device)
     meta = tm.read_meta(model_dir, settings)
     batch = batch_size or settings.text.score_batch_size
+    apply_task(con, settings.task)
     if any(s != LIVE_SCOPE.name for s in scopes):
-        ensure_split(con)
+        ensure_split(con, settings.split)
     texts = item_texts(con)
     item_ids = sorted(texts)
     log.info("embedding %d items with model %s on %s", len(item_ids), model_version, device)

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from feature_store.splits import ensure_split
+from feature_store.task import apply_task
 from recsys.core import rules
 from recsys.core.config import Settings
 from training.text import model as tm
@@ -254,13 +256,13 @@ def train_tower_model(
         TextTrainResult,
         _evaluation_table,
         _save_and_log,
-        ensure_split,
     )
 
     device = tm.resolve_device(settings.device)
     base = tm.resolve_base_model(settings)
     tm.seed_everything(settings.seed)
-    ensure_split(con)
+    apply_task(con, settings.task)
+    ensure_split(con, settings.split)
     item_text = item_texts(con)
     if not item_text:
         from recsys.core.errors import TrainingError

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from feature_store.task import stored_task
 from recsys.core.errors import TrainingError
 from training.text.pairs import FIT_RELATION, _labelled_events
 from training.text.texts import user_histories
@@ -75,7 +76,7 @@ def build_examples(
     if not kinds["positive"]:
         raise TrainingError(
             f"no positive interactions with prior history in {relation}; the text model needs "
-            "users who liked (rating >= 4, click, like, share, purchase) at least two items"
+            f"users with at least two positives ({stored_task(con).describe()})"
         )
     history = np.full((len(rows_h), max(1, max_history)), -1, dtype=np.int64)
     for k, h in enumerate(rows_h):

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from feature_store.splits import ensure_split
+from feature_store.task import apply_task
 from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ConfigError, TrainingError
@@ -319,7 +320,8 @@ def _prepare_data(
     settings: Settings, con: duckdb.DuckDBPyConnection, max_pairs: int | None
 ) -> tuple[dict[str, str], PairSet, EvalSet, str]:
     """Split (if missing), item texts, training pairs, validation set and data fingerprint."""
-    ensure_split(con)
+    apply_task(con, settings.task)
+    ensure_split(con, settings.split)
     item_text = item_texts(con)
     if not item_text:
         raise TrainingError("the store has no items; run `recsys ingest` first")
