@@ -202,7 +202,8 @@ def _insert_new_events(batch: Batch, typed: str) -> int:
     # times slower, and it was most of the cost of re-ingesting a large file.
     return count_of(
         con.execute(
-            f"""INSERT INTO events
+            f"""INSERT INTO events (event_id, user_id, item_id, event_type, value, text, ts,
+                               request_id, position, source, batch_id)
         SELECT event_id, user_id, item_id, event_type, value, text, ts, request_id, position,
                $source, $batch_id
         FROM {typed}
@@ -380,6 +381,7 @@ def _insert_records(batch: Batch, rows: list[dict[str, Any]]) -> None:
                 ("position", pa.int32()),
                 ("source", pa.string()),
                 ("batch_id", pa.string()),
+                ("recommendation_id", pa.string()),
             ]
         ),
     )

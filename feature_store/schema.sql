@@ -38,8 +38,11 @@ CREATE TABLE IF NOT EXISTS events (
     request_id   VARCHAR,           -- impressions and clicks of one served list share it
     position     INTEGER,           -- 0-based position in the served list
     source       VARCHAR NOT NULL,
-    batch_id     VARCHAR NOT NULL
+    batch_id     VARCHAR NOT NULL,
+    recommendation_id VARCHAR      -- the served list (uuid) an impression/click came from (API)
 );
+-- stores made before recommendation_id existed (a no-op on new stores)
+ALTER TABLE events ADD COLUMN IF NOT EXISTS recommendation_id VARCHAR;
 
 CREATE TABLE IF NOT EXISTS quarantine (
     batch_id        VARCHAR NOT NULL,

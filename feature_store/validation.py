@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +43,9 @@ EVENT_COLUMNS = (
     "request_id",
     "position",
 )
+# Accepted on records (the HTTP API) besides EVENT_COLUMNS: the uuid of the served list
+# (GET /v1/users/{id}/recommendations, POST /v1/rank) the event reacts to.
+RECORD_ONLY_COLUMNS = ("recommendation_id",)
 EVENT_REQUIRED = ("user_id", "item_id", "event_type", "ts")
 ITEM_LIST_COLUMNS = ("keywords", "genres", "tags")
 ITEM_COLUMNS = (
@@ -241,10 +245,10 @@ def validate_event_record(
     """
     if not isinstance(record, Mapping):
         return None, "record is not an object"
-    unknown = sorted(map(printable, set(record) - set(EVENT_COLUMNS)))
+    unknown = sorted(map(printable, set(record) - set(EVENT_COLUMNS) - set(RECORD_ONLY_COLUMNS)))
     if unknown:
         return None, f"unknown field(s) {', '.join(unknown)}"
-    for name in EVENT_COLUMNS:
+    for name in (*EVENT_COLUMNS, *RECORD_ONLY_COLUMNS):
         value = record.get(name)
         if isinstance(value, str) and not is_valid_unicode(value):
             return None, f"{name} is not valid Unicode (a lone UTF-16 surrogate?)"
@@ -260,6 +264,7 @@ def validate_event_record(
     ts, ts_reason = (None, "missing ts") if _blank(record.get("ts")) else _parse_ts(record["ts"])
     value, value_bad = _number(record.get("value"))
     position, position_bad = _position(record.get("position"))
+    recommendation_id, recommendation_bad = _uuid(record.get("recommendation_id"))
     text = record.get("text")
     if text is not None and not isinstance(text, str):
         return None, "text must be a string"
@@ -277,6 +282,7 @@ def validate_event_record(
             "rating out of range",
         ),
         (position_bad, "bad position"),
+        (recommendation_bad, "recommendation_id must be the uuid of a served list"),
         (known_item is not None and not known_item(str(ids["item_id"])), UNKNOWN_ITEM),
     )
     for failed, reason in checks:
@@ -293,6 +299,8 @@ def validate_event_record(
         "position": position,
     }
     row["event_id"] = ids["event_id"] or content_event_id(row)
+    if recommendation_id is not None:  # not part of the content id: the event is the same
+        row["recommendation_id"] = recommendation_id
     return row, None
 
 
@@ -342,6 +350,18 @@ def content_event_id(row: Mapping[str, Any]) -> str:
 
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _uuid(value: Any) -> tuple[str | None, bool]:
+    """(canonical lower-case uuid or None, bad)."""
+    if _blank(value):
+        return None, False
+    if not isinstance(value, str):
+        return None, True
+    try:
+        return str(uuid.UUID(value.strip())), False
+    except ValueError:
+        return None, True
 
 
 def _id(value: Any) -> tuple[str | None, bool]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,8 +17,8 @@ from feature_store.validation import (
     item_ids_to_look_up,
     validate_event_record,
 )
-from recsys.core.errors import NotFoundError
-from serving.errors import MalformedJSONError, UnsupportedMediaTypeError
+from recsys.pipeline.explain import unit_score
+from serving.errors import MalformedJSONError, RequestValidationError, UnsupportedMediaTypeError
 from serving.security import require_api_key
 from serving.state import get_cursor, state
 from serving.validation import (
@@ -34,21 +35,17 @@ bp = Blueprint("api", __name__, url_prefix="/v1")
 
 @bp.get("/users/<path:user_id>/recommendations")
 def recommendations(user_id: str) -> ResponseReturnValue:
-    """Top-k items for a known user."""
-    check_id(user_id, "user_id")
+    """Top-k items for a user; a user without events gets the cold-start list (200,
+    ``cold_start: true``)."""
+    user_id = check_id(user_id, "user_id")
     query = parse_recommendation_query(request.args.to_dict(flat=False))
     rec = state().models.require()
     cursor = get_cursor()
-    if not rec.known_user(user_id):
-        raise NotFoundError(
-            f"user {user_id!r} has no events; POST /v1/events to record some, or POST /v1/rank "
-            "with a history of item ids for a cold user"
-        )
     result = rec.recommend(
         user_id,
         query.k,
         exclude_seen=query.exclude_seen,
-        genre=query.genre,
+        genre=resolve_genre(rec, query.genre),
         explain=query.explain,
         con=cursor,
     )
@@ -123,19 +120,39 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def resolve_genre(rec: Any, genre: str | None) -> str | None:
+    """The catalogue's spelling of ``genre`` (any case); 400 listing the known ones otherwise."""
+    if genre is None:
+        return None
+    known = list(rec.genres())
+    by_lower = {g.casefold(): g for g in known}
+    found = by_lower.get(genre.strip().casefold())
+    if found is None:
+        raise RequestValidationError(
+            f"unknown genre {genre!r}; known genres (any case): {', '.join(known)}"
+        )
+    return found
+
+
 def _result_json(result: Any, explain: bool) -> dict[str, Any]:
     items = []
     for item in result.items:
+        raw = float(item.score)
+        unit = item.unit_score
         row: dict[str, Any] = {
             "item_id": item.item_id,
             "rank": int(item.rank),
-            "score": float(item.score),
+            "score": float(unit) if unit is not None else unit_score(raw, cold=False),
+            "raw_score": raw,
             "title": item.title,
         }
         if explain:
+            row["reasons"] = list(item.reasons)
             row["contributions"] = {k: float(v) for k, v in (item.contributions or {}).items()}
         items.append(row)
     return {
+        # clients echo it on /v1/events (impressions, clicks) so clicks join to this list
+        "recommendation_id": str(uuid.uuid4()),
         "items": items,
         "unknown_items": list(result.unknown_items),
         "cold_start": bool(result.cold_start),

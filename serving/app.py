@@ -16,7 +16,7 @@ import sys
 from flask import Flask
 
 from recsys.core.config import Settings, load_settings
-from serving import admin, api, health, overload
+from serving import access, admin, api, health, overload
 from serving import metrics as metrics_mod
 from serving.errors import ReloadRefusedError, register_error_handlers
 from serving.eventlog import EventLog
@@ -67,6 +67,7 @@ def create_app(
     app.extensions[EXTENSION] = state
 
     register_error_handlers(app)
+    access.init_app(app)  # first: every later hook and error answer has the request id
     metrics_mod.init_app(app, metrics)
     init_cors(app, settings.serving.cors_origins)
     shed = metrics.requests.labels("overloaded", "OTHER", "503")

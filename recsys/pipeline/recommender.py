@@ -26,6 +26,7 @@ from recsys.algorithms.ranking import TextFeatures, assemble, feature_matrix
 from recsys.algorithms.text_index import user_text_vector
 from recsys.core import rules
 from recsys.core.config import Settings
+from recsys.pipeline import explain as ex
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ class Recommendation:
     score: float
     title: str
     contributions: dict[str, float] | None = None
+    # the served 0-1 score (``explain.unit_score``; ``score`` is the raw model/fusion value)
+    unit_score: float | None = None
+    reasons: tuple[str, ...] = ()  # readable reasons (with ``explain``)
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class Recommender:
         self._cands: pl.DataFrame | None = None
         self._cand_rows: dict[str, tuple[int, int]] = {}
         self._vectors: dict[str, np.ndarray | None] = {}
+        self._all_genres: list[str] | None = None
         if precompute and 0 < len(data.user_ids) <= PRECOMPUTE_MAX_USERS:
             self._precompute()
 
@@ -180,7 +185,7 @@ class Recommender:
     ) -> RecommendationResult:
         """Top-k for a user; unknown users or an explicit history get the cold-start list."""
         if user_id is None or history or not self.known_user(user_id):
-            return self._cold(k, history, genre=genre)
+            return self._cold(k, history, genre=genre, explain=explain)
         cands = self.candidates(user_id)
         if not exclude_seen:
             seen = self.data.item_ids[self.data.seen_items(user_id)]
@@ -251,20 +256,60 @@ class Recommender:
         x = feature_matrix(frame, self.model.feature_names)
         scores = self.model.predict(x)
         order = np.lexsort((np.arange(len(scores)), -scores))[:k]
-        contrib = (
-            self.model.top_contributions(x[order], EXPLAIN_TOP) if explain else [None] * len(order)
-        )
+        ids = [str(frame["item_id"][int(i)]) for i in order]
+        contrib: list[dict[str, float] | None] = [None] * len(order)
+        why: list[tuple[str, ...]] = [()] * len(order)
+        if explain and len(order):
+            contrib = list(self.model.top_contributions(x[order], EXPLAIN_TOP))
+            text = frame["text_score"].to_numpy()[order] if "text_score" in frame.columns else None
+            liked = self._liked(user_id, history, cur)
+            why = [
+                self._reasons(item, c or {}, liked, None if text is None else float(text[n]))
+                for n, (item, c) in enumerate(zip(ids, contrib, strict=True))
+            ]
         items = tuple(
             Recommendation(
-                item_id=str(frame["item_id"][int(i)]),
+                item_id=item,
                 rank=r + 1,
                 score=float(scores[i]),
-                title=self.titles.get(str(frame["item_id"][int(i)]), ""),
+                title=self.titles.get(item, ""),
                 contributions=c,
+                unit_score=ex.unit_score(float(scores[i]), cold=False),
+                reasons=w,
             )
-            for r, (i, c) in enumerate(zip(order, contrib, strict=True))
+            for r, (item, i, c, w) in enumerate(zip(ids, order, contrib, why, strict=True))
         )
         return RecommendationResult(items, dict(self.model_versions), cold)
+
+    # -- explanations ----------------------------------------------------------------------
+
+    def _liked(self, user_id: str, history: Sequence[str], cur: Any) -> list[str]:
+        """The given history's known items, else the user's latest positives (newest first)."""
+        known = [h for h in history if h in self.data.item_index]
+        if known or not user_id:
+            return known
+        recent = (self._recent or {}).get(user_id)
+        if recent is None:
+            recent = self._recent_positives(cur, user_id).get(user_id)
+        return list(recent[0]) if recent else []
+
+    def _reasons(
+        self, item: str, contrib: dict[str, float], liked: list[str], text_score: float | None
+    ) -> tuple[str, ...]:
+        item_genres = self._genres(item)
+        liked_genres = [self._genres(i) for i in liked]
+        shared = [g for g in item_genres if any(g in lg for lg in liked_genres)]
+        vec = liked_vecs = None
+        if self.text is not None and liked:
+            vecs, mask = self.text.index.item_vectors([item, *liked])
+            vec, liked_vecs = (vecs[0], vecs[1:]) if mask[0] else (None, None)
+        best = ex.closest_liked(vec, liked_vecs, liked, item_genres, liked_genres)
+        return ex.reasons(
+            contrib,
+            liked_title=self.titles.get(best, best) if best else None,
+            genres=shared or list(item_genres),
+            text_score=text_score,
+        )
 
     def user_vector(
         self,
@@ -289,30 +334,53 @@ class Recommender:
 
     # -- cold start ------------------------------------------------------------------------
 
-    def _cold(self, k: int, history: Sequence[str], *, genre: str | None) -> RecommendationResult:
+    def _cold(
+        self, k: int, history: Sequence[str], *, genre: str | None, explain: bool = False
+    ) -> RecommendationResult:
         """Popularity, blended by reciprocal rank with text similarity to the given history."""
         n = self.blender.n
         pop_ids, _ = self.popularity.generate([""], n)[0]
         fused: dict[str, float] = {}
         for r, item in enumerate(pop_ids):
-            fused[str(item)] = fused.get(str(item), 0.0) + 1.0 / (60 + r)
+            fused[str(item)] = fused.get(str(item), 0.0) + 1.0 / (ex.RRF_K + r)
         known = [h for h in history if h in self.data.item_index]
         if self.text is not None and known:
             vec = self.text.user_vector(None, known)
             if vec is not None:
                 ids, _ = self.text.index.nearest(vec, n, exclude=set(known))
                 for r, item in enumerate(ids):
-                    fused[str(item)] = fused.get(str(item), 0.0) + 1.0 / (60 + r)
+                    fused[str(item)] = fused.get(str(item), 0.0) + 1.0 / (ex.RRF_K + r)
         for item in known:
             fused.pop(item, None)
         ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
         if genre:
             ranked = [(i, s) for i, s in ranked if genre in self._genres(i)]
         items = tuple(
-            Recommendation(i, r + 1, float(s), self.titles.get(i, ""))
+            Recommendation(
+                i,
+                r + 1,
+                float(s),
+                self.titles.get(i, ""),
+                unit_score=ex.unit_score(float(s), cold=True),
+                reasons=ex.cold_reasons(self._cold_liked_title(i, known)) if explain else (),
+            )
             for r, (i, s) in enumerate(ranked[:k])
         )
         return RecommendationResult(items, dict(self.model_versions), True)
+
+    def _cold_liked_title(self, item: str, history: list[str]) -> str | None:
+        if not history:
+            return None
+        item_genres = self._genres(item)
+        liked_genres = [self._genres(i) for i in history]
+        best = ex.closest_liked(None, None, history, item_genres, liked_genres)
+        return self.titles.get(best, best) if best else None
+
+    def genres(self) -> list[str]:
+        """Every genre of the catalogue, sorted (what ``genre=`` may name)."""
+        if self._all_genres is None:
+            self._all_genres = sorted({g for gs in self.data.item_genres for g in gs})
+        return self._all_genres
 
     def _genres(self, item_id: str) -> tuple[str, ...]:
         idx = self.data.item_index.get(item_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import duckdb
@@ -101,6 +102,17 @@ def test_recommender_known_user_explained(trained: tuple) -> None:
     assert not seen & {r.item_id for r in result.items}
     comedy = rec.recommend("u1", 3, genre="Comedy", con=con.cursor())
     assert all("Comedy" in r.title for r in comedy.items)
+    # readable reasons beside the raw contributions; the 0-1 score follows the raw one
+    assert all(r.reasons and all(isinstance(x, str) for x in r.reasons) for r in result.items)
+    text_reasons = [x for r in result.items for x in r.reasons if "text score" in x]
+    pattern = re.compile(r"matches your interest in [A-Za-z, -]+: text score -?[01]\.\d\d")
+    assert all(pattern.fullmatch(x) for x in text_reasons), text_reasons
+    liked = [x for r in result.items for x in r.reasons if x.startswith("because you liked *")]
+    titles = set(con.execute("SELECT title FROM items").pl()["title"])
+    assert all(x.removeprefix("because you liked *").rstrip("*") in titles for x in liked)
+    units = [r.unit_score for r in result.items]
+    assert all(u is not None and 0 < u < 1 for u in units) and units == sorted(units, reverse=True)
+    assert rec.genres() == sorted(GENRES)
 
 
 def test_recommender_cold_start_and_rank(trained: tuple) -> None:

@@ -19,7 +19,7 @@ from recsys.pipeline.recommender import Recommendation as Rec
 from recsys.pipeline.recommender import RecommendationResult as Result
 from serving.app import create_app
 from serving.writer import EventWriter
-from tests.factories import load_into_store, make_catalog, make_events
+from tests.factories import GENRES, load_into_store, make_catalog, make_events
 
 KEY = {"X-API-Key": "s3cret"}
 
@@ -65,7 +65,14 @@ class TableRecommender:
         history: tuple[str, ...] = (),
         con: Any = None,
     ) -> Result:
-        return self._result([f"i{n}" for n in range(30)], k, explain, con, cold_start=False)
+        ids = [f"i{n}" for n in range(30)]
+        if genre is not None:  # the catalogue's spelling: the API resolved the case
+            ids = [i for i in ids if GENRES[int(i[1:]) % len(GENRES)] == genre]
+        cold = not self.known_user(user_id)
+        return self._result(ids, k, explain, con, cold_start=cold)
+
+    def genres(self) -> list[str]:
+        return sorted(GENRES)
 
     def rank(
         self,
@@ -124,7 +131,7 @@ def test_recommendations(app: Flask) -> None:
     res = app.test_client().get("/v1/users/u3/recommendations?k=3")
     assert res.status_code == 200
     data = res.get_json()
-    assert [(i["item_id"], i["rank"], i["score"]) for i in data["items"]] == [
+    assert [(i["item_id"], i["rank"], i["raw_score"]) for i in data["items"]] == [
         ("i29", 1, 29.0),
         ("i28", 2, 28.0),
         ("i27", 3, 27.0),
@@ -137,10 +144,10 @@ def test_recommendations(app: Flask) -> None:
     assert explained["items"][0]["contributions"] == {"text_score": 0.5, "popularity": 28.5}
 
 
-def test_unknown_user_and_bad_k_are_4xx(app: Flask) -> None:
+def test_unknown_user_is_cold_start_and_bad_k_is_4xx(app: Flask) -> None:
     client = app.test_client()
     res = client.get("/v1/users/stranger/recommendations")
-    assert res.status_code == 404 and res.get_json()["error"]["code"] == "not_found"
+    assert res.status_code == 200 and res.get_json()["cold_start"] is True
     for query in ("k=0", "k=101", "k=abc", "explain=2", "foo=1"):
         res = client.get(f"/v1/users/u1/recommendations?{query}")
         assert res.status_code == 400, query

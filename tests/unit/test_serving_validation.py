@@ -62,14 +62,15 @@ def test_rank_body_parses_and_dedupes_candidates() -> None:
         ({}, "candidates is required"),
         ({"candidates": []}, "at least one"),
         ({"candidates": "a"}, "must be a list"),
-        ({"candidates": [1]}, "must be a string"),
+        ({"candidates": [1.5]}, "must be a string or an integer"),
+        ({"candidates": [True]}, "must be a string or an integer"),
         ({"candidates": [""]}, "1 to 256"),
         ({"candidates": ["a\x00"]}, "control characters"),
         ({"candidates": ["a"], "k": True}, "k must be an integer"),
         ({"candidates": ["a"], "k": 2.0}, "k must be an integer"),
         ({"candidates": ["a"], "k": MAX_K + 1}, "k must be from"),
         ({"candidates": ["a"], "explain": "yes"}, "explain must be"),
-        ({"candidates": ["a"], "user_id": 7}, "user_id must be a string"),
+        ({"candidates": ["a"], "user_id": {"id": 7}}, "user_id must be a string or an integer"),
     ],
 )
 def test_rank_body_rejections(body: object, match: str) -> None:
@@ -132,3 +133,8 @@ def test_rank_parser_only_raises_client_errors(body: object) -> None:
     except (RequestValidationError, PayloadTooLargeError):
         return
     assert req.candidates and 1 <= req.k <= MAX_K
+
+
+def test_rank_accepts_the_id_types_events_accept() -> None:
+    req = parse_rank_body({"candidates": [1, " 2 ", "i3"], "user_id": 7, "history": [10]})
+    assert req.candidates == ("1", "2", "i3") and req.user_id == "7" and req.history == ("10",)

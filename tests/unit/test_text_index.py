@@ -97,7 +97,8 @@ def test_user_text_vector_prefers_history_then_stored_then_positives(store) -> N
 
     _write(store)
     store.execute(
-        "INSERT INTO events VALUES ('e1', 'u3', 'b', 'rate', 5.0, NULL, ?, NULL, NULL, 't', 't')",
+        "INSERT INTO events VALUES "
+        "('e1', 'u3', 'b', 'rate', 5.0, NULL, ?, NULL, NULL, 't', 't', NULL)",
         [T0],
     )
     index = TextIndex.load(store)

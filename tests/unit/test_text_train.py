@@ -120,7 +120,7 @@ def test_score_writes_all_scopes_and_refresh_updates_one_user(tiny_store, tiny_s
     assert len(ids) == 5 and scores[0] >= scores[-1]
 
     tiny_store.execute("""INSERT INTO events VALUES ('new-1', 'u0', 'i3', 'rate', 5.0, NULL,
-        TIMESTAMP '2030-01-01', NULL, NULL, 'test', 'test')""")
+        TIMESTAMP '2030-01-01', NULL, NULL, 'test', 'test', NULL)""")
     before = TextIndex.load(tiny_store).user_vector("u0")
     assert refresh_user_embeddings(tiny_store, tiny_settings, model_dir, "7", ["u0"]) == 1
     after = TextIndex.load(tiny_store)
