@@ -120,6 +120,23 @@ LOW_RATING = 2.5  # a rating at or below is an explicit negative
 
 # ``ratings`` is protocol v1's task (MovieLens); ``impressions`` logs (MIND-style) have served
 # lists; ``events`` logs (clicks, purchases) have neither ratings nor lists.
+def _engagement_task(name: str) -> Task:
+    """Click/impression and plain-event logs share one rule: engagement is positive, purchases
+    and high ratings weigh double."""
+    return Task(
+        name,
+        _ENGAGEMENT,
+        POSITIVE_RATING,
+        LOW_RATING,
+        True,
+        (
+            Grade("purchase", 2),
+            Grade("rate", 2, POSITIVE_RATING),
+            *(Grade(t, 1) for t in _ENGAGEMENT[:3]),
+        ),
+    )
+
+
 TASK_PRESETS: Mapping[str, Task] = {
     "ratings": Task(
         "ratings",
@@ -133,30 +150,8 @@ TASK_PRESETS: Mapping[str, Task] = {
             *(Grade(t, 1) for t in _ENGAGEMENT),
         ),
     ),
-    "impressions": Task(
-        "impressions",
-        _ENGAGEMENT,
-        POSITIVE_RATING,
-        LOW_RATING,
-        True,
-        (
-            Grade("purchase", 2),
-            Grade("rate", 2, POSITIVE_RATING),
-            *(Grade(t, 1) for t in _ENGAGEMENT[:3]),
-        ),
-    ),
-    "events": Task(
-        "events",
-        _ENGAGEMENT,
-        POSITIVE_RATING,
-        LOW_RATING,
-        True,
-        (
-            Grade("purchase", 2),
-            Grade("rate", 2, POSITIVE_RATING),
-            *(Grade(t, 1) for t in _ENGAGEMENT[:3]),
-        ),
-    ),
+    "impressions": _engagement_task("impressions"),
+    "events": _engagement_task("events"),
 }
 DEFAULT_TASK = TASK_PRESETS["ratings"]
 
