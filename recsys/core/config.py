@@ -99,6 +99,12 @@ class RankerSettings:
     recent_popularity_days: PositiveFloat = 365.0
     # share of users whose groups drive early stopping
     early_stopping_holdout: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    # query groups (users) kept for ranker training and for evaluation when a store has more
+    # (``recsys.core.rules.sample_users``: a seeded uniform sample; MovieLens keeps all 610)
+    max_train_users: PositiveInt = 30_000
+    max_eval_users: PositiveInt = 20_000
+    # users whose candidates and features are built at once (bounds the frame's peak memory)
+    frame_chunk_users: PositiveInt = 2_000
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ uses.  Plain values and small pure functions; SQL built from them lives in ``fea
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 # -- positives, explicit negatives and labels: the task ---------------------------------------
 
@@ -118,6 +120,7 @@ _ENGAGEMENT = ("click", "like", "share", "purchase")
 POSITIVE_RATING = 4.0  # protocol v1: rating >= 4.0
 LOW_RATING = 2.5  # a rating at or below is an explicit negative
 
+
 # ``ratings`` is protocol v1's task (MovieLens); ``impressions`` logs (MIND-style) have served
 # lists; ``events`` logs (clicks, purchases) have neither ratings nor lists.
 def _engagement_task(name: str) -> Task:
@@ -216,6 +219,23 @@ SCOPES: Mapping[str, SplitScope] = {s.name: s for s in (FIT_SCOPE, TRAIN_SCOPE, 
 # Test positives whose item has at most this many train ratings form the cold-item slice; the
 # same bound marks the items the cold text generator proposes.
 COLD_ITEM_MAX_EVENTS = 5
+
+# -- sampling users at scale -------------------------------------------------------------------
+
+
+def sample_users(user_ids: Sequence[str], limit: int, seed: int) -> list[str]:
+    """At most ``limit`` of ``user_ids``, sorted: all of them when there are no more than
+    ``limit``, else a uniform sample without replacement drawn with ``seed`` from the sorted
+    ids, so the same store, limit and seed always give the same users (ranker training groups
+    ``ranker.max_train_users``, evaluated users ``ranker.max_eval_users``)."""
+    ids = sorted(set(user_ids))
+    if limit <= 0:
+        raise ValueError(f"the user sample size must be positive; got {limit}")
+    if len(ids) <= limit:
+        return ids
+    picked = np.random.default_rng(seed).choice(len(ids), size=limit, replace=False)
+    return [ids[i] for i in sorted(picked.tolist())]
+
 
 # -- registered models -------------------------------------------------------------------------
 

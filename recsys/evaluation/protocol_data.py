@@ -58,6 +58,15 @@ def load_protocol(con: duckdb.DuckDBPyConnection, settings: Settings | None = No
             cold.setdefault(user, set()).add(item)
     history = dict(con.execute("SELECT user_id, n_fit + n_val FROM split_v1_users").fetchall())
     users = sorted(truth)
+    sampled: dict[str, Any] = {}
+    if settings is not None and len(users) > settings.ranker.max_eval_users:
+        # a fixed seeded sample bounds evaluation time and memory on large stores
+        everyone = len(users)
+        users = rules.sample_users(users, settings.ranker.max_eval_users, settings.seed)
+        truth = {u: truth[u] for u in users}
+        cold = {u: cold[u] for u in users if u in cold}
+        log.info("protocol v1: evaluating a seeded sample of %d of %d users", len(users), everyone)
+        sampled = {"users_sampled": f"{len(users)} of {everyone} (seed {settings.seed})"}
     if not users:
         raise EvaluationError(_no_users_reason(con))
     log.info(
@@ -66,7 +75,7 @@ def load_protocol(con: duckdb.DuckDBPyConnection, settings: Settings | None = No
         len(cold),
         train.n_items,
     )
-    extra: dict[str, Any] = {"task": stored_task(con).describe()}
+    extra: dict[str, Any] = {"task": stored_task(con).describe(), **sampled}
     return ProtocolData(train, users, truth, cold, history, train.n_items, extra)
 
 

@@ -87,9 +87,8 @@ def _test_frame(
     spec = model.spec
     run_settings = settings.replace(**{"ranker.num_candidates": spec.get("num_candidates", 300)})
     frame, _ = dataset.build_frame(
-        con, run_settings, dataset.TEST, text_index=index, with_labels=False
+        con, run_settings, dataset.TEST, text_index=index, with_labels=False, users=data.users
     )
-    frame = frame.filter(pl.col("user_id").is_in(data.users))
     truth = pl.DataFrame(
         [(u, i) for u in data.users for i in data.truth[u]],
         schema=["user_id", "item_id"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from feature_store.interactions import Interactions
 from feature_store.rules_sql import label_sql, positive_sql
 from recsys.algorithms.candidates import Blender, default_generators
 from recsys.algorithms.ranking import TextFeatures, assemble
+from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
 from recsys.core.rules import FIT_SCOPE, TRAIN_SCOPE
@@ -84,27 +86,72 @@ def build_frame(
     *,
     text_index: Any | None,
     with_labels: bool = True,
+    users: Sequence[str] | None = None,
+    max_users: int | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
-    """Candidates with features (and labels) for every user of ``stage``; generator names."""
+    """Candidates with features (and labels) for the users of ``stage``; generator names.
+
+    ``users`` restricts the groups to those users; ``max_users`` keeps a seeded sample of them
+    (``rules.sample_users``).  Groups are built ``ranker.frame_chunk_users`` users at a time
+    with float features stored as float32, so peak memory follows the chunk, not the store.
+    """
     started = time.perf_counter()
     data = Interactions.from_store(con, stage.events)
-    users = cutoffs(con, stage)
-    if users.height == 0:
+    groups = select_groups(cutoffs(con, stage), users, max_users, settings.seed)
+    if groups.height == 0:
         raise TrainingError(
             "no users with a cutoff in split_v1_users; ingest ratings and materialize the split"
         )
     blender = Blender(default_generators(settings, text_index), n=settings.ranker.num_candidates)
     blender.fit(data)
-    user_ids = users["user_id"].to_list()
-    cands = blender.frame(user_ids, as_of=users["as_of"].to_list()).join(users, on="user_id")
+    log.info("%s: generators fitted in %.1fs", stage.events, time.perf_counter() - started)
+    text = TextFeatures(text_index, data) if text_index is not None else None
+    truth = labels(con, stage) if with_labels else None
+    step = settings.ranker.frame_chunk_users
+    parts = [
+        _chunk_frame(con, settings, stage, blender, text, groups.slice(k, step), truth)
+        for k in range(0, groups.height, step)
+    ]
+    frame = pl.concat(parts, how="vertical_relaxed", rechunk=True)
+    del parts
     log.info(
-        "%s: %d candidates for %d users in %.1fs",
+        "%s frame: %d rows x %d columns for %d users (%.0f MB) in %.1fs",
         stage.events,
-        cands.height,
-        users.height,
+        frame.height,
+        frame.width,
+        groups.height,
+        frame.estimated_size("mb"),
         time.perf_counter() - started,
     )
-    text = TextFeatures(text_index, data) if text_index is not None else None
+    return frame, [g.name for g in blender.generators]
+
+
+def select_groups(
+    groups: pl.DataFrame, users: Sequence[str] | None, max_users: int | None, seed: int
+) -> pl.DataFrame:
+    """The (user_id, as_of) rows of ``users`` (all when None), sampled down to ``max_users``."""
+    if users is not None:
+        groups = groups.filter(pl.col("user_id").is_in(list(users)))
+    if max_users is not None and groups.height > max_users:
+        kept = rules.sample_users(groups["user_id"].to_list(), max_users, seed)
+        log.info("sampled %d of %d users (seed %d)", len(kept), groups.height, seed)
+        groups = groups.filter(pl.col("user_id").is_in(kept))
+    return groups.sort("user_id")
+
+
+def _chunk_frame(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    stage: Stage,
+    blender: Blender,
+    text: TextFeatures | None,
+    groups: pl.DataFrame,
+    truth: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """One chunk of users' candidates + features (+ labels), sorted by (user, blend rank)."""
+    cands = blender.frame(groups["user_id"].to_list(), as_of=groups["as_of"].to_list()).join(
+        groups, on="user_id"
+    )
     frame = assemble(
         con,
         cands,
@@ -112,18 +159,11 @@ def build_frame(
         text=text,
         covisit_window_days=settings.ranker.covisit_window_days,
     )
-    if with_labels:
-        frame = frame.join(labels(con, stage), on=["user_id", "item_id"], how="left").with_columns(
+    if truth is not None:
+        frame = frame.join(truth, on=["user_id", "item_id"], how="left").with_columns(
             pl.col("label").fill_null(0).cast(pl.Int32)
         )
-    log.info(
-        "%s frame: %d rows x %d columns in %.1fs",
-        stage.events,
-        frame.height,
-        frame.width,
-        time.perf_counter() - started,
-    )
-    return frame.sort("user_id", "blend_rank"), [g.name for g in blender.generators]
+    return frame.with_columns(pl.col(pl.Float64).cast(pl.Float32)).sort("user_id", "blend_rank")
 
 
 def candidate_recall(frame: pl.DataFrame, truth: pl.DataFrame) -> float:

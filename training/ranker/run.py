@@ -37,7 +37,13 @@ def train_and_log(
     ensure_split(con, settings.split)
     text_index = load_text_index(settings, con, scope=dataset.FIT.text_scope)
     text_version = text_index.model_version if text_index is not None else None
-    frame, generators = dataset.build_frame(con, settings, dataset.FIT, text_index=text_index)
+    frame, generators = dataset.build_frame(
+        con,
+        settings,
+        dataset.FIT,
+        text_index=text_index,
+        max_users=settings.ranker.max_train_users,
+    )
     truth = dataset.positives(con, "val")
     recall = dataset.candidate_recall(frame, truth)
     log.info(

@@ -59,30 +59,24 @@ def lgb_params(settings: Settings) -> dict[str, Any]:
     }
 
 
-def split_users(
-    frame: pl.DataFrame, holdout: float, seed: int
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Users (whole groups) split into training and early-stopping sets, seeded."""
-    users = np.array(sorted(frame["user_id"].unique().to_list()), dtype=object)
-    rng = np.random.default_rng(seed)
-    n_hold = max(1, int(round(len(users) * holdout)))
-    if len(users) < 2:
+def split_users(users: list[str], holdout: float, seed: int) -> set[str]:
+    """The users (whole groups) held out for early stopping, seeded."""
+    ordered = np.array(sorted(users), dtype=object)
+    if len(ordered) < 2:
         raise TrainingError("need at least 2 users with positive labels to train the ranker")
-    held = set(rng.choice(users, size=min(n_hold, len(users) - 1), replace=False).tolist())
-    mask = frame["user_id"].is_in(list(held))
-    return frame.filter(~mask), frame.filter(mask)
+    rng = np.random.default_rng(seed)
+    n_hold = max(1, int(round(len(ordered) * holdout)))
+    return set(rng.choice(ordered, size=min(n_hold, len(ordered) - 1), replace=False).tolist())
 
 
-def _dataset(frame: pl.DataFrame, names: list[str]) -> Any:
+def _dataset(x: np.ndarray, frame: pl.DataFrame, names: list[str]) -> Any:
+    """A LightGBM Dataset of ``x`` (rows of ``frame``, grouped by user); LightGBM bins it and
+    drops its reference to the raw matrix (``free_raw_data``)."""
     import lightgbm as lgb
 
     groups = frame.group_by("user_id", maintain_order=True).len()["len"].to_numpy()
     return lgb.Dataset(
-        feature_matrix(frame, names),
-        label=frame["label"].to_numpy(),
-        group=groups,
-        feature_name=names,
-        free_raw_data=False,
+        x, label=frame["label"].to_numpy(), group=groups, feature_name=names, free_raw_data=True
     )
 
 
@@ -115,31 +109,36 @@ def fit(
     import lightgbm as lgb
 
     started = time.perf_counter()
+    r, seed = settings.ranker, settings.seed
     useful = frame.filter((pl.col("label").max().over("user_id")) > 0)
     if useful.height == 0:
         raise TrainingError("no candidate has a positive label; check the split and candidates")
-    train, valid = split_users(useful, settings.ranker.early_stopping_holdout, settings.seed)
+    held = split_users(useful["user_id"].unique().to_list(), r.early_stopping_holdout, seed)
+    mask = useful["user_id"].is_in(list(held)).to_numpy()
+    x = feature_matrix(useful, names)  # float32, built once; row subsets below
+    valid = useful.filter(pl.Series(mask))
     params = lgb_params(settings)
-    dtrain, dvalid = _dataset(train, names), _dataset(valid, names)
+    dtrain = _dataset(x[~mask], useful.filter(pl.Series(~mask)), names)
+    dvalid = _dataset(x[mask], valid, names)
     booster = lgb.train(
         params,
         dtrain,
-        num_boost_round=settings.ranker.num_boost_round,
+        num_boost_round=r.num_boost_round,
         valid_sets=[dvalid],
         valid_names=["holdout"],
-        callbacks=[lgb.early_stopping(settings.ranker.early_stopping_rounds, verbose=False)],
+        callbacks=[lgb.early_stopping(r.early_stopping_rounds, verbose=False)],
     )
+    del dtrain, dvalid
     best = int(booster.best_iteration or booster.current_iteration())
     lgb_ndcg = float(booster.best_score["holdout"]["ndcg@10"])
     # the protocol's view of the held-out users: every val positive counts, not only candidates
-    held_users = valid["user_id"].unique().to_list()
-    hold_frame = frame.filter(pl.col("user_id").is_in(held_users))
     val_ndcg = protocol_ndcg(
-        hold_frame,
-        np.asarray(booster.predict(feature_matrix(hold_frame, names), num_iteration=best)),
-        truth.filter(pl.col("user_id").is_in(held_users)),
+        valid,
+        np.asarray(booster.predict(x[mask], num_iteration=best)),
+        truth.filter(pl.col("user_id").is_in(list(held))),
     )
-    full = lgb.train(params, _dataset(useful, names), num_boost_round=best)
+    full = lgb.train(params, _dataset(x, useful, names), num_boost_round=best)
+    del x
     importance = pl.DataFrame(
         {
             "feature": names,
