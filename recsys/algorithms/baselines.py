@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from feature_store.interactions import Interactions
+from recsys.algorithms.state import Arrays, Maps, csr_arrays, csr_from
 from recsys.algorithms.topk import DenseGenerator
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,16 @@ class ItemKNN(DenseGenerator):
             return None
         scores = np.asarray((self.x[u] @ self.similarity).todense()).ravel()
         return np.where(scores > 0, scores, -np.inf)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {f"similarity/{k}": v for k, v in csr_arrays(self.similarity).items()}
+
+    def restore(self, arrays: Arrays, data: Interactions, maps: Maps) -> ItemKNN:
+        """The published neighbour matrix; users' positives from ``data``."""
+        self.data = data
+        self.x = data.positives.astype(bool).astype(np.float32).tocsr()
+        self.similarity = maps.items.square(csr_from(arrays, "similarity"))
+        return self
 
 
 class ALS(DenseGenerator):
@@ -96,4 +107,16 @@ class ALS(DenseGenerator):
     def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
         if u is None:
             return None
-        return self.item_factors @ self.user_factors[u]
+        row = self.user_factors[u]
+        if not np.isfinite(row).all():  # a user added after the published state
+            return None
+        return self.item_factors @ row
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"user_factors": self.user_factors, "item_factors": self.item_factors}
+
+    def restore(self, arrays: Arrays, data: Interactions, maps: Maps) -> ALS:
+        self.data = data
+        self.item_factors = maps.items.rows(arrays["item_factors"], 0.0)
+        self.user_factors = maps.users.rows(arrays["user_factors"], np.nan)
+        return self

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from feature_store.interactions import Interactions
 from recsys.algorithms.baselines import ALS, ItemKNN
+from recsys.algorithms.state import Arrays, Maps, csr_arrays, csr_from
 from recsys.algorithms.text_index import user_text_vector
 from recsys.algorithms.topk import EMPTY, DenseGenerator, Scored, top_n
 from recsys.core.rules import COLD_ITEM_MAX_EVENTS, HISTORY_LENGTH
@@ -53,6 +54,14 @@ class Popularity(DenseGenerator):
     def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray:
         return self.counts
 
+    def state(self) -> dict[str, np.ndarray]:
+        return {"counts": self.counts}
+
+    def restore(self, arrays: Arrays, data: Interactions, maps: Maps) -> Popularity:
+        self.data = data
+        self.counts = maps.items.rows(arrays["counts"], 0.0)
+        return self
+
 
 class RecentPopularity(DenseGenerator):
     """Positive interactions per item in the ``window_days`` before each user's ``as_of``."""
@@ -85,6 +94,19 @@ class RecentPopularity(DenseGenerator):
             return None
         counts = self.counts_at(as_of)
         return np.where(counts > 0, counts, -np.inf)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"ts": self.ts, "items": self.items}
+
+    def restore(self, arrays: Arrays, data: Interactions, maps: Maps) -> RecentPopularity:
+        self.data = data
+        ts, items = arrays["ts"], maps.items.positions(arrays["items"])
+        if not maps.items.identity:
+            keep = items >= 0
+            ts, items = ts[keep], items[keep]
+        self.ts, self.items = ts, items
+        self._cache = {}
+        return self
 
 
 class CoVisitation(DenseGenerator):
@@ -159,6 +181,16 @@ class CoVisitation(DenseGenerator):
             return None
         scores = np.asarray(self.matrix[recent].sum(axis=0)).ravel()
         return np.where(scores > 0, scores, -np.inf)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {f"matrix/{k}": v for k, v in csr_arrays(self.matrix).items()}
+
+    def restore(self, arrays: Arrays, data: Interactions, maps: Maps) -> CoVisitation:
+        """The published pair matrix; users' recent items from ``data`` (new events count)."""
+        self.data = data
+        self.matrix = maps.items.square(csr_from(arrays, "matrix"))
+        self._recent = self._recent_positives(data)
+        return self
 
 
 def _id_rank(ids: np.ndarray) -> np.ndarray:

@@ -20,12 +20,14 @@ from feature_store.features import FeatureSnapshot
 from feature_store.interactions import Interactions, item_titles, newest_event, recent_positives
 from recsys.algorithms.candidates import Blender, default_generators
 from recsys.algorithms.ranking import TextFeatures
+from recsys.algorithms.state import restore_generators
 from recsys.algorithms.text_index import TextIndex
 from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError
 from recsys.pipeline.recommender import PRECOMPUTE_MAX_USERS, Recommender
 from training import registry
+from training.ranker import state as serving_state
 from training.ranker.model import RankerModel
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ def load_recommender(
         g for g in default_generators(settings, text.index if text else None) if g.name in wanted
     ]
     n = int(model.spec.get("num_candidates", settings.ranker.num_candidates))
-    blender = Blender(gens, n=n).fit(data)
+    blender = _blender(Blender(gens, n=n), data, Path(path), ref.version)
     newest = newest_event(con, events)
     clock = (newest or datetime.now()) + timedelta(seconds=1)
     # the request path's features from memory (same definitions as compute_features)
@@ -104,3 +106,20 @@ def load_recommender(
         recent=recent,
         precompute=precompute,
     )
+
+
+def _blender(blender: Blender, data: Interactions, model_dir: Path, version: str) -> Blender:
+    """Generators restored from the ranker's published serving state (memory-mapped, checksums
+    verified); a ranker trained before states were published has its generators fitted here."""
+    state_dir = model_dir / serving_state.STATE_DIR
+    if not state_dir.is_dir():
+        log.warning(
+            "ranker version %s has no %s; fitting the candidate generators in this process "
+            "(retrain the ranker to publish one)",
+            version,
+            serving_state.STATE_DIR,
+        )
+        return blender.fit(data)
+    arrays, _ = serving_state.load_state(state_dir)
+    restore_generators(blender.generators, arrays, data)
+    return blender

@@ -91,7 +91,9 @@ class Recommender:
         self.model_versions = model_versions
         self.clock = clock
         self.snapshot = snapshot
-        self.popularity = Popularity().fit(data)
+        # the cold-start list: the blender's (published) popularity when it has one
+        published = [g for g in blender.generators if isinstance(g, Popularity)]
+        self.popularity = published[0] if published else Popularity().fit(data)
         self.titles = titles or {}
         self._embedded_at = embedded_at or {}
         self._recent = recent

@@ -17,6 +17,7 @@ from recsys.core import rules
 from recsys.core.config import Settings
 from training import registry
 from training.ranker import dataset
+from training.ranker import state as serving_state
 from training.ranker.train import FitResult, train_both
 from training.registry import load_text_index
 
@@ -50,6 +51,8 @@ def train_and_log(
         "candidate recall@%d on the validation split: %.4f", settings.ranker.num_candidates, recall
     )
     product, ablation = train_both(frame, generators, settings, truth, text_version)
+    del frame  # the serving state below is fitted on every event; keep the peak down
+    state = serving_state.build_state(settings, con, generators)
     fingerprint = registry.data_fingerprint(con, dataset.FIT.events)
     with registry.start_run(
         settings,
@@ -75,7 +78,7 @@ def train_and_log(
         }
         registry.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            _log_artifacts(Path(tmp), settings, product, ablation)
+            _log_artifacts(Path(tmp), settings, product, ablation, state)
         ref = registry.register(settings, rules.RANKER_MODEL_NAME, run.info.run_id, MODEL_ARTIFACT)
     promoted = registry.promote_if_better(settings, ref, PROMOTION_METRIC) if promote else False
     summary = {
@@ -96,8 +99,15 @@ def train_and_log(
     return summary
 
 
-def _log_artifacts(tmp: Path, settings: Settings, product: FitResult, ablation: FitResult) -> None:
+def _log_artifacts(
+    tmp: Path,
+    settings: Settings,
+    product: FitResult,
+    ablation: FitResult,
+    state: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
     model_dir = product.model.save(tmp / MODEL_ARTIFACT)
+    serving_state.save_state(model_dir / serving_state.STATE_DIR, *state)
     ablation.model.save(model_dir / ABLATION_DIR)
     (model_dir / "settings.json").write_text(settings.to_json(), encoding="utf-8")
     registry.log_artifacts(model_dir, MODEL_ARTIFACT)
