@@ -360,15 +360,11 @@ def run_size(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, A
 
 
 def _quality(report: dict[str, Any]) -> dict[str, Any]:
-    systems = report.get("systems") or report.get("results") or {}
-    out: dict[str, Any] = {
-        "users": report.get("users"),
-        "users_sampled": report.get("users_sampled"),
-    }
-    if isinstance(systems, dict):
-        for name, metrics in systems.items():
-            if isinstance(metrics, dict) and "ndcg@10" in metrics:
-                out[f"{name}_ndcg@10"] = round(float(metrics["ndcg@10"]), 4)
+    systems: dict[str, Any] = report.get("systems", {})
+    users = [m.get("users") for m in systems.values()]
+    out: dict[str, Any] = {"users": users[0] if users else None}
+    out["users_sampled"] = report.get("users_sampled", "no (all users)")
+    out |= {f"{k}_ndcg@10": round(float(m["ndcg@10"]), 4) for k, m in systems.items()}
     return out
 
 

@@ -2,7 +2,9 @@
 
 The champion ``ranker`` (its LightGBM text file, from the registry's one champion cache), the
 text-scorer version it was trained with (a numpy ``TextIndex`` of scope ``live``), the
-generators fitted on the store's events, a ``FeatureSnapshot`` of those events, item titles,
+generators restored from the serving state published beside the ranker (memory-mapped, never
+refitted here; ``training.ranker.state``) over the store's interactions, a ``FeatureSnapshot``
+of those events, item titles,
 users' recent positives and when their stored vectors were made.  The clock is the latest
 event time in the store, so a snapshot behaves the same whether it is live or historical.
 """
@@ -40,7 +42,7 @@ def load_recommender(
     precompute: bool = True,
     ranker: tuple[registry.ModelRef, Path] | None = None,
 ) -> Recommender:
-    """Champion ranker + its text model's index + generators fitted on ``con``'s events.
+    """Champion ranker + its text model's index + its published generators over ``con``'s events.
 
     ``precompute`` builds every known user's candidates and text vector now (see
     ``PRECOMPUTE_MAX_USERS``) so that a request only looks them up.  ``ranker`` (a version
