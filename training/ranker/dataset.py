@@ -8,7 +8,9 @@ before the cutoff; the label is the user's engagement with the candidate after t
 
 Training reads ``events_fit_v1`` with cutoff ``val_start`` and labels from the ``val`` part
 (text vectors of scope ``fit_v1``); test scoring reads ``events_train_v1`` with cutoff
-``test_start`` (scope ``train_v1``).  See docs/ranking.md.
+``test_start`` (scope ``train_v1``).  On impression logs the training frame also holds the
+items shown in the label window's served lists (``training.ranker.served``: hard negatives).
+See docs/ranking.md.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from recsys.algorithms.ranking import TextFeatures, assemble
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
 from recsys.core.rules import FIT_SCOPE, TRAIN_SCOPE
+from training.ranker.served import add_served_rows
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,9 @@ def build_frame(
     blender.fit(data)
     user_ids = users["user_id"].to_list()
     cands = blender.frame(user_ids, as_of=users["as_of"].to_list()).join(users, on="user_id")
+    if with_labels and stage == FIT:
+        # impression logs: shown-not-clicked items of the label window are hard negatives
+        cands = add_served_rows(con, blender, cands, users)
     log.info(
         "%s: %d candidates for %d users in %.1fs",
         stage.events,
@@ -123,14 +129,21 @@ def build_frame(
         frame.width,
         time.perf_counter() - started,
     )
-    return frame.sort("user_id", "blend_rank"), [g.name for g in blender.generators]
+    return (
+        frame.sort("user_id", "blend_rank", "item_id", nulls_last=True),
+        [g.name for g in blender.generators],
+    )
 
 
 def candidate_recall(frame: pl.DataFrame, truth: pl.DataFrame) -> float:
-    """Mean over users with >= 1 positive of (positives among candidates / positives)."""
+    """Mean over users with >= 1 positive of (positives among candidates / positives).
+
+    Served rows that no generator proposed (null ``blend_rank``) are not candidates."""
     per_user = (
         truth.join(
-            frame.select("user_id", "item_id").with_columns(pl.lit(True).alias("hit")),
+            candidate_rows(frame)
+            .select("user_id", "item_id")
+            .with_columns(pl.lit(True).alias("hit")),
             on=["user_id", "item_id"],
             how="left",
         )
@@ -139,6 +152,11 @@ def candidate_recall(frame: pl.DataFrame, truth: pl.DataFrame) -> float:
     )
     mean = per_user["recall"].mean()
     return float(mean) if isinstance(mean, int | float) else 0.0
+
+
+def candidate_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows the blender proposed (without the served rows added for training)."""
+    return frame.filter(pl.col("blend_rank").is_not_null())
 
 
 def positives(con: duckdb.DuckDBPyConnection, part: str) -> pl.DataFrame:

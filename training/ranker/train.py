@@ -134,6 +134,9 @@ def fit(
     # the protocol's view of the held-out users: every val positive counts, not only candidates
     held_users = valid["user_id"].unique().to_list()
     hold_frame = frame.filter(pl.col("user_id").is_in(held_users))
+    if "blend_rank" in hold_frame.columns:
+        # ranked as served: the candidates, not the served rows added as hard negatives
+        hold_frame = hold_frame.filter(pl.col("blend_rank").is_not_null())
     val_ndcg = protocol_ndcg(
         hold_frame,
         np.asarray(booster.predict(feature_matrix(hold_frame, names), num_iteration=best)),
