@@ -359,6 +359,46 @@ class Blender:
             + [pl.col(c).fill_nan(None) for c in score_cols]
         )
 
+    def item_frame(
+        self,
+        user_ids: Sequence[str],
+        items: Sequence[Sequence[str]],
+        as_of: Sequence[datetime] | None = None,
+    ) -> pl.DataFrame:
+        """``frame``'s columns for given (user, items) pairs that need not be candidates.
+
+        Rows are scored as a candidate that no generator proposed: every dense generator's
+        score (as ``frame`` fills in for candidates other generators proposed), no generator
+        rank and no ``blend_rank`` (null).  A served-but-not-proposed item thus looks like what
+        it is -- outside the lists -- whatever its label; ``frame`` rows are unchanged.
+        """
+        when = list(as_of) if as_of is not None else [None] * len(user_ids)
+        cols: dict[str, list[Any]] = {"user_id": [], "item_id": []}
+        for gen in self.generators:
+            cols[f"gen_{gen.name}_score"] = []
+        for user_id, its, at in zip(user_ids, items, when, strict=True):
+            ids = np.asarray([str(i) for i in its], dtype=object)
+            cols["user_id"] += [str(user_id)] * len(ids)
+            cols["item_id"] += ids.tolist()
+            for gen in self.generators:
+                score = np.full(len(ids), np.nan, dtype=np.float32)
+                if isinstance(gen, DenseGenerator) and len(ids):
+                    score = self._dense_scores(gen, str(user_id), at, ids, score)
+                cols[f"gen_{gen.name}_score"] += score.tolist()
+        frame = pl.DataFrame(
+            {
+                "user_id": pl.Series(cols.pop("user_id"), dtype=pl.Utf8),
+                "item_id": pl.Series(cols.pop("item_id"), dtype=pl.Utf8),
+                "blend_rank": pl.Series([None] * sum(len(i) for i in items), dtype=pl.Int32),
+                **{k: pl.Series(k, v, dtype=pl.Float32).fill_nan(None) for k, v in cols.items()},
+            }
+        )
+        ranks = [pl.lit(None, pl.Int32).alias(f"gen_{g.name}_rank") for g in self.generators]
+        order = ["user_id", "item_id", "blend_rank"]
+        for gen in self.generators:
+            order += [f"gen_{gen.name}_score", f"gen_{gen.name}_rank"]
+        return frame.with_columns(ranks).select(order)
+
     def _blend(self, proposals: list[np.ndarray]) -> np.ndarray:
         """Round robin: order proposals by (rank, generator), keep each item's first, cut to n."""
         if not proposals or not sum(len(p) for p in proposals):

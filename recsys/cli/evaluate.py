@@ -45,7 +45,8 @@ def evaluate(
     replay_source: str | None,
     replay_only: bool,
 ) -> None:
-    """Evaluate on protocol v1 (MovieLens) and write report.json, report.md and plots."""
+    """Evaluate on the split (full ranking; impression logs add per-impression metrics on
+    the held-out served lists) and write report.json, report.md and plots."""
     from feature_store.db import connect
     from recsys.core.errors import EvaluationError
     from recsys.evaluation.protocol import PROTOCOL, SYSTEMS, run_protocol
@@ -69,6 +70,7 @@ def evaluate(
                     raise
                 log.warning("%s", exc)
                 report["skipped"]["protocol"] = str(exc)
+            _impressions(settings, con, report)
         if replay_source:
             report["replay"] = _replay(settings, con, replay_source)
             _check_replay(report["replay"])
@@ -85,12 +87,33 @@ def evaluate(
         )
     for name, reason in report.get("skipped", {}).items():
         click.echo(f"{name:15s} skipped: {reason}")
+    for name, m in report.get("impressions", {}).get("systems", {}).items():
+        click.echo(
+            f"held-out lists {name:15s} AUC {m['auc']:.4f}  MRR {m['mrr']:.4f}  "
+            f"nDCG@5 {m['ndcg@5']:.4f}  nDCG@10 {m['ndcg@10']:.4f}  lists {m['impressions']}"
+        )
+    for name, reason in report.get("impressions", {}).get("skipped", {}).items():
+        click.echo(f"held-out lists {name:15s} skipped: {reason}")
     for name, m in report.get("replay", {}).get("systems", {}).items():
         click.echo(
             f"replay {name:18s} AUC {m['auc']:.4f}  MRR {m['mrr']:.4f}  "
             f"nDCG@5 {m['ndcg@5']:.4f}  nDCG@10 {m['ndcg@10']:.4f}  lists {m['impressions']}"
         )
     click.echo(f"report: {out / 'report.md'} (MLflow run {run_id})")
+
+
+def _impressions(settings: Any, con: Any, report: dict[str, Any]) -> None:
+    """Impression logs: per-impression metrics on the held-out served lists."""
+    from recsys.core.errors import EvaluationError
+    from recsys.evaluation.impressions import evaluate_impressions, has_served_lists
+
+    if not has_served_lists(con):
+        return
+    try:
+        report["impressions"] = evaluate_impressions(settings, con)
+    except EvaluationError as exc:
+        log.warning("per-impression evaluation skipped: %s", exc)
+        report.setdefault("skipped", {})["impressions"] = str(exc)
 
 
 def _check_replay(result: dict[str, Any]) -> None:

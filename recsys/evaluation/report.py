@@ -12,6 +12,7 @@ from training import registry
 
 log = logging.getLogger(__name__)
 
+HELDOUT_LISTS_TITLE = "Per-impression metrics on held-out served lists"
 METRICS: tuple[str, ...] = (
     "ndcg@10",
     "recall@10",
@@ -35,6 +36,10 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
         files.append(_plot_history(report, output / "ndcg_by_history.png"))
     if report.get("replay", {}).get("systems"):
         files.append(_plot_replay(report["replay"], output / "replay.png"))
+    if report.get("impressions", {}).get("systems"):
+        files.append(
+            _plot_replay(report["impressions"], output / "impressions.png", HELDOUT_LISTS_TITLE)
+        )
     log.info("wrote %s", ", ".join(str(f) for f in files))
     return files
 
@@ -85,6 +90,7 @@ def markdown(report: dict[str, Any]) -> str:
         ]
     for name, reason in report.get("skipped", {}).items():
         lines.append(f"- **{name} skipped**: {reason}")
+    lines += _impressions_markdown(report.get("impressions"))
     replay = report.get("replay")
     if replay:
         lines += [
@@ -102,6 +108,30 @@ def markdown(report: dict[str, Any]) -> str:
         for name, reason in replay.get("skipped", {}).items():
             lines.append(f"- **{name} skipped**: {reason}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _impressions_markdown(result: dict[str, Any] | None) -> list[str]:
+    if not result:
+        return []
+    lines = [
+        "",
+        f"## {HELDOUT_LISTS_TITLE}",
+        "",
+        f"{result.get('lists', 0)} served lists of the test period ({result.get('impressions', 0)} "
+        "impressions), none seen in training; metrics averaged over lists with a click and a "
+        "non-click (recsys.evaluation.impressions).",
+        "",
+        "| system | AUC | MRR | nDCG@5 | nDCG@10 | lists |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in result.get("systems", {}).items():
+        lines.append(
+            f"| {name} | {m['auc']:.4f} | {m['mrr']:.4f} | {m['ndcg@5']:.4f} | "
+            f"{m['ndcg@10']:.4f} | {m['impressions']} |"
+        )
+    for name, reason in result.get("skipped", {}).items():
+        lines.append(f"- **{name} skipped**: {reason}")
+    return lines
 
 
 def _best_baseline(systems: dict[str, Any]) -> str | None:
@@ -157,7 +187,7 @@ def _plot_history(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _plot_replay(replay: dict[str, Any], path: Path) -> Path:
+def _plot_replay(replay: dict[str, Any], path: Path, title: str = "logged-click replay") -> Path:
     import numpy as np
 
     plt = _pyplot()
@@ -169,7 +199,7 @@ def _plot_replay(replay: dict[str, Any], path: Path) -> Path:
     for k, name in enumerate(names):
         ax.bar(x + k * width, [replay["systems"][name][m] for m in keys], width, label=name)
     ax.set_xticks(x + width * (len(names) - 1) / 2, keys)
-    ax.set_title("logged-click replay")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -191,10 +221,11 @@ def log_to_mlflow(
         metrics = {}
         for name, m in report.get("systems", {}).items():
             metrics.update({f"{name}.{k}": float(m[k]) for k in METRICS})
-        for name, m in report.get("replay", {}).get("systems", {}).items():
-            metrics.update(
-                {f"replay.{name}.{k}": float(m[k]) for k in ("auc", "mrr", "ndcg@5", "ndcg@10")}
-            )
+        for part in ("replay", "impressions"):
+            for name, m in report.get(part, {}).get("systems", {}).items():
+                metrics.update(
+                    {f"{part}.{name}.{k}": float(m[k]) for k in ("auc", "mrr", "ndcg@5", "ndcg@10")}
+                )
         registry.log_metrics(metrics)
         for f in files:
             registry.log_artifact(f, "report")

@@ -132,10 +132,13 @@ def fit(
     best = int(booster.best_iteration or booster.current_iteration())
     lgb_ndcg = float(booster.best_score["holdout"]["ndcg@10"])
     # the protocol's view of the held-out users: every val positive counts, not only candidates
+    held_scores = np.asarray(booster.predict(x[mask], num_iteration=best))
+    if "blend_rank" in valid.columns:
+        # ranked as served: the candidates, not the served rows added as hard negatives
+        proposed = valid["blend_rank"].is_not_null()
+        valid, held_scores = valid.filter(proposed), held_scores[proposed.to_numpy()]
     val_ndcg = protocol_ndcg(
-        valid,
-        np.asarray(booster.predict(x[mask], num_iteration=best)),
-        truth.filter(pl.col("user_id").is_in(list(held))),
+        valid, held_scores, truth.filter(pl.col("user_id").is_in(list(held)))
     )
     full = lgb.train(params, _dataset(x, useful, names), num_boost_round=best)
     del x

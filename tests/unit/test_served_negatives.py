@@ -1,0 +1,133 @@
+"""Hard negatives: the ranker's training frame holds the items shown in the label window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from feature_store.adapters.mind import ingest_mind
+from feature_store.db import connect
+from feature_store.splits import ensure_split
+from feature_store.task import apply_task
+from recsys.algorithms.candidates import Blender, Popularity
+from recsys.core.config import Settings, load_settings
+from tests.log_factories import write_mind
+from training.ranker import dataset
+from training.ranker.served import SERVED
+
+
+@pytest.fixture(scope="module")
+def mind_store(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Settings, duckdb.DuckDBPyConnection]:
+    root = tmp_path_factory.mktemp("served")
+    settings = load_settings(
+        environ={},
+        overrides={
+            "home": str(root / "home"),
+            "split.kind": "global_time",
+            "ranker.num_candidates": 4,
+        },
+    )
+    con = connect(settings.db_path)
+    ingest_mind(con, write_mind(root / "mind", n_users=8, n_items=24), progress=False)
+    apply_task(con, settings.task)
+    ensure_split(con, settings.split)
+    return settings, con
+
+
+def _shown(con: duckdb.DuckDBPyConnection, lo: str, hi: str) -> pl.DataFrame:
+    """(user, item, clicked) of the impressions between the two split cuts."""
+    return con.execute(
+        f"""
+        SELECT i.user_id, i.item_id, bool_or(c.event_id IS NOT NULL) AS clicked
+        FROM events i CROSS JOIN split_v1_spec s
+        LEFT JOIN (SELECT * FROM events WHERE event_type = 'click') c
+             ON c.request_id = i.request_id AND c.item_id = i.item_id
+        WHERE i.event_type = 'impression' AND i.ts >= {lo} AND i.ts < {hi}
+        GROUP BY ALL
+        """
+    ).pl()
+
+
+def test_shown_items_of_the_label_window_enter_the_frame(
+    mind_store: tuple[Settings, duckdb.DuckDBPyConnection],
+) -> None:
+    settings, con = mind_store
+    frame, _ = dataset.build_frame(con, settings, dataset.FIT, text_index=None)
+    shown = _shown(con, "s.val_start", "s.test_start")
+    users = set(frame["user_id"].unique().to_list())
+    shown = shown.filter(pl.col("user_id").is_in(list(users)))
+    got = shown.join(frame, on=["user_id", "item_id"], how="left")
+    # every shown item is a row; the shown-not-clicked ones are labelled 0 unless clicked
+    # in another list of the window
+    assert got["label"].null_count() == 0
+    assert got[SERVED].all()
+    clicked_anywhere = got.group_by("item_id", "user_id").agg(pl.col("clicked").any())
+    assert (
+        got.join(clicked_anywhere, on=["user_id", "item_id"], suffix="_any")
+        .filter(~pl.col("clicked_any"))["label"]
+        .max()
+        == 0
+    )
+    outside = frame.filter(pl.col("blend_rank").is_null())
+    assert outside.height > 0 and outside[SERVED].all()
+    # clicked and unclicked served items both sit outside the candidates, so "no blend rank"
+    # does not give the label away
+    assert set(outside["label"].unique().to_list()) == {0, 1}
+    # generator ranks are absent for them, dense scores (popularity) present
+    assert outside["gen_popularity_rank"].null_count() == outside.height
+    assert outside["gen_popularity_score"].null_count() == 0
+    # candidates keep their order first; served rows after them
+    first = frame.group_by("user_id", maintain_order=True).agg(pl.col("blend_rank").first())
+    assert first["blend_rank"].to_list() == [1] * first.height
+
+
+def test_no_test_period_impression_becomes_a_training_row(
+    mind_store: tuple[Settings, duckdb.DuckDBPyConnection],
+) -> None:
+    settings, con = mind_store
+    frame, _ = dataset.build_frame(con, settings, dataset.FIT, text_index=None)
+    test_only = _shown(con, "s.test_start", "TIMESTAMP '2100-01-01'").join(
+        _shown(con, "s.val_start", "s.test_start"), on=["user_id", "item_id"], how="anti"
+    )
+    assert test_only.height > 0
+    leaked = test_only.join(
+        frame.filter(pl.col("blend_rank").is_null()), on=["user_id", "item_id"], how="inner"
+    )
+    assert leaked.height == 0
+
+
+def test_candidate_recall_ignores_served_rows(
+    mind_store: tuple[Settings, duckdb.DuckDBPyConnection],
+) -> None:
+    settings, con = mind_store
+    frame, _ = dataset.build_frame(con, settings, dataset.FIT, text_index=None)
+    truth = dataset.positives(con, "val")
+    cands = dataset.candidate_rows(frame)
+    assert cands.height < frame.height
+    assert dataset.candidate_recall(frame, truth) == dataset.candidate_recall(cands, truth)
+    assert dataset.candidate_recall(frame, truth) < dataset.candidate_recall(
+        frame.with_columns(pl.col("blend_rank").fill_null(999)), truth
+    )
+
+
+def test_item_frame_scores_any_item_like_an_unproposed_candidate(tmp_path: Path) -> None:
+    from feature_store.interactions import Interactions
+
+    settings = load_settings(environ={}, overrides={"home": str(tmp_path / "home")})
+    con = connect(settings.db_path)
+    ingest_mind(con, write_mind(tmp_path / "mind", n_users=4, n_items=12), progress=False)
+    pop = Popularity()
+    blender = Blender([pop], n=2).fit(Interactions.from_store(con, "events"))
+    frame = blender.frame(["U0"])
+    some = blender.item_frame(["U0"], [["N0", "N5", "nope"]])
+    assert some.columns == frame.columns and some.schema == frame.schema
+    counts, index = pop.counts, pop.data.item_index
+    assert some["gen_popularity_score"].to_list()[:2] == [counts[index["N0"]], counts[index["N5"]]]
+    assert some["gen_popularity_score"][2] is None  # an item the log does not know
+    assert some["blend_rank"].null_count() == 3
+    con.close()
