@@ -70,7 +70,8 @@ def load_recommender(
         g for g in default_generators(settings, text.index if text else None) if g.name in wanted
     ]
     n = int(model.spec.get("num_candidates", settings.ranker.num_candidates))
-    blender = Blender(gens, n=n).fit(data)
+    # the caps the ranker was trained with (none recorded: trained before the caps, uncapped)
+    blender = Blender(gens, n=n, limits=model.spec.get("candidate_limits", {})).fit(data)
     newest = newest_event(con, events)
     clock = (newest or datetime.now()) + timedelta(seconds=1)
     # the request path's features from memory (same definitions as compute_features)

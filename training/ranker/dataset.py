@@ -23,7 +23,7 @@ import polars as pl
 
 from feature_store.interactions import Interactions
 from feature_store.rules_sql import label_sql, positive_sql
-from recsys.algorithms.candidates import Blender, default_generators
+from recsys.algorithms.candidates import Blender, candidate_limits, default_generators
 from recsys.algorithms.ranking import TextFeatures, assemble
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
@@ -93,7 +93,11 @@ def build_frame(
         raise TrainingError(
             "no users with a cutoff in split_v1_users; ingest ratings and materialize the split"
         )
-    blender = Blender(default_generators(settings, text_index), n=settings.ranker.num_candidates)
+    blender = Blender(
+        default_generators(settings, text_index),
+        n=settings.ranker.num_candidates,
+        limits=candidate_limits(settings),
+    )
     blender.fit(data)
     user_ids = users["user_id"].to_list()
     cands = blender.frame(user_ids, as_of=users["as_of"].to_list()).join(users, on="user_id")
@@ -124,6 +128,20 @@ def build_frame(
         time.perf_counter() - started,
     )
     return frame.sort("user_id", "blend_rank"), [g.name for g in blender.generators]
+
+
+def spec_settings(settings: Settings, spec: dict[str, Any]) -> Settings:
+    """``settings`` with the candidate settings a ranker was trained with (from its spec;
+    a spec without ``candidate_limits`` predates the caps: its generators were uncapped)."""
+    n = int(spec.get("num_candidates", settings.ranker.num_candidates))
+    limits = spec.get("candidate_limits", {})
+    return settings.replace(
+        **{
+            "ranker.num_candidates": n,
+            "ranker.text_candidates": limits.get("text", n),
+            "ranker.text_cold_candidates": limits.get("text_cold", n),
+        }
+    )
 
 
 def candidate_recall(frame: pl.DataFrame, truth: pl.DataFrame) -> float:
