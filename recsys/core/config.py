@@ -92,6 +92,9 @@ class RankerSettings:
     # candidate recall@300 stayed at 0.50
     text_candidates: NonNegativeInt = 50
     text_cold_candidates: NonNegativeInt = 20
+    # text columns of the ranker: text_score, text_score_rel (minus the user's candidate
+    # mean), text_score_pct (rank within the user's candidates); see recsys.algorithms.ranking
+    text_features: tuple[str, ...] = ("text_score", "text_score_rel")
     covisit_window_days: PositiveFloat = 1.0
     num_leaves: Annotated[int, Field(ge=2)] = 31
     learning_rate: PositiveFloat = 0.05

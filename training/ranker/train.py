@@ -183,7 +183,7 @@ def train_both(
     with_text = text_version is not None
     product = fit(
         frame,
-        feature_names(generators, with_text=with_text),
+        feature_names(generators, with_text=with_text, text_columns=settings.ranker.text_features),
         settings,
         truth,
         {**base, "uses_text": with_text, "text_model_version": text_version},
