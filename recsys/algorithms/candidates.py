@@ -10,7 +10,7 @@ arrays (popularity answers everyone).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -290,17 +290,28 @@ class Blender:
     """Union of several generators, deduplicated and cut to ``n`` per user.
 
     Items are taken round-robin by rank across generators (every generator's best first), so
-    each source is represented.  ``frame`` also returns each generator's score and rank.
+    each source is represented.  ``limits`` caps how many items a generator (by name) may
+    propose: without a cap a weak generator that answers every user (text neighbours) fills as
+    many slots as the strong ones.  ``frame`` also returns each generator's score and rank.
     """
 
     name = "blend"
 
     def __init__(
-        self, generators: Sequence[Generator], n: int = 300, per_generator: int | None = None
+        self,
+        generators: Sequence[Generator],
+        n: int = 300,
+        per_generator: int | None = None,
+        limits: Mapping[str, int] | None = None,
     ):
         self.generators = list(generators)
         self.n = int(n)
         self.per_generator = int(per_generator or n)
+        self.limits = {k: int(v) for k, v in (limits or {}).items()}
+
+    def proposals(self, gen: Generator) -> int:
+        """How many items ``gen`` is asked for (its limit, at most ``per_generator``)."""
+        return min(self.per_generator, self.limits.get(gen.name, self.per_generator))
 
     def fit(self, data: Interactions) -> Blender:
         for gen in self.generators:
@@ -316,7 +327,10 @@ class Blender:
         calls this for a single user, where many small polars operations would dominate.
         """
         results = [
-            gen.generate(user_ids, self.per_generator, as_of=as_of) for gen in self.generators
+            gen.generate(user_ids, self.proposals(gen), as_of=as_of)
+            if self.proposals(gen) > 0
+            else [EMPTY] * len(user_ids)
+            for gen in self.generators
         ]
         when = list(as_of) if as_of is not None else [None] * len(user_ids)
         cols: dict[str, list[np.ndarray]] = {"user_id": [], "item_id": [], "blend_rank": []}
@@ -453,6 +467,12 @@ class Blender:
                 )
             )
         return out
+
+
+def candidate_limits(settings: Any) -> dict[str, int]:
+    """Per-generator caps of the product's blender (``ranker.text_candidates`` ...)."""
+    r = settings.ranker
+    return {"text": r.text_candidates, "text_cold": r.text_cold_candidates}
 
 
 def default_generators(settings: Any, text_index: Any | None = None) -> list[Generator]:

@@ -7,7 +7,10 @@ turns it into the float32 matrix in a model's column order.
 
 Text features: ``text_score`` is the fine-tuned two-tower score (dot product of the user's
 text vector and the item's embedding); ``text_score_rel`` is that score minus the mean over the
-user's candidates, so trees can compare items within a list whatever the user vector's scale.
+user's candidates; ``text_score_pct`` is its rank within the user's candidates as a fraction
+(1 = the best text match of the list), which does not depend on the score's scale at all.
+Which of the three a ranker uses is ``ranker.text_features``; the generators' text columns
+(``gen_text*``) come with any of them.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import polars as pl
 from feature_store.features import FEATURE_COLUMNS, compute_features
 from feature_store.interactions import Interactions
 from recsys.algorithms.text_index import user_text_vector
+from recsys.core.errors import ConfigError
 from recsys.core.rules import HISTORY_LENGTH
 
 log = logging.getLogger(__name__)
 
-TEXT_FEATURES: tuple[str, ...] = ("text_score", "text_score_rel", "gen_text_score", "gen_text_rank")
+SCORE_FEATURES: tuple[str, ...] = ("text_score", "text_score_rel", "text_score_pct")
+TEXT_FEATURES: tuple[str, ...] = (*SCORE_FEATURES, "gen_text_score", "gen_text_rank")
 
 
 def behavioural_columns() -> tuple[str, ...]:
@@ -35,12 +40,23 @@ def behavioural_columns() -> tuple[str, ...]:
     return tuple(FEATURE_COLUMNS)
 
 
-def feature_names(generator_names: Sequence[str], *, with_text: bool) -> list[str]:
-    """The model's columns: behavioural, candidate-generator and (optionally) text features."""
+def feature_names(
+    generator_names: Sequence[str],
+    *,
+    with_text: bool,
+    text_columns: Sequence[str] = ("text_score", "text_score_rel"),
+) -> list[str]:
+    """The model's columns: behavioural, candidate-generator and (optionally) text features
+    (``text_columns`` of ``SCORE_FEATURES``)."""
+    unknown = sorted(set(text_columns) - set(SCORE_FEATURES))
+    if unknown:
+        raise ConfigError(
+            f"unknown text feature(s) {unknown}; ranker.text_features takes {list(SCORE_FEATURES)}"
+        )
     names = list(behavioural_columns()) + ["blend_rank"]
     for gen in generator_names:
         names += [f"gen_{gen}_score", f"gen_{gen}_rank"]
-    names += ["text_score", "text_score_rel"]
+    names += list(text_columns)
     if not with_text:
         names = [n for n in names if not is_text_feature(n)]
     return names
@@ -105,11 +121,15 @@ class TextFeatures:
 
 
 def add_text_features(frame: pl.DataFrame, text_score: np.ndarray) -> pl.DataFrame:
-    """Attach ``text_score`` and its within-user centred version."""
+    """Attach ``text_score``, its within-user centred version and its within-user rank."""
+    score = pl.col("text_score")
     return frame.with_columns(
         pl.Series("text_score", text_score, dtype=pl.Float64).fill_nan(None)
     ).with_columns(
-        (pl.col("text_score") - pl.col("text_score").mean().over("user_id")).alias("text_score_rel")
+        (score - score.mean().over("user_id")).alias("text_score_rel"),
+        (score.rank("average").over("user_id") / score.count().over("user_id")).alias(
+            "text_score_pct"
+        ),
     )
 
 

@@ -31,7 +31,8 @@ SCOPE_CHOICES = tuple(rules.SCOPES)
 @click.option(
     "--model",
     type=click.Choice(["tower", "pairs"]),
-    help="tower: history tower over cached lower BERT layers (default); pairs: per-pair BERT.",
+    help="tower: history tower over cached lower BERT layers; pairs: per-pair BERT "
+    "(default: text.model).",
 )
 @click.option("--no-promote", is_flag=True, help="Register only; never move the champion alias.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

@@ -85,7 +85,7 @@ def _test_frame(
                 "train_v1 embeddings are missing: run `recsys score`"
             )
     spec = model.spec
-    run_settings = settings.replace(**{"ranker.num_candidates": spec.get("num_candidates", 300)})
+    run_settings = dataset.spec_settings(settings, spec)
     frame, _ = dataset.build_frame(
         con, run_settings, dataset.TEST, text_index=index, with_labels=False, users=data.users
     )

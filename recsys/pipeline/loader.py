@@ -74,7 +74,9 @@ def load_recommender(
         g for g in default_generators(settings, text.index if text else None) if g.name in wanted
     ]
     n = int(model.spec.get("num_candidates", settings.ranker.num_candidates))
-    blender = _blender(Blender(gens, n=n), data, Path(path), ref.version)
+    # the caps the ranker was trained with (none recorded: trained before the caps, uncapped)
+    limits = model.spec.get("candidate_limits", {})
+    blender = _blender(Blender(gens, n=n, limits=limits), data, Path(path), ref.version)
     newest = newest_event(con, events)
     clock = (newest or datetime.now()) + timedelta(seconds=1)
     # the request path's features from memory (same definitions as compute_features)

@@ -31,7 +31,12 @@ from tests.integration.test_server import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TRAINED_HOME_ENV = "RECSYS_SERVE_TEST_HOME"
-_TINY = {"RECSYS_TEXT__MAX_ITEM_TOKENS": "32", "RECSYS_TEXT__MAX_USER_TOKENS": "64"}
+# the per-pair model with a 64-pair cap: a tower run caches the whole real catalog (minutes)
+_TINY = {
+    "RECSYS_TEXT__MAX_ITEM_TOKENS": "32",
+    "RECSYS_TEXT__MAX_USER_TOKENS": "64",
+    "RECSYS_TEXT__MODEL": "pairs",
+}
 
 
 def _trained_home(target: Path, data_dir: Path) -> Path:

@@ -179,3 +179,19 @@ def test_blender_interleaves_and_reports_each_generator(data: Interactions) -> N
     assert frame["gen_popularity_rank"].null_count() > 0
     first = frame.filter(frame["user_id"] == users(data)[0]).sort("blend_rank")
     assert first["blend_rank"].to_list() == list(range(1, first.height + 1))
+
+
+def test_blender_limits_cap_a_generator_share(data: Interactions) -> None:
+    gens = [TextNeighbours(genre_index()), Popularity()]
+    uncapped = Blender(gens, n=12).fit(data).frame(users(data)[:4])
+    capped = Blender(gens, n=12, limits={"text": 2}).fit(data).frame(users(data)[:4])
+    for frame in (uncapped, capped):
+        assert frame.group_by("user_id").len()["len"].to_list() == [12] * 4
+    # uncapped, text fills half of the round robin; capped, only its 2 best ranks are proposed
+    assert uncapped["gen_text_rank"].max() > 2
+    assert capped["gen_text_rank"].drop_nulls().max() == 2
+    only_text = capped.filter(capped["gen_popularity_rank"].is_null())
+    assert only_text.group_by("user_id").len()["len"].max() <= 2
+    # a limit of 0 switches a generator off
+    off = Blender(gens, n=12, limits={"text": 0}).fit(data).frame(users(data)[:2])
+    assert off["gen_text_rank"].null_count() == off.height

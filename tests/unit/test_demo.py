@@ -96,3 +96,15 @@ def test_failed_step_stops_and_is_not_recorded(
     assert result.exit_code == 1 and "recsys score" in result.output
     state = (home / "demo-state.json").read_text()
     assert "train text" in state and '"score"' not in state
+
+
+def test_text_step_uses_the_tower_defaults_and_caps_only_the_pair_model(
+    settings: Settings,
+) -> None:
+    tower = demo_mod.plan_steps(settings, 0, Path("r"))
+    assert settings.text.model == "tower"
+    assert [s.args for s in tower if s.name == "train text"] == [("train", "text")]
+    pairs = demo_mod.plan_steps(settings.replace(**{"text.model": "pairs"}), 2000, Path("r"), 1)
+    assert [s.args for s in pairs if s.name == "train text"] == [
+        ("train", "text", "--max-pairs", "2000", "--epochs", "1")
+    ]

@@ -11,9 +11,15 @@ import pytest
 
 from feature_store.db import connect
 from feature_store.splits import materialize_protocol_split
-from recsys.algorithms.ranking import TEXT_FEATURES, feature_matrix, feature_names
+from recsys.algorithms.ranking import (
+    TEXT_FEATURES,
+    add_text_features,
+    feature_matrix,
+    feature_names,
+)
 from recsys.algorithms.text_index import TextIndex
 from recsys.core.config import Settings, load_settings
+from recsys.core.errors import ConfigError
 from tests.factories import GENRES, load_into_store, make_catalog, make_events
 from training.ranker import dataset
 from training.ranker.model import RankerModel
@@ -88,6 +94,17 @@ def test_feature_names_without_text_drop_every_text_column() -> None:
     assert not [n for n in names if "text" in n]
     assert "gen_text_cold_rank" in feature_names(["covisit", "text_cold"], with_text=True)
     assert {"gen_covisit_rank", "blend_rank", "item_events_7d"} <= set(names)
+
+
+def test_text_score_features_rank_within_each_user() -> None:
+    frame = pl.DataFrame({"user_id": ["a", "a", "a", "b", "b"], "item_id": list("xyzxy")})
+    out = add_text_features(frame, np.array([0.1, 0.3, np.nan, 0.9, 0.2]))
+    assert out["text_score_pct"].to_list() == [0.5, 1.0, None, 1.0, 0.5]
+    assert out["text_score_rel"].to_list()[:2] == pytest.approx([-0.1, 0.1])
+    names = feature_names(["text"], with_text=True, text_columns=("text_score_pct",))
+    assert "text_score_pct" in names and "text_score_rel" not in names
+    with pytest.raises(ConfigError, match="text_score_pct"):
+        feature_names(["text"], with_text=True, text_columns=("text_rank",))
 
 
 def test_train_ranks_liked_items_first_and_round_trips(

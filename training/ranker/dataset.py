@@ -26,7 +26,7 @@ import polars as pl
 
 from feature_store.interactions import Interactions
 from feature_store.rules_sql import label_sql, positive_sql
-from recsys.algorithms.candidates import Blender, default_generators
+from recsys.algorithms.candidates import Blender, candidate_limits, default_generators
 from recsys.algorithms.ranking import TextFeatures, assemble
 from recsys.core import rules
 from recsys.core.config import Settings
@@ -105,7 +105,11 @@ def build_frame(
         raise TrainingError(
             "no users with a cutoff in split_v1_users; ingest ratings and materialize the split"
         )
-    blender = Blender(default_generators(settings, text_index), n=settings.ranker.num_candidates)
+    blender = Blender(
+        default_generators(settings, text_index),
+        n=settings.ranker.num_candidates,
+        limits=candidate_limits(settings),
+    )
     blender.fit(data)
     log.info("%s: generators fitted in %.1fs", stage.events, time.perf_counter() - started)
     text = TextFeatures(text_index, data) if text_index is not None else None
@@ -171,6 +175,20 @@ def _chunk_frame(
         )
     return frame.with_columns(pl.col(pl.Float64).cast(pl.Float32)).sort(
         "user_id", "blend_rank", "item_id", nulls_last=True
+    )
+
+
+def spec_settings(settings: Settings, spec: dict[str, Any]) -> Settings:
+    """``settings`` with the candidate settings a ranker was trained with (from its spec;
+    a spec without ``candidate_limits`` predates the caps: its generators were uncapped)."""
+    n = int(spec.get("num_candidates", settings.ranker.num_candidates))
+    limits = spec.get("candidate_limits", {})
+    return settings.replace(
+        **{
+            "ranker.num_candidates": n,
+            "ranker.text_candidates": limits.get("text", n),
+            "ranker.text_cold_candidates": limits.get("text_cold", n),
+        }
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from recsys.algorithms.candidates import candidate_limits
 from recsys.algorithms.metrics import ndcg_at_k
 from recsys.algorithms.ranking import feature_matrix, feature_names
 from recsys.core import rules
@@ -178,12 +179,13 @@ def train_both(
     base = {
         "generators": generators,
         "num_candidates": settings.ranker.num_candidates,
+        "candidate_limits": candidate_limits(settings),
         "covisit_window_days": settings.ranker.covisit_window_days,
     }
     with_text = text_version is not None
     product = fit(
         frame,
-        feature_names(generators, with_text=with_text),
+        feature_names(generators, with_text=with_text, text_columns=settings.ranker.text_features),
         settings,
         truth,
         {**base, "uses_text": with_text, "text_model_version": text_version},
