@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 @click.option(
     "--systems",
     default=None,
-    help="Comma-separated systems (default: popularity,item_knn,als,text_only,"
+    help="Comma-separated systems (default: popularity,item_knn,als,tfidf,text_only,"
     "ranker_no_text,ranker).",
 )
 @click.option(

@@ -24,7 +24,11 @@ from recsys.algorithms.candidates import Popularity
 from recsys.algorithms.metrics import coverage_at_k, mrr_at_k, ndcg_at_k, recall_at_k
 from recsys.core.config import Settings
 from recsys.evaluation.protocol_data import ProtocolData, generator_rankings, load_protocol
-from recsys.evaluation.protocol_models import ranker_rankings, text_only_rankings
+from recsys.evaluation.protocol_models import (
+    ranker_rankings,
+    text_only_rankings,
+    tfidf_rankings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,7 @@ SYSTEMS: tuple[str, ...] = (
     "popularity",
     "item_knn",
     "als",
+    "tfidf",
     "text_only",
     "ranker_no_text",
     "ranker",
@@ -138,6 +143,7 @@ def _builders(
         "popularity": lambda: (generator_rankings(Popularity(), data), ""),
         "item_knn": lambda: (generator_rankings(ItemKNN(), data), ""),
         "als": lambda: (generator_rankings(ALS(seed=settings.seed), data), ""),
+        "tfidf": lambda: tfidf_rankings(con, data),
         "text_only": lambda: text_only_rankings(settings, con, data),
         "ranker_no_text": lambda: ranker_rankings(settings, con, data, state, ablation=True),
         "ranker": lambda: ranker_rankings(settings, con, data, state, ablation=False),

@@ -105,7 +105,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _best_baseline(systems: dict[str, Any]) -> str | None:
-    base = [n for n in ("popularity", "item_knn", "als", "text_only") if n in systems]
+    base = [n for n in ("popularity", "item_knn", "als", "tfidf", "text_only") if n in systems]
     return max(base, key=lambda n: systems[n]["ndcg@10"]) if base else None
 
 
