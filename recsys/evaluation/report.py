@@ -8,6 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from recsys.core.rules import COLD_ITEM_MAX_EVENTS, POSITIVE_RATING
+from recsys.evaluation.report_sections import (
+    intervals_md,
+    plot_cold_slice,
+    provenance_md,
+    text_effect_md,
+)
 from training import registry
 
 log = logging.getLogger(__name__)
@@ -33,6 +39,7 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
     if report.get("systems"):
         files.append(_plot_metrics(report, output / "metrics_by_system.png"))
         files.append(_plot_history(report, output / "ndcg_by_history.png"))
+        files.append(plot_cold_slice(report, output / "cold_slice.png"))
     if report.get("replay", {}).get("systems"):
         files.append(_plot_replay(report["replay"], output / "replay.png"))
     log.info("wrote %s", ", ".join(str(f) for f in files))
@@ -42,6 +49,7 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
 def markdown(report: dict[str, Any]) -> str:
     """A human-readable report: the metric table, skipped systems, replay results."""
     lines = [f"# Offline evaluation ({report.get('protocol', 'replay')})", ""]
+    lines += provenance_md(report)
     systems = report.get("systems", {})
     if systems:
         lines += [
@@ -53,6 +61,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + f" | {m['users']} |"
             )
         lines.append("")
+        lines += text_effect_md(report)
+        lines += intervals_md(report)
         best = _best_baseline(systems)
         if "ranker" in systems and best:
             ratio = systems["ranker"]["ndcg@10"] / max(systems[best]["ndcg@10"], 1e-12)
