@@ -9,11 +9,9 @@ from typing import Any
 from recsys.core.config import Settings
 from recsys.core.rules import CHAMPION_ALIAS, RANKER_MODEL_NAME, TEXT_MODEL_NAME
 from training import registry
+from training.promotion import DECISION_TAG, REASON_TAG
 
 log = logging.getLogger(__name__)
-
-DECISION_TAG = "promotion.decision"
-REASON_TAG = "promotion.reason"
 
 
 def provenance(

@@ -61,8 +61,10 @@ def trained(
     )
     materialize_protocol_split(con)
     version = _write_text_model(settings, con)
-    summary = train_and_log(settings, con)
-    assert summary["text_model_version"] == version
+    # forced: these tests exercise a ranker with text features, whether or not the genre
+    # vectors beat the no-text ablation on 30 users (tests/unit/test_promotion.py: the gates)
+    summary = train_and_log(settings, con, force=True)
+    assert summary["text_model_version"] == version and summary["candidate"] == "with_text"
     return settings, con, summary
 
 
