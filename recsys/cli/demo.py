@@ -119,6 +119,14 @@ def _run(settings: Settings, args: Sequence[str], extra_env: dict[str, str] | No
         )
 
 
+def _has_text_champion(settings: Settings) -> bool:
+    """Whether a text-scorer version holds the champion alias (there is something to score)."""
+    from recsys.core.rules import TEXT_MODEL_NAME
+    from training import registry
+
+    return registry.champion(settings, TEXT_MODEL_NAME) is not None
+
+
 def _cuda_available() -> bool:
     try:
         import torch
@@ -210,6 +218,15 @@ def demo(
         if not force and state.get(step.name) == step.key:
             click.echo(f"{header}: inputs unchanged, skipped")
             timings.append((step.name, 0.0, "skipped"))
+            continue
+        if step.name == "score" and not _has_text_champion(settings):
+            # not recorded as done: the next demo run checks again
+            click.echo(
+                f"{header}: skipped: no text-scorer champion (the text model did not pass its "
+                "promotion gate; `recsys models list text-scorer` shows why), so the ranker "
+                "trains without text features"
+            )
+            timings.append((step.name, 0.0, "no text model"))
             continue
         click.echo(f"{header}: recsys {' '.join(step.args)}")
         start = time.perf_counter()

@@ -11,6 +11,7 @@ import click
 
 from recsys.cli import settings_from
 from recsys.core import rules
+from recsys.evaluation.uncertainty import DEFAULT_RESAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 @click.option(
     "--systems",
     default=None,
-    help="Comma-separated systems (default: popularity,item_knn,als,text_only,"
+    help="Comma-separated systems (default: popularity,item_knn,als,tfidf,text_only,"
     "ranker_no_text,ranker).",
 )
 @click.option(
@@ -37,6 +38,14 @@ log = logging.getLogger(__name__)
     "'store' for the impressions already in the store.",
 )
 @click.option("--replay-only", is_flag=True, help="Skip protocol v1; only the replay.")
+@click.option(
+    "--bootstrap",
+    "resamples",
+    type=click.IntRange(min=0),
+    default=DEFAULT_RESAMPLES,
+    show_default=True,
+    help="Bootstrap resamples over users for the confidence intervals (0: none).",
+)
 @click.pass_context
 def evaluate(
     ctx: click.Context,
@@ -44,12 +53,14 @@ def evaluate(
     systems: str | None,
     replay_source: str | None,
     replay_only: bool,
+    resamples: int,
 ) -> None:
     """Evaluate on the split (full ranking; impression logs add per-impression metrics on
     the held-out served lists) and write report.json, report.md and plots."""
     from feature_store.db import connect
     from recsys.core.errors import EvaluationError
-    from recsys.evaluation.protocol import PROTOCOL, SYSTEMS, run_protocol
+    from recsys.evaluation.protocol import PROTOCOL, SYSTEMS, check_systems, run_protocol
+    from recsys.evaluation.provenance import provenance
     from recsys.evaluation.report import log_to_mlflow, write_report
     from training import registry
 
@@ -58,13 +69,20 @@ def evaluate(
     chosen = tuple(s.strip() for s in systems.split(",") if s.strip()) if systems else SYSTEMS
     if replay_only and not replay_source:
         raise click.UsageError("--replay-only needs --replay SOURCE")
+    if not replay_only:
+        check_systems(chosen)
+    if not settings.db_path.exists() and (replay_source == "store" or not replay_only):
+        raise EvaluationError(
+            f"nothing to evaluate: there is no store at {settings.db_path} (home "
+            f"{settings.home}); run `recsys ingest ...` first, or point --home at a trained home"
+        )
     report: dict[str, Any] = {"protocol": PROTOCOL, "systems": {}, "skipped": {}}
     con = connect(settings.db_path)
     try:
         fingerprint = registry.data_fingerprint(con)
         if not replay_only:
             try:
-                report = run_protocol(settings, con, chosen)
+                report = run_protocol(settings, con, chosen, bootstrap=resamples)
             except EvaluationError as exc:
                 if not replay_source:
                     raise
@@ -76,6 +94,7 @@ def evaluate(
             _check_replay(report["replay"])
     finally:
         con.close()
+    report.update(provenance(settings, report, fingerprint))
     files = write_report(report, out)
     run_id = log_to_mlflow(settings, report, files, fingerprint)
     for name, m in report.get("systems", {}).items():

@@ -25,6 +25,9 @@ from recsys.cli import settings_from
 @click.option("--learning-rate", type=float, default=None, help="LightGBM learning rate.")
 @click.option("--num-leaves", type=click.IntRange(min=2), default=None, help="LightGBM num_leaves.")
 @click.option("--no-promote", is_flag=True, help="Register the model but never promote it.")
+@click.option(
+    "--force", is_flag=True, help="Promote even when a promotion gate fails (reason recorded)."
+)
 @click.pass_context
 def train_ranker(
     ctx: click.Context,
@@ -33,6 +36,7 @@ def train_ranker(
     learning_rate: float | None,
     num_leaves: int | None,
     no_promote: bool,
+    force: bool,
 ) -> None:
     """Train the ranker (and its no-text ablation) on the store; register it as `ranker`."""
     from feature_store.db import connect
@@ -49,14 +53,22 @@ def train_ranker(
     )
     con = connect(settings.db_path)
     try:
-        summary = train_and_log(settings, con, promote=not no_promote)
+        summary = train_and_log(settings, con, promote=not no_promote, force=force)
     finally:
         con.close()
     m = summary["metrics"]
+    with_text = m.get("with_text_val_ndcg@10")
     click.echo(
         f"ranker version {summary['version']} (run {summary['run_id']}, text model "
-        f"{summary['text_model_version']}): val NDCG@10 {m['val_ndcg@10']:.4f} "
-        f"(no text {m['no_text_val_ndcg@10']:.4f}); "
+        f"{summary['text_model_version']}): holdout NDCG@10 {m['val_ndcg@10']:.4f} "
+        + (f"(with text {with_text:.4f}, " if with_text is not None else "(")
+        + f"no text {m['no_text_val_ndcg@10']:.4f}); "
         f"{'promoted to champion' if summary['promoted'] else 'not promoted'}"
     )
+    if summary["baselines"]:
+        click.echo(
+            "baselines on the same holdout: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in summary["baselines"].items())
+        )
+    click.echo(f"promotion: {summary['decision']}: {summary['reason']}")
     click.echo(json.dumps({"top_features": summary["top_features"][:5]}, default=str))

@@ -35,6 +35,9 @@ SCOPE_CHOICES = tuple(rules.SCOPES)
     "(default: text.model).",
 )
 @click.option("--no-promote", is_flag=True, help="Register only; never move the champion alias.")
+@click.option(
+    "--force", is_flag=True, help="Promote even when a promotion gate fails (reason recorded)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def train_text(
@@ -46,6 +49,7 @@ def train_text(
     base_model: str | None,
     model: str | None,
     no_promote: bool,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Fine-tune the two-tower BERT text scorer on protocol v1 (one MLflow run)."""
@@ -72,6 +76,7 @@ def train_text(
             con,
             max_pairs=max_pairs,
             promote=not no_promote,
+            force=force,
             on_plan=None if as_json else (lambda plan: click.echo(plan.describe())),
         )
     finally:
@@ -84,6 +89,7 @@ def train_text(
                     "run_id": result.run_id,
                     "model_version": result.model_version,
                     "promoted": result.promoted,
+                    "promotion_reason": result.promotion_reason,
                     "seconds": seconds,
                     "metrics": result.metrics,
                 },
@@ -103,6 +109,7 @@ def train_text(
     ):
         click.echo(f"{name:24s}{m[prefix + 'auc']:>10.4f}{m[prefix + 'ndcg@10']:>10.4f}")
     click.echo("promoted to champion" if result.promoted else "not promoted (champion kept)")
+    click.echo(f"promotion: {result.promotion_reason}")
 
 
 @click.command("score")

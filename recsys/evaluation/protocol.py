@@ -23,8 +23,20 @@ from recsys.algorithms.baselines import ALS, ItemKNN
 from recsys.algorithms.candidates import Popularity
 from recsys.algorithms.metrics import coverage_at_k, mrr_at_k, ndcg_at_k, recall_at_k
 from recsys.core.config import Settings
+from recsys.core.errors import EvaluationError
 from recsys.evaluation.protocol_data import ProtocolData, generator_rankings, load_protocol
-from recsys.evaluation.protocol_models import ranker_rankings, text_only_rankings
+from recsys.evaluation.protocol_models import (
+    ranker_rankings,
+    text_only_rankings,
+    tfidf_rankings,
+)
+from recsys.evaluation.uncertainty import (
+    DEFAULT_RESAMPLES,
+    USER_METRICS,
+    PerUser,
+    add_intervals,
+    bucket_masks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +45,7 @@ SYSTEMS: tuple[str, ...] = (
     "popularity",
     "item_knn",
     "als",
+    "tfidf",
     "text_only",
     "ranker_no_text",
     "ranker",
@@ -46,71 +59,79 @@ HISTORY_BUCKETS: tuple[tuple[int, int], ...] = (
 )
 
 
-def score_rankings(rankings: Mapping[str, Sequence[str]], data: ProtocolData) -> dict[str, Any]:
-    """The protocol metrics of one system's top lists (missing users count as empty lists)."""
+def per_user_metrics(rankings: Mapping[str, Sequence[str]], data: ProtocolData) -> PerUser:
+    """Each evaluated user's metric values (missing users count as empty lists)."""
     lists = [list(rankings.get(u, ())) for u in data.users]
-    ndcg = np.array(
-        [ndcg_at_k(r, data.truth[u], 10) for u, r in zip(data.users, lists, strict=True)]
-    )
-    cold_users = [u for u in data.users if u in data.cold_truth]
-    cold = [ndcg_at_k(list(rankings.get(u, ())), data.cold_truth[u], 10) for u in cold_users]
-    metrics: dict[str, Any] = {
-        "ndcg@10": float(ndcg.mean()) if len(ndcg) else 0.0,
-        "recall@10": float(
-            np.mean(
-                [recall_at_k(r, data.truth[u], 10) for u, r in zip(data.users, lists, strict=True)]
-            )
-        ),
-        "recall@50": float(
-            np.mean(
-                [recall_at_k(r, data.truth[u], 50) for u, r in zip(data.users, lists, strict=True)]
-            )
-        ),
-        "mrr@10": float(
-            np.mean(
-                [mrr_at_k(r, data.truth[u], 10) for u, r in zip(data.users, lists, strict=True)]
-            )
-        ),
-        "coverage@10": coverage_at_k(lists, data.catalog_size, 10),
-        "cold_ndcg@10": float(np.mean(cold)) if cold else 0.0,
-        "cold_users": len(cold_users),
-        "users": len(data.users),
+    pairs = list(zip(data.users, lists, strict=True))
+    values = {
+        "ndcg@10": np.array([ndcg_at_k(r, data.truth[u], 10) for u, r in pairs]),
+        "recall@10": np.array([recall_at_k(r, data.truth[u], 10) for u, r in pairs]),
+        "recall@50": np.array([recall_at_k(r, data.truth[u], 50) for u, r in pairs]),
+        "mrr@10": np.array([mrr_at_k(r, data.truth[u], 10) for u, r in pairs]),
     }
-    metrics["ndcg@10_by_history"] = _by_history(ndcg, data)
+    cold = [ndcg_at_k(r, data.cold_truth[u], 10) for u, r in pairs if u in data.cold_truth]
+    return PerUser(values, np.array(cold, dtype=np.float64))
+
+
+def score_rankings(
+    rankings: Mapping[str, Sequence[str]], data: ProtocolData, per_user: PerUser | None = None
+) -> dict[str, Any]:
+    """The protocol metrics of one system's top lists (missing users count as empty lists)."""
+    pu = per_user or per_user_metrics(rankings, data)
+    lists = [list(rankings.get(u, ())) for u in data.users]
+
+    def mean(x: np.ndarray) -> float:
+        return float(x.mean()) if len(x) else 0.0
+
+    metrics: dict[str, Any] = {k: mean(pu.values[k]) for k in USER_METRICS}
+    metrics["coverage@10"] = coverage_at_k(lists, data.catalog_size, 10)
+    metrics["cold_ndcg@10"] = mean(pu.cold)
+    metrics["cold_users"] = len(pu.cold)
+    metrics["users"] = len(data.users)
+    masks = bucket_masks(data.users, data.history, HISTORY_BUCKETS)
+    metrics["ndcg@10_by_history"] = {
+        label: {"ndcg@10": mean(pu.values["ndcg@10"][mask]), "users": int(mask.sum())}
+        for label, mask in masks.items()
+    }
     return metrics
 
 
-def _by_history(ndcg: np.ndarray, data: ProtocolData) -> dict[str, dict[str, float]]:
-    hist = np.array([data.history.get(u, 0) for u in data.users])
-    out = {}
-    for lo, hi in HISTORY_BUCKETS:
-        mask = (hist >= lo) & (hist < hi)
-        label = f"{lo}-{hi - 1}" if hi < 10**9 else f"{lo}+"
-        out[label] = {
-            "ndcg@10": float(ndcg[mask].mean()) if mask.any() else 0.0,
-            "users": int(mask.sum()),
-        }
-    return out
+def check_systems(systems: Sequence[str]) -> None:
+    """Refuse unknown system names before anything is read or logged."""
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise EvaluationError(
+            f"unknown system(s) {', '.join(repr(s) for s in unknown)}; "
+            f"choose from {', '.join(SYSTEMS)}"
+        )
+    if not systems:
+        raise EvaluationError(f"no system to evaluate; choose from {', '.join(SYSTEMS)}")
 
 
 def run_protocol(
-    settings: Settings, con: duckdb.DuckDBPyConnection, systems: Sequence[str] = SYSTEMS
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    systems: Sequence[str] = SYSTEMS,
+    bootstrap: int = DEFAULT_RESAMPLES,
 ) -> dict[str, Any]:
-    """Evaluate ``systems`` on protocol v1; systems that cannot run are listed under ``skipped``."""
+    """Evaluate ``systems`` on protocol v1; systems that cannot run are listed under ``skipped``.
+
+    ``bootstrap`` > 0 adds bootstrap intervals over users (``recsys.evaluation.uncertainty``).
+    """
+    check_systems(systems)
     data = load_protocol(con, settings)
     report: dict[str, Any] = {"protocol": PROTOCOL, "systems": {}, "skipped": {}, "timings_s": {}}
     builders = _builders(settings, con, data, report)
+    per_user: dict[str, PerUser] = {}
     for name in systems:
-        if name not in builders:
-            report["skipped"][name] = f"unknown system; choose from {', '.join(SYSTEMS)}"
-            continue
         started = time.perf_counter()
         rankings, reason = builders[name]()
         if rankings is None:
             log.warning("system %s skipped: %s", name, reason)
             report["skipped"][name] = reason
             continue
-        report["systems"][name] = score_rankings(rankings, data)
+        per_user[name] = per_user_metrics(rankings, data)
+        report["systems"][name] = score_rankings(rankings, data, per_user[name])
         report["timings_s"][name] = round(time.perf_counter() - started, 2)
         m = report["systems"][name]
         log.info(
@@ -122,6 +143,9 @@ def run_protocol(
             m["users"],
             report["timings_s"][name],
         )
+    if bootstrap > 0 and per_user:
+        masks = bucket_masks(data.users, data.history, HISTORY_BUCKETS)
+        add_intervals(report, per_user, masks, bootstrap, settings.seed)
     report.update(data.extra)
     return report
 
@@ -138,6 +162,7 @@ def _builders(
         "popularity": lambda: (generator_rankings(Popularity(), data), ""),
         "item_knn": lambda: (generator_rankings(ItemKNN(), data), ""),
         "als": lambda: (generator_rankings(ALS(seed=settings.seed), data), ""),
+        "tfidf": lambda: tfidf_rankings(con, data),
         "text_only": lambda: text_only_rankings(settings, con, data),
         "ranker_no_text": lambda: ranker_rankings(settings, con, data, state, ablation=True),
         "ranker": lambda: ranker_rankings(settings, con, data, state, ablation=False),

@@ -1,4 +1,4 @@
-"""Protocol v1 rankings of the learned systems: text_only, ranker_no_text and ranker.
+"""Protocol v1 rankings of the text and learned systems: tfidf, text_only, ranker_no_text, ranker.
 
 Each returns ``(rankings, reason)``: ``rankings`` is None (and ``reason`` says what to run)
 when the model it needs does not exist, so evaluation still produces the baselines.
@@ -15,6 +15,7 @@ import polars as pl
 
 from recsys.algorithms.candidates import TextNeighbours
 from recsys.algorithms.ranking import feature_matrix
+from recsys.algorithms.tfidf import TfidfProfile
 from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError
@@ -24,6 +25,7 @@ from training.ranker import dataset
 from training.ranker.model import RankerModel
 from training.ranker.run import ABLATION_DIR
 from training.registry import load_text_index
+from training.text.texts import item_texts
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,17 @@ def text_only_rankings(
             "and `recsys score`"
         )
     return generator_rankings(TextNeighbours(index), data), ""
+
+
+def tfidf_rankings(
+    con: duckdb.DuckDBPyConnection, data: ProtocolData
+) -> tuple[dict[str, list[str]] | None, str]:
+    """Rank the catalog by the TF-IDF content profile of each user's train positives."""
+
+    texts = item_texts(con)
+    if not any(t.strip() for t in texts.values()):
+        return None, "no item has any text: ingest items with a title or description"
+    return generator_rankings(TfidfProfile(texts), data), ""
 
 
 def _load_rankers(settings: Settings, state: dict[str, Any]) -> str:

@@ -8,6 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from recsys.core.rules import COLD_ITEM_MAX_EVENTS, POSITIVE_RATING
+from recsys.evaluation.report_sections import (
+    intervals_md,
+    plot_cold_slice,
+    provenance_md,
+    text_effect_md,
+)
 from training import registry
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,7 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
     if report.get("systems"):
         files.append(_plot_metrics(report, output / "metrics_by_system.png"))
         files.append(_plot_history(report, output / "ndcg_by_history.png"))
+        files.append(plot_cold_slice(report, output / "cold_slice.png"))
     if report.get("replay", {}).get("systems"):
         files.append(_plot_replay(report["replay"], output / "replay.png"))
     if report.get("impressions", {}).get("systems"):
@@ -47,6 +54,7 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
 def markdown(report: dict[str, Any]) -> str:
     """A human-readable report: the metric table, skipped systems, replay results."""
     lines = [f"# Offline evaluation ({report.get('protocol', 'replay')})", ""]
+    lines += provenance_md(report)
     systems = report.get("systems", {})
     if systems:
         lines += [
@@ -58,6 +66,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + f" | {m['users']} |"
             )
         lines.append("")
+        lines += text_effect_md(report)
+        lines += intervals_md(report)
         best = _best_baseline(systems)
         if "ranker" in systems and best:
             ratio = systems["ranker"]["ndcg@10"] / max(systems[best]["ndcg@10"], 1e-12)
@@ -135,7 +145,7 @@ def _impressions_markdown(result: dict[str, Any] | None) -> list[str]:
 
 
 def _best_baseline(systems: dict[str, Any]) -> str | None:
-    base = [n for n in ("popularity", "item_knn", "als", "text_only") if n in systems]
+    base = [n for n in ("popularity", "item_knn", "als", "tfidf", "text_only") if n in systems]
     return max(base, key=lambda n: systems[n]["ndcg@10"]) if base else None
 
 

@@ -18,7 +18,7 @@ def test_baselines_on_protocol_v1(settings: Settings, real_data_dir: Path) -> No
     con = connect(settings.db_path)
     try:
         ingest_movielens(con, real_data_dir, progress=False)
-        report = run_protocol(settings, con, ("popularity", "item_knn", "als"))
+        report = run_protocol(settings, con, ("popularity", "item_knn", "als", "tfidf"))
     finally:
         con.close()
     systems = report["systems"]
@@ -28,6 +28,8 @@ def test_baselines_on_protocol_v1(settings: Settings, real_data_dir: Path) -> No
     # ARCHITECTURE.md: about 0.11 for item-kNN (cosine on train positives) and ALS
     assert systems["item_knn"]["ndcg@10"] == pytest.approx(0.11, abs=0.01)
     assert systems["als"]["ndcg@10"] == pytest.approx(0.11, abs=0.015)
+    # the TF-IDF content profile (docs/ranking.md): far below CF on MovieLens, well above 0.01
+    assert systems["tfidf"]["ndcg@10"] == pytest.approx(0.0455, abs=0.005)
     for m in systems.values():
         assert m["users"] == 592
         assert 0 < m["coverage@10"] < 1 and m["recall@50"] >= m["recall@10"]

@@ -61,8 +61,10 @@ def trained(
     )
     materialize_protocol_split(con)
     version = _write_text_model(settings, con)
-    summary = train_and_log(settings, con)
-    assert summary["text_model_version"] == version
+    # forced: these tests exercise a ranker with text features, whether or not the genre
+    # vectors beat the no-text ablation on 30 users (tests/unit/test_promotion.py: the gates)
+    summary = train_and_log(settings, con, force=True)
+    assert summary["text_model_version"] == version and summary["candidate"] == "with_text"
     return settings, con, summary
 
 
@@ -257,7 +259,15 @@ def test_evaluate_cli_writes_report(trained: tuple, tmp_path: Path) -> None:
         assert 0.0 <= m["ndcg@10"] <= 1.0 and m["users"] == report["systems"]["popularity"]["users"]
     assert 0.0 < report["val_candidate_recall@20"] <= 1.0
     assert 0.0 < report["candidate_recall@20"] <= 1.0
-    assert (out / "report.md").read_text().startswith("# Offline evaluation")
+    md = (out / "report.md").read_text()
+    assert md.startswith("# Offline evaluation") and "store fingerprint" in md
+    assert report["data_fingerprint"] and report["date"].endswith("UTC")
+    models = {(m["name"], m["alias"]): m["version"] for m in report["models"]}
+    assert models[("ranker", "champion")] == registry.champion(settings, "ranker").version
+    effect = report["text_effect"]["slices"]["overall"]
+    assert effect["low"] <= effect["mean"] <= effect["high"] and effect["users"] > 0
+    assert "Does text help? ranker - ranker_no_text" in md
+    assert (out / "cold_slice.png").stat().st_size > 0
     assert (out / "metrics_by_system.png").stat().st_size > 0 and (
         out / "ndcg_by_history.png"
     ).is_file()

@@ -20,6 +20,7 @@ from recsys.algorithms.candidates import (
     TextNeighbours,
 )
 from recsys.algorithms.text_index import TextIndex
+from recsys.algorithms.tfidf import TfidfProfile
 from recsys.algorithms.topk import top_n
 from tests.factories import GENRES, T0, load_into_store, make_catalog, make_events
 
@@ -35,6 +36,13 @@ def genre_index() -> TextIndex:
     return TextIndex("1", ids, matrix, scope="fit_v1")
 
 
+def catalog_texts() -> dict[str, str]:
+    """The factory catalog's item texts, composed as the product composes them."""
+    from training.text.texts import compose_item_text
+
+    return {str(r["item_id"]): compose_item_text(r) for r in make_catalog(N_ITEMS).to_dicts()}
+
+
 GENERATORS = {
     "popularity": Popularity,
     "recent_pop": lambda: RecentPopularity(window_days=3650),
@@ -44,10 +52,11 @@ GENERATORS = {
     "als": lambda: ALS(factors=8, iterations=5),
     "text": lambda: TextNeighbours(genre_index()),
     "text_cold": lambda: TextNeighbours(genre_index(), max_item_events=6),
+    "tfidf": lambda: TfidfProfile(catalog_texts()),
     "blend": lambda: Blender([CoVisitation(), GenreAffinity(), Popularity()], n=12),
 }
 # generators whose best item for a user is in the user's favourite genre on the factory data
-GENRE_AWARE = ("covisit", "genre", "item_knn", "text")
+GENRE_AWARE = ("covisit", "genre", "item_knn", "text", "tfidf")
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,29 @@ from click.testing import CliRunner
 from recsys.cli import demo as demo_mod
 from recsys.cli import main
 from recsys.core.config import Settings
+
+
+@pytest.fixture(autouse=True)
+def _text_champion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steps are not run here, so no text model is ever promoted: pretend one was."""
+    monkeypatch.setattr(demo_mod, "_has_text_champion", lambda settings: True)
+
+
+def test_score_is_skipped_when_no_text_model_was_promoted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(
+        demo_mod, "_run", lambda settings, args, extra_env=None: calls.append(tuple(args))
+    )
+    monkeypatch.setattr(demo_mod, "_has_text_champion", lambda settings: False)
+    home = tmp_path / "h"
+    args = ["--home", str(home), "--data-dir", str(tmp_path), "--device", "cpu", "demo"]
+    result = CliRunner().invoke(main, [*args, "--no-serve", "--max-pairs", "500"])
+    assert result.exit_code == 0, result.output
+    assert [c[0] for c in calls] == ["ingest", "train", "train", "evaluate", "models"]
+    assert "score: skipped: no text-scorer champion" in result.output
+    assert "score" not in json.loads((home / "demo-state.json").read_text())
 
 
 def _keys(settings: Settings) -> dict[str, str]:

@@ -43,3 +43,29 @@ def test_replay_without_scorable_lists_is_refused() -> None:
     with pytest.raises(EvaluationError, match="no logged impression list"):
         _check_replay({"systems": {"popularity": {"impressions": 0}}, "requests": 3})
     _check_replay({"systems": {"popularity": {"impressions": 1}}})
+
+
+def test_evaluate_on_an_empty_home_fails_and_creates_nothing(tmp_path: Path) -> None:
+    from recsys.cli import main
+
+    home = tmp_path / "empty-home"
+    result = CliRunner().invoke(main, ["--home", str(home), "evaluate"])
+    assert result.exit_code != 0
+    assert "nothing to evaluate: there is no store at" in result.output
+    assert "recsys ingest" in result.output
+    assert not home.exists() or not any(home.iterdir())
+
+
+def test_evaluate_with_an_unknown_system_fails_naming_the_choices(
+    settings: Settings, store: duckdb.DuckDBPyConnection
+) -> None:
+    from recsys.cli import main
+
+    load_into_store(store, make_catalog(), click_log())
+    store.close()
+    result = CliRunner().invoke(
+        main, ["--home", str(settings.home), "evaluate", "--systems", "popularity,bm25"]
+    )
+    assert result.exit_code != 0
+    assert "unknown system(s) 'bm25'; choose from popularity, item_knn, als, tfidf" in result.output
+    assert not (settings.home / "mlflow.db").exists()

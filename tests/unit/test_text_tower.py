@@ -152,7 +152,7 @@ def test_loss_known_answer() -> None:
 def test_train_plan_score_int8_matches_fp32(tiny_store, tiny_settings) -> None:
     plans: list = []
     tower = replace(tiny_settings, text=replace(tiny_settings.text, model="tower"))
-    result = train_text_model(tower, tiny_store, progress=False, on_plan=plans.append)
+    result = train_text_model(tower, tiny_store, progress=False, on_plan=plans.append, force=True)
     assert len(plans) == 1 and plans[0].examples > 0 and plans[0].estimate_seconds > 0
     assert "top 1 of 2 BERT layers" in plans[0].describe()
     m = result.metrics

@@ -15,9 +15,10 @@ from feature_store.splits import ensure_split
 from feature_store.task import apply_task
 from recsys.core import rules
 from recsys.core.config import Settings
-from training import registry
+from training import promotion, registry
 from training.ranker import dataset
 from training.ranker import state as serving_state
+from training.ranker.baselines import holdout_baselines
 from training.ranker.train import FitResult, train_both
 from training.registry import load_text_index
 
@@ -25,13 +26,20 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 ABLATION_DIR = "no_text"  # inside the model artifact: the ranker_no_text ablation
-PROMOTION_METRIC = rules.mlflow_key(rules.metric_name("ndcg", 10, prefix="val_"))
+WITH_TEXT_DIR = "with_text"  # the losing text variant, when the ablation is registered instead
+PROMOTION_METRIC_NAME = promotion.RANKER_GATE_METRIC
+PROMOTION_METRIC = rules.mlflow_key(PROMOTION_METRIC_NAME)
 
 
 def train_and_log(
-    settings: Settings, con: duckdb.DuckDBPyConnection, *, promote: bool = True
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    *,
+    promote: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Train the ranker and its no-text ablation; one MLflow run; returns a summary."""
+    """Train the ranker and its no-text ablation; one MLflow run; gate and promote (see
+    ``training.promotion``); returns a summary."""
 
     started = time.perf_counter()
     apply_task(con, settings.task)
@@ -52,42 +60,57 @@ def train_and_log(
     )
     product, ablation = train_both(frame, generators, settings, truth, text_version)
     del frame  # the serving state below is fitted on every event; keep the peak down
+    candidate, text_reason = choose_candidate(product, ablation, text_version, force=force)
+    baselines = holdout_baselines(con, settings, dataset.FIT.events, candidate.holdout_users, truth)
     state = serving_state.build_state(settings, con, generators)
     fingerprint = registry.data_fingerprint(con, dataset.FIT.events)
     with registry.start_run(
         settings,
         "train-ranker",
         data_fingerprint=fingerprint,
-        tags={"model": rules.RANKER_MODEL_NAME, "text_model_version": str(text_version)},
+        tags={
+            "model": rules.RANKER_MODEL_NAME,
+            "text_model_version": str(candidate.model.text_model_version),
+            "candidate": "with_text" if candidate is product and text_version else "no_text",
+        },
     ) as run:
         registry.log_params(
             {
                 "lgb." + k: str(v)
-                for k, v in product.model.booster.params.items()
+                for k, v in candidate.model.booster.params.items()
                 if k not in {"eval_at"}
             }
             | {"generators": ",".join(generators), "text_model_version": str(text_version)}
         )
         metrics = {
-            **product.metrics,
+            **candidate.metrics,
             rules.metric_name(
                 "candidate_recall", settings.ranker.num_candidates, prefix="val_"
             ): recall,
             **{f"no_text_{k}": v for k, v in ablation.metrics.items()},
+            **{f"holdout_{k}_{GATE}": v for k, v in baselines.items()},
             "total_seconds": time.perf_counter() - started,
         }
+        if text_version is not None:
+            metrics.update({f"with_text_{k}": v for k, v in product.metrics.items()})
         registry.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            _log_artifacts(Path(tmp), settings, product, ablation, state)
+            _log_artifacts(Path(tmp), settings, product, ablation, candidate, state)
         ref = registry.register(settings, rules.RANKER_MODEL_NAME, run.info.run_id, MODEL_ARTIFACT)
-    promoted = registry.promote_if_better(settings, ref, PROMOTION_METRIC) if promote else False
+    decision = _decide(settings, ref, candidate, baselines, text_reason, promote, force)
+    promotion.apply(settings, ref, decision)
     summary = {
         "run_id": ref.run_id,
         "version": ref.version,
-        "promoted": promoted,
-        "text_model_version": text_version,
+        "promoted": decision.promote,
+        "decision": decision.label,
+        "reason": decision.reason,
+        "candidate": "with_text" if candidate is product and text_version else "no_text",
+        "text_model_version": candidate.model.text_model_version,
+        "trained_text_model_version": text_version,
+        "baselines": baselines,
         "metrics": metrics,
-        "top_features": product.importance.head(10).to_dicts(),
+        "top_features": candidate.importance.head(10).to_dicts(),
     }
     log.info(
         "ranker version %s: %s",
@@ -99,16 +122,78 @@ def train_and_log(
     return summary
 
 
+GATE = rules.metric_name("ndcg", 10)
+
+
+def choose_candidate(
+    product: FitResult, ablation: FitResult, text_version: str | None, *, force: bool = False
+) -> tuple[FitResult, str]:
+    """The ranker to register: with text features only when they beat the no-text ablation
+    on the holdout users (or ``force``); why, in words."""
+    key = PROMOTION_METRIC_NAME
+    if text_version is None:
+        return product, "no text-scorer champion, so the ranker has no text features"
+    with_text, without = product.metrics[key], ablation.metrics[key]
+    if force and not with_text > without:
+        return product, (
+            f"text features (text-scorer {text_version}) kept with --force although they do "
+            f"not beat the no-text ablation on the holdout ({key} {with_text:.4f} vs "
+            f"{without:.4f})"
+        )
+    if with_text > without:
+        return product, (
+            f"text features (text-scorer {text_version}) beat the no-text ablation on the "
+            f"holdout ({key} {with_text:.4f} vs {without:.4f})"
+        )
+    return ablation, (
+        f"text features (text-scorer {text_version}) did not beat the no-text ablation on the "
+        f"holdout ({key} {with_text:.4f} vs {without:.4f}), so the ablation without text "
+        "features is the candidate"
+    )
+
+
+def _decide(
+    settings: Settings,
+    ref: registry.ModelRef,
+    candidate: FitResult,
+    baselines: dict[str, float],
+    text_reason: str,
+    promote: bool,
+    force: bool,
+) -> promotion.Decision:
+    if not promote:
+        return promotion.Decision(False, f"registered only (--no-promote); {text_reason}")
+    bars = {}
+    if baselines:
+        best = max(baselines, key=lambda n: baselines[n])
+        bars[f"the best baseline on the holdout, {best}"] = baselines[best]
+    decision = promotion.decide(
+        settings,
+        ref,
+        PROMOTION_METRIC_NAME,
+        candidate.metrics[PROMOTION_METRIC_NAME],
+        bars,
+        force=force,
+        keep_serving=True,
+    )
+    return promotion.Decision(
+        decision.promote, f"{text_reason}; {decision.reason}", decision.forced
+    )
+
+
 def _log_artifacts(
     tmp: Path,
     settings: Settings,
     product: FitResult,
     ablation: FitResult,
+    candidate: FitResult,
     state: tuple[dict[str, Any], dict[str, Any]],
 ) -> None:
-    model_dir = product.model.save(tmp / MODEL_ARTIFACT)
+    model_dir = candidate.model.save(tmp / MODEL_ARTIFACT)
     serving_state.save_state(model_dir / serving_state.STATE_DIR, *state)
     ablation.model.save(model_dir / ABLATION_DIR)
+    if candidate is not product:  # kept for inspection; serving loads the top-level model only
+        product.model.save(model_dir / WITH_TEXT_DIR)
     (model_dir / "settings.json").write_text(settings.to_json(), encoding="utf-8")
     registry.log_artifacts(model_dir, MODEL_ARTIFACT)
     for name, result in (("ranker", product), ("ranker_no_text", ablation)):

@@ -6,8 +6,11 @@ Recipe (``recsys train ranker``):
 2. hold out ``early_stopping_holdout`` of the users; train with early stopping on their
    NDCG@10; refit on every group for the best number of rounds;
 3. train the same recipe without text features (the ``ranker_no_text`` ablation);
-4. log parameters, metrics, gain importance (table + plot) and both models as LightGBM text
-   files; register ``ranker`` and promote it when it beats the champion on ``val_ndcg@10``.
+4. ``training.ranker.run``: the candidate is the ranker with text features only when they beat
+   the ablation on the holdout users (otherwise the ablation: text has to earn its place); log
+   parameters, metrics, gain importance (table + plot) and the models as LightGBM text files;
+   register the candidate as ``ranker``; promote it through the gates of
+   ``training.promotion`` (the best baseline on the same holdout, the current champion).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class FitResult:
     model: RankerModel
     metrics: dict[str, float]
     importance: pl.DataFrame = field(default_factory=pl.DataFrame)
+    holdout_users: list[str] = field(default_factory=list)  # the early-stopping users
 
 
 def lgb_params(settings: Settings) -> dict[str, Any]:
@@ -165,7 +169,9 @@ def fit(
         val_ndcg,
         lgb_ndcg,
     )
-    return FitResult(RankerModel(full, names, dict(spec)), metrics, importance)
+    return FitResult(
+        RankerModel(full, names, dict(spec)), metrics, importance, sorted(map(str, held_users))
+    )
 
 
 def train_both(

@@ -241,12 +241,13 @@ def train_tower_model(
     max_pairs: int | None = None,
     progress: bool = True,
     promote: bool = True,
+    force: bool = False,
     on_plan: Callable[[TowerPlan], object] | None = None,
 ) -> Any:
     """The history-tower run: data, plan, fit, save, MLflow run, register, promote."""
     import mlflow
 
-    from training import registry
+    from training import promotion, registry
     from training.text.baselines import tfidf_metrics
     from training.text.evaluate import build_eval_set
     from training.text.pairs import FIT_RELATION
@@ -322,5 +323,7 @@ def train_tower_model(
         model_dir = _save_and_log(encoder, settings, run.info.run_id, meta)
         run_id = run.info.run_id
     ref = registry.register(settings, registry.TEXT_MODEL_NAME, run_id, "model")
-    promoted = promote and registry.promote_if_better(settings, ref, "val_auc")
-    return TextTrainResult(run_id, ref.version, metrics, promoted, model_dir, history)
+    decision = promotion.gate_text_model(settings, ref, metrics, promote=promote, force=force)
+    return TextTrainResult(
+        run_id, ref.version, metrics, decision.promote, model_dir, history, decision.reason
+    )

@@ -35,7 +35,7 @@ from feature_store.task import apply_task
 from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ConfigError, TrainingError
-from training import registry
+from training import promotion, registry
 from training.text import model as tm
 from training.text.baselines import tfidf_metrics
 from training.text.evaluate import EvalSet, build_eval_set, evaluate_encoder
@@ -55,6 +55,7 @@ class TextTrainResult:
     promoted: bool
     model_dir: Path
     history: list[dict[str, float]] = field(default_factory=list)
+    promotion_reason: str = ""  # why it was or was not promoted (training.promotion)
 
 
 class LabelHead(nn.Module):
@@ -229,6 +230,7 @@ def train_text_model(
     max_pairs: int | None = None,
     progress: bool = True,
     promote: bool = True,
+    force: bool = False,
     on_plan: Any = None,
 ) -> TextTrainResult:
     """Train, evaluate, log, register and (when better) promote the text scorer."""
@@ -237,7 +239,9 @@ def train_text_model(
     if settings.text.model == "tower":
         from training.text.tower_run import train_tower_model
 
-        return train_tower_model(settings, con, progress=progress, promote=promote, on_plan=on_plan)
+        return train_tower_model(
+            settings, con, progress=progress, promote=promote, force=force, on_plan=on_plan
+        )
     if settings.text.model != "pairs":
         raise ConfigError(
             f"unknown text.model {settings.text.model!r}; choose 'tower' (default) or 'pairs'"
@@ -312,8 +316,10 @@ def train_text_model(
         )
         run_id = run.info.run_id
     ref = registry.register(settings, rules.TEXT_MODEL_NAME, run_id, "model")
-    promoted = promote and registry.promote_if_better(settings, ref, "val_auc")
-    return TextTrainResult(run_id, ref.version, metrics, promoted, model_dir, history)
+    decision = promotion.gate_text_model(settings, ref, metrics, promote=promote, force=force)
+    return TextTrainResult(
+        run_id, ref.version, metrics, decision.promote, model_dir, history, decision.reason
+    )
 
 
 def _prepare_data(
