@@ -15,9 +15,13 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +32,14 @@ from recsys.algorithms.text_index import TextIndex
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError, NotFoundError
 from recsys.core.rules import CHAMPION_ALIAS as CHAMPION
-from recsys.core.rules import TEXT_MODEL_NAME, mlflow_metrics
+from recsys.core.rules import TEXT_MODEL_NAME, mlflow_key, mlflow_metrics
 
 log = logging.getLogger(__name__)
 
 # Model version tag holding {relative path: sha256} of every artifact file, set at registration.
 CHECKSUM_TAG = "sha256"
+# The name of the store as an MLflow dataset input (its digest is ``data_fingerprint``).
+STORE_DATASET = "recsys-store"
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,12 @@ def start_run(
     tags: Mapping[str, str] | None = None,
     experiment: str | None = None,
 ) -> Iterator[Any]:
-    """An active MLflow run carrying the resolved settings, data fingerprint and git commit."""
+    """An active MLflow run carrying the resolved settings, data fingerprint and git commit.
+
+    Open it before the work, so the run spans the job.  It ends FINISHED, FAILED on an error,
+    or KILLED on Ctrl-C or SIGTERM (SIGTERM is turned into ``KeyboardInterrupt`` while the run
+    is open in the main thread); the interrupt is re-raised.
+    """
     import mlflow
 
     client(settings)
@@ -106,13 +117,81 @@ def start_run(
         if launched
         else {"experiment_id": ensure_experiment(settings, experiment), "run_name": run_name}
     )
-    with mlflow.start_run(**run_kwargs, tags=all_tags) as run:
-        params = _flatten_params(settings.to_dict())
-        if data_fingerprint:
-            params["data_fingerprint"] = data_fingerprint
-        mlflow.log_params(params)
-        mlflow.log_dict(settings.to_dict(), "settings.json")
-        yield run
+    run = mlflow.start_run(**run_kwargs, tags=all_tags)
+    try:
+        with _sigterm_interrupts():
+            params = _flatten_params(settings.to_dict())
+            if data_fingerprint:
+                params["data_fingerprint"] = data_fingerprint
+            mlflow.log_params(params)
+            mlflow.log_dict(settings.to_dict(), "settings.json")
+            yield run
+    except KeyboardInterrupt:
+        log.warning("run %s (%s) interrupted; ending it as KILLED", run.info.run_id, run_name)
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises ``KeyboardInterrupt`` in the main thread until the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def store_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Rows per content table, logged with the store input."""
+    return {
+        table: int((con.execute(f"SELECT count(*) FROM {table}").fetchone() or (0,))[0])
+        for table in ("events", "items", "users")
+    }
+
+
+def log_store_input(
+    settings: Settings, fingerprint: str, context: str, counts: Mapping[str, int]
+) -> None:
+    """Log the store the active run read as an MLflow dataset input: name ``recsys-store``,
+    digest ``data_fingerprint`` (one definition for every run), source the DuckDB file."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # "file:" matches MLflow's local source class twice
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(Path(settings.db_path).resolve().as_uri())
+    dataset = MetaDataset(  # type: ignore[abstract]  # profile is None at run time
+        source=source, name=STORE_DATASET, digest=fingerprint
+    )
+    mlflow.log_input(dataset, context=context, tags={k: str(v) for k, v in counts.items()})
+
+
+def log_metric_history(key: str, values: Sequence[float], first_step: int = 1) -> None:
+    """One metric's curve (e.g. per boosting iteration) in a few batched writes."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_metric_history needs an active run")
+    now = int(time.time() * 1000)
+    metrics = [Metric(mlflow_key(key), float(v), now, first_step + i) for i, v in enumerate(values)]
+    c = mlflow.tracking.MlflowClient()
+    for start in range(0, len(metrics), 1000):
+        c.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
 
 
 def register(settings: Settings, name: str, run_id: str, artifact_path: str) -> ModelRef:
@@ -262,6 +341,13 @@ def download(
     return ref, Path(local)
 
 
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Tag the active run (e.g. with what the job found out after the run was opened)."""
+    import mlflow
+
+    mlflow.set_tags(dict(tags))
+
+
 def log_params(params: Mapping[str, Any]) -> None:
     """Log ``params`` to the active run."""
     import mlflow
@@ -351,10 +437,14 @@ def list_versions(settings: Settings, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def data_fingerprint(con: duckdb.DuckDBPyConnection, events_relation: str = "events") -> str:
-    """A short stable hash of the store's content (events and items) that a model was trained on."""
+def data_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
+    """A short stable hash of the store's content: all events and items.
+
+    The one definition every run logs (tag ``data_fingerprint``, the digest of the logged store
+    input), so the ranker, text model and evaluate runs of one store carry the same value.
+    """
     ev = con.execute(
-        f"SELECT count(*), min(ts), max(ts), bit_xor(hash(event_id)) FROM {events_relation}"
+        "SELECT count(*), min(ts), max(ts), bit_xor(hash(event_id)) FROM events"
     ).fetchone()
     it = con.execute(
         "SELECT count(*), bit_xor(hash(item_id, title, description)) FROM items"

@@ -118,6 +118,7 @@ _ENGAGEMENT = ("click", "like", "share", "purchase")
 POSITIVE_RATING = 4.0  # protocol v1: rating >= 4.0
 LOW_RATING = 2.5  # a rating at or below is an explicit negative
 
+
 # ``ratings`` is protocol v1's task (MovieLens); ``impressions`` logs (MIND-style) have served
 # lists; ``events`` logs (clicks, purchases) have neither ratings nor lists.
 def _engagement_task(name: str) -> Task:

@@ -37,6 +37,8 @@ class FitResult:
     model: RankerModel
     metrics: dict[str, float]
     importance: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # per boosting iteration of the early-stopping fit: {"holdout_ndcg@10": [...]}
+    curves: dict[str, list[float]] = field(default_factory=dict)
 
 
 def lgb_params(settings: Settings) -> dict[str, Any]:
@@ -121,14 +123,23 @@ def fit(
     train, valid = split_users(useful, settings.ranker.early_stopping_holdout, settings.seed)
     params = lgb_params(settings)
     dtrain, dvalid = _dataset(train, names), _dataset(valid, names)
+    evals: dict[str, Any] = {}
     booster = lgb.train(
         params,
         dtrain,
         num_boost_round=settings.ranker.num_boost_round,
         valid_sets=[dvalid],
         valid_names=["holdout"],
-        callbacks=[lgb.early_stopping(settings.ranker.early_stopping_rounds, verbose=False)],
+        callbacks=[
+            lgb.early_stopping(settings.ranker.early_stopping_rounds, verbose=False),
+            lgb.record_evaluation(evals),
+        ],
     )
+    curves = {
+        f"{name}_{metric}": [float(v) for v in values]
+        for name, by_metric in evals.items()
+        for metric, values in by_metric.items()
+    }
     best = int(booster.best_iteration or booster.current_iteration())
     lgb_ndcg = float(booster.best_score["holdout"]["ndcg@10"])
     # the protocol's view of the held-out users: every val positive counts, not only candidates
@@ -162,7 +173,7 @@ def fit(
         val_ndcg,
         lgb_ndcg,
     )
-    return FitResult(RankerModel(full, names, dict(spec)), metrics, importance)
+    return FitResult(RankerModel(full, names, dict(spec)), metrics, importance, curves)
 
 
 def train_both(
