@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -64,6 +65,7 @@ def client(settings: Settings) -> Any:
 
     uri = tracking_uri(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
+    relocate_local_store(settings)
     # set_tracking_uri exports MLFLOW_TRACKING_URI; left behind, it would send the next home's
     # runs (a second CLI invocation or test in this process) to this home's store.
     exported = os.environ.get("MLFLOW_TRACKING_URI")
@@ -74,6 +76,67 @@ def client(settings: Settings) -> Any:
     else:
         os.environ["MLFLOW_TRACKING_URI"] = exported
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+_RELOCATION_CHECKED: set[str] = set()
+# (table, column) holding artifact locations in MLflow's SQL store
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+
+
+def relocate_local_store(settings: Settings) -> int:
+    """Point the home's own tracking store at the home's artifacts after the home was moved.
+
+    MLflow records absolute artifact URIs (``file:///old/home/mlruns/...``), so a copied or moved
+    home would keep reading - or fail to find - the old folder.  When the tracking store is the
+    home's default ``mlflow.db`` and an experiment of ours records another home's ``mlruns``,
+    that prefix is rewritten to this home's in every location column (experiments, runs, model
+    versions); ``mlflow.pyfunc.load_model("models:/...")`` then works on the copy too.  Checked
+    once per process and home; returns the number of rows rewritten.
+    """
+    db = (settings.home / "mlflow.db").resolve()
+    if tracking_uri(settings) != f"sqlite:///{db}" or not db.is_file():
+        return 0
+    if str(db) in _RELOCATION_CHECKED:
+        return 0
+    _RELOCATION_CHECKED.add(str(db))
+    root = settings.artifact_root
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
+        olds = {
+            str(loc)
+            for (loc,) in con.execute("SELECT artifact_location FROM experiments")
+            if str(loc).startswith("file://") and str(loc).endswith("/mlruns") and loc != root
+        }
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master")}
+        changed = 0
+        for old in sorted(olds):
+            for table, column in _LOCATION_COLUMNS:
+                if table not in tables:
+                    continue
+                cur = con.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE {column} = ? OR {column} LIKE ? ESCAPE '\\'",
+                    (root, len(old) + 1, old, _like_prefix(old) + "/%"),
+                )
+                changed += cur.rowcount
+        if changed:
+            log.warning(
+                "the home moved: %d artifact locations in %s now point at %s (were %s)",
+                changed,
+                db,
+                root,
+                ", ".join(sorted(olds)),
+            )
+    return changed
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def ensure_experiment(settings: Settings, name: str | None = None) -> str:

@@ -210,3 +210,33 @@ def test_sigterm_ends_the_run_killed(trained: tuple) -> None:
         time.sleep(0.2)
         status = registry.client(settings).get_run(run_id).info.status
     assert status == "KILLED"
+
+
+def test_a_copied_home_reads_its_own_artifacts(
+    trained: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import mlflow.pyfunc
+
+    settings = trained[0]
+    copy = tmp_path / "copy" / "home"
+    shutil.copytree(settings.home, copy, ignore=shutil.ignore_patterns("serving"))
+    moved = settings.override({"home": str(copy)}, "test")
+    ref = registry.champion(moved, rules.RANKER_MODEL_NAME)  # opening the store relocates it
+    assert ref is not None and ref.source.startswith(moved.artifact_root + "/")
+    run = registry.client(moved).get_run(ref.run_id)
+    assert run.info.artifact_uri.startswith(moved.artifact_root + "/")
+    # the copy's files are the ones read: mark one and find the mark in a download
+    marked = copy / "mlruns" / ref.source.split("/mlruns/", 1)[1] / "COPY"
+    marked.write_text("copy")
+    _, path = registry.download(moved, rules.RANKER_MODEL_NAME)
+    assert (path / "COPY").read_text() == "copy"
+    assert registry.relocate_local_store(moved) == 0  # once per process and home
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", moved.tracking_uri)
+    mlflow.set_tracking_uri(moved.tracking_uri)
+    mlflow.set_registry_uri(moved.tracking_uri)
+    model = mlflow.pyfunc.load_model(CHAMPION_URI)
+    assert model._model_impl.recommender.settings.home == copy  # the copy's store
+    original = registry.champion(settings, rules.RANKER_MODEL_NAME)
+    assert original is not None and original.source.startswith(settings.artifact_root + "/")
