@@ -15,10 +15,13 @@ import time
 from typing import Any
 
 # Threads let one worker overlap DuckDB queries (which release the GIL) and keep-alive clients.
-# gthread, timing each request's wait in the queue for load shedding (serving/overload.py)
-worker_class = "serving.overload.QueueTimedThreadWorker"
+# gthread, timing each request's wait in the queue for load shedding (serving/overload.py), and
+# booting under serving.boot_timeout_seconds rather than ``timeout`` (serving/worker.py)
+worker_class = "serving.worker.RecsysWorker"
 threads = 4
 preload_app = False
+# a request (or a reload) silent this long gets its worker restarted; the app load at boot is
+# bounded by serving.boot_timeout_seconds instead (serving/worker.py)
 timeout = 30
 graceful_timeout = 20
 keepalive = 5

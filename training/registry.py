@@ -15,9 +15,14 @@ import json
 import logging
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +33,14 @@ from recsys.algorithms.text_index import TextIndex
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError, NotFoundError
 from recsys.core.rules import CHAMPION_ALIAS as CHAMPION
-from recsys.core.rules import TEXT_MODEL_NAME, mlflow_metrics
+from recsys.core.rules import TEXT_MODEL_NAME, mlflow_key, mlflow_metrics
 
 log = logging.getLogger(__name__)
 
 # Model version tag holding {relative path: sha256} of every artifact file, set at registration.
 CHECKSUM_TAG = "sha256"
+# The name of the store as an MLflow dataset input (its digest is ``data_fingerprint``).
+STORE_DATASET = "recsys-store"
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ def client(settings: Settings) -> Any:
 
     uri = tracking_uri(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
+    relocate_local_store(settings)
     # set_tracking_uri exports MLFLOW_TRACKING_URI; left behind, it would send the next home's
     # runs (a second CLI invocation or test in this process) to this home's store.
     exported = os.environ.get("MLFLOW_TRACKING_URI")
@@ -68,6 +76,67 @@ def client(settings: Settings) -> Any:
     else:
         os.environ["MLFLOW_TRACKING_URI"] = exported
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+_RELOCATION_CHECKED: set[str] = set()
+# (table, column) holding artifact locations in MLflow's SQL store
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+
+
+def relocate_local_store(settings: Settings) -> int:
+    """Point the home's own tracking store at the home's artifacts after the home was moved.
+
+    MLflow records absolute artifact URIs (``file:///old/home/mlruns/...``), so a copied or moved
+    home would keep reading - or fail to find - the old folder.  When the tracking store is the
+    home's default ``mlflow.db`` and an experiment of ours records another home's ``mlruns``,
+    that prefix is rewritten to this home's in every location column (experiments, runs, model
+    versions); ``mlflow.pyfunc.load_model("models:/...")`` then works on the copy too.  Checked
+    once per process and home; returns the number of rows rewritten.
+    """
+    db = (settings.home / "mlflow.db").resolve()
+    if tracking_uri(settings) != f"sqlite:///{db}" or not db.is_file():
+        return 0
+    if str(db) in _RELOCATION_CHECKED:
+        return 0
+    _RELOCATION_CHECKED.add(str(db))
+    root = settings.artifact_root
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
+        olds = {
+            str(loc)
+            for (loc,) in con.execute("SELECT artifact_location FROM experiments")
+            if str(loc).startswith("file://") and str(loc).endswith("/mlruns") and loc != root
+        }
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master")}
+        changed = 0
+        for old in sorted(olds):
+            for table, column in _LOCATION_COLUMNS:
+                if table not in tables:
+                    continue
+                cur = con.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE {column} = ? OR {column} LIKE ? ESCAPE '\\'",
+                    (root, len(old) + 1, old, _like_prefix(old) + "/%"),
+                )
+                changed += cur.rowcount
+        if changed:
+            log.warning(
+                "the home moved: %d artifact locations in %s now point at %s (were %s)",
+                changed,
+                db,
+                root,
+                ", ".join(sorted(olds)),
+            )
+    return changed
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def ensure_experiment(settings: Settings, name: str | None = None) -> str:
@@ -92,7 +161,12 @@ def start_run(
     tags: Mapping[str, str] | None = None,
     experiment: str | None = None,
 ) -> Iterator[Any]:
-    """An active MLflow run carrying the resolved settings, data fingerprint and git commit."""
+    """An active MLflow run carrying the resolved settings, data fingerprint and git commit.
+
+    Open it before the work, so the run spans the job.  It ends FINISHED, FAILED on an error,
+    or KILLED on Ctrl-C or SIGTERM (SIGTERM is turned into ``KeyboardInterrupt`` while the run
+    is open in the main thread); the interrupt is re-raised.
+    """
     import mlflow
 
     client(settings)
@@ -106,13 +180,81 @@ def start_run(
         if launched
         else {"experiment_id": ensure_experiment(settings, experiment), "run_name": run_name}
     )
-    with mlflow.start_run(**run_kwargs, tags=all_tags) as run:
-        params = _flatten_params(settings.to_dict())
-        if data_fingerprint:
-            params["data_fingerprint"] = data_fingerprint
-        mlflow.log_params(params)
-        mlflow.log_dict(settings.to_dict(), "settings.json")
-        yield run
+    run = mlflow.start_run(**run_kwargs, tags=all_tags)
+    try:
+        with _sigterm_interrupts():
+            params = _flatten_params(settings.to_dict())
+            if data_fingerprint:
+                params["data_fingerprint"] = data_fingerprint
+            mlflow.log_params(params)
+            mlflow.log_dict(settings.to_dict(), "settings.json")
+            yield run
+    except KeyboardInterrupt:
+        log.warning("run %s (%s) interrupted; ending it as KILLED", run.info.run_id, run_name)
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises ``KeyboardInterrupt`` in the main thread until the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def store_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Rows per content table, logged with the store input."""
+    return {
+        table: int((con.execute(f"SELECT count(*) FROM {table}").fetchone() or (0,))[0])
+        for table in ("events", "items", "users")
+    }
+
+
+def log_store_input(
+    settings: Settings, fingerprint: str, context: str, counts: Mapping[str, int]
+) -> None:
+    """Log the store the active run read as an MLflow dataset input: name ``recsys-store``,
+    digest ``data_fingerprint`` (one definition for every run), source the DuckDB file."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # "file:" matches MLflow's local source class twice
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(Path(settings.db_path).resolve().as_uri())
+    dataset = MetaDataset(  # type: ignore[abstract]  # profile is None at run time
+        source=source, name=STORE_DATASET, digest=fingerprint
+    )
+    mlflow.log_input(dataset, context=context, tags={k: str(v) for k, v in counts.items()})
+
+
+def log_metric_history(key: str, values: Sequence[float], first_step: int = 1) -> None:
+    """One metric's curve (e.g. per boosting iteration) in a few batched writes."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_metric_history needs an active run")
+    now = int(time.time() * 1000)
+    metrics = [Metric(mlflow_key(key), float(v), now, first_step + i) for i, v in enumerate(values)]
+    c = mlflow.tracking.MlflowClient()
+    for start in range(0, len(metrics), 1000):
+        c.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
 
 
 def register(settings: Settings, name: str, run_id: str, artifact_path: str) -> ModelRef:
@@ -262,6 +404,13 @@ def download(
     return ref, Path(local)
 
 
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Tag the active run (e.g. with what the job found out after the run was opened)."""
+    import mlflow
+
+    mlflow.set_tags(dict(tags))
+
+
 def log_params(params: Mapping[str, Any]) -> None:
     """Log ``params`` to the active run."""
     import mlflow
@@ -351,10 +500,14 @@ def list_versions(settings: Settings, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def data_fingerprint(con: duckdb.DuckDBPyConnection, events_relation: str = "events") -> str:
-    """A short stable hash of the store's content (events and items) that a model was trained on."""
+def data_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
+    """A short stable hash of the store's content: all events and items.
+
+    The one definition every run logs (tag ``data_fingerprint``, the digest of the logged store
+    input), so the ranker, text model and evaluate runs of one store carry the same value.
+    """
     ev = con.execute(
-        f"SELECT count(*), min(ts), max(ts), bit_xor(hash(event_id)) FROM {events_relation}"
+        "SELECT count(*), min(ts), max(ts), bit_xor(hash(event_id)) FROM events"
     ).fetchone()
     it = con.execute(
         "SELECT count(*), bit_xor(hash(item_id, title, description)) FROM items"

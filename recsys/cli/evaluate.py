@@ -80,6 +80,7 @@ def evaluate(
     con = connect(settings.db_path)
     try:
         fingerprint = registry.data_fingerprint(con)
+        counts = registry.store_counts(con)
         if not replay_only:
             try:
                 report = run_protocol(settings, con, chosen, bootstrap=resamples)
@@ -96,7 +97,7 @@ def evaluate(
         con.close()
     report.update(provenance(settings, report, fingerprint))
     files = write_report(report, out)
-    run_id = log_to_mlflow(settings, report, files, fingerprint)
+    run_id = log_to_mlflow(settings, report, files, fingerprint, counts)
     for name, m in report.get("systems", {}).items():
         click.echo(
             f"{name:15s} NDCG@10 {m['ndcg@10']:.4f}  recall@10 {m['recall@10']:.4f}  "

@@ -138,6 +138,9 @@ class ServingSettings:
     snapshot_min_seconds: NonNegativeFloat = 30.0
     # a request that waited longer in the queue is answered 503 + Retry-After (0: never shed)
     queue_deadline_ms: NonNegativeFloat = 500.0
+    # a gunicorn worker may take this long to build its app (load models, fit generators) before
+    # the master's 30 s request timeout applies (serving/worker.py)
+    boot_timeout_seconds: PositiveFloat = 300.0
 
 
 SPLIT_KINDS = ("user_time", "global_time")

@@ -38,7 +38,12 @@ import scipy.sparse as sp
 from feature_store.interactions import Interactions
 from feature_store.splits import ensure_split
 from feature_store.task import apply_task
-from recsys.algorithms.candidates import Blender, Popularity, default_generators
+from recsys.algorithms.candidates import (
+    Blender,
+    Popularity,
+    candidate_limits,
+    default_generators,
+)
 from recsys.algorithms.ranking import TextFeatures, assemble, feature_matrix
 from recsys.algorithms.topk import DenseGenerator
 from recsys.core import rules
@@ -163,7 +168,11 @@ def list_frame(
     proposed the item, ``Blender.item_frame``'s otherwise), as of each user's test cut."""
     started = time.perf_counter()
     users = lists.select("user_id", "as_of").unique("user_id", keep="first", maintain_order=True)
-    blender = Blender(default_generators(settings, text_index), n=settings.ranker.num_candidates)
+    blender = Blender(
+        default_generators(settings, text_index),
+        n=settings.ranker.num_candidates,
+        limits=candidate_limits(settings),
+    )
     blender.fit(data)
     pairs = lists.select("user_id", "item_id").unique(maintain_order=True)
     cands = blender.frame(users["user_id"].to_list(), as_of=users["as_of"].to_list()).join(

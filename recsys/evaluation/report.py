@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -218,9 +219,16 @@ def _plot_replay(replay: dict[str, Any], path: Path, title: str = "logged-click 
 
 
 def log_to_mlflow(
-    settings: Any, report: dict[str, Any], files: list[Path], fingerprint: str | None
+    settings: Any,
+    report: dict[str, Any],
+    files: list[Path],
+    fingerprint: str | None,
+    counts: Mapping[str, int] | None = None,
 ) -> str:
-    """One MLflow run holding every system's metrics and the report files; returns its id."""
+    """One MLflow run holding every system's metrics and the report files; returns its id.
+
+    With ``counts`` the store is logged as the run's evaluation input (digest ``fingerprint``).
+    """
 
     with registry.start_run(
         settings,
@@ -228,6 +236,8 @@ def log_to_mlflow(
         data_fingerprint=fingerprint,
         tags={"protocol": str(report.get("protocol", "replay"))},
     ) as run:
+        if fingerprint and counts is not None:
+            registry.log_store_input(settings, fingerprint, "evaluation", counts)
         metrics = {}
         for name, m in report.get("systems", {}).items():
             metrics.update({f"{name}.{k}": float(m[k]) for k in METRICS})

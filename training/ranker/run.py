@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pandas as pd
 
 from feature_store.splits import ensure_split
 from feature_store.task import apply_task
@@ -19,6 +20,7 @@ from training import promotion, registry
 from training.ranker import dataset
 from training.ranker import state as serving_state
 from training.ranker.baselines import holdout_baselines
+from training.ranker.mlflow_model import input_example, write_mlmodel
 from training.ranker.train import FitResult, train_both
 from training.registry import load_text_index
 
@@ -38,50 +40,62 @@ def train_and_log(
     promote: bool = True,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Train the ranker and its no-text ablation; one MLflow run; gate and promote (see
-    ``training.promotion``); returns a summary."""
+    """Train the ranker and its no-text ablation in one MLflow run that spans the whole job
+    (opened before the frame is built); gate and promote (see ``training.promotion``); returns a
+    summary."""
 
     started = time.perf_counter()
-    apply_task(con, settings.task)
-    ensure_split(con, settings.split)
-    text_index = load_text_index(settings, con, scope=dataset.FIT.text_scope)
-    text_version = text_index.model_version if text_index is not None else None
-    frame, generators = dataset.build_frame(
-        con,
-        settings,
-        dataset.FIT,
-        text_index=text_index,
-        max_users=settings.ranker.max_train_users,
-    )
-    truth = dataset.positives(con, "val")
-    recall = dataset.candidate_recall(frame, truth)
-    log.info(
-        "candidate recall@%d on the validation split: %.4f", settings.ranker.num_candidates, recall
-    )
-    product, ablation = train_both(frame, generators, settings, truth, text_version)
-    del frame  # the serving state below is fitted on every event; keep the peak down
-    candidate, text_reason = choose_candidate(product, ablation, text_version, force=force)
-    baselines = holdout_baselines(con, settings, dataset.FIT.events, candidate.holdout_users, truth)
-    state = serving_state.build_state(settings, con, generators)
-    fingerprint = registry.data_fingerprint(con, dataset.FIT.events)
+    fingerprint = registry.data_fingerprint(con)
     with registry.start_run(
         settings,
         "train-ranker",
         data_fingerprint=fingerprint,
-        tags={
-            "model": rules.RANKER_MODEL_NAME,
-            "text_model_version": str(candidate.model.text_model_version),
-            "candidate": "with_text" if candidate is product and text_version else "no_text",
-        },
+        tags={"model": rules.RANKER_MODEL_NAME},
     ) as run:
+        registry.log_store_input(settings, fingerprint, "training", registry.store_counts(con))
+        apply_task(con, settings.task)
+        ensure_split(con, settings.split)
+        text_index = load_text_index(settings, con, scope=dataset.FIT.text_scope)
+        text_version = text_index.model_version if text_index is not None else None
+        frame, generators = dataset.build_frame(
+            con,
+            settings,
+            dataset.FIT,
+            text_index=text_index,
+            max_users=settings.ranker.max_train_users,
+        )
+        truth = dataset.positives(con, "val")
+        recall = dataset.candidate_recall(frame, truth)
+        log.info(
+            "candidate recall@%d on the validation split: %.4f",
+            settings.ranker.num_candidates,
+            recall,
+        )
+        example = frame.select("user_id", "item_id").head(5)
+        product, ablation = train_both(frame, generators, settings, truth, text_version)
+        del frame  # the serving state below is fitted on every event; keep the peak down
+        candidate, text_reason = choose_candidate(product, ablation, text_version, force=force)
+        baselines = holdout_baselines(
+            con, settings, dataset.FIT.events, candidate.holdout_users, truth
+        )
+        state = serving_state.build_state(settings, con, generators)
+        registry.set_tags(
+            {
+                "text_model_version": str(candidate.model.text_model_version),
+                "candidate": "with_text" if candidate is product and text_version else "no_text",
+            }
+        )
         registry.log_params(
             {
                 "lgb." + k: str(v)
-                for k, v in candidate.model.booster.params.items()
+                for k, v in product.model.booster.params.items()
                 if k not in {"eval_at"}
             }
             | {"generators": ",".join(generators), "text_model_version": str(text_version)}
         )
+        for prefix, result in (("", product), ("no_text_", ablation)):
+            for key, values in result.curves.items():
+                registry.log_metric_history(prefix + key, values)
         metrics = {
             **candidate.metrics,
             rules.metric_name(
@@ -95,7 +109,16 @@ def train_and_log(
             metrics.update({f"with_text_{k}": v for k, v in product.metrics.items()})
         registry.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            _log_artifacts(Path(tmp), settings, product, ablation, candidate, state)
+            _log_artifacts(
+                Path(tmp),
+                settings,
+                product,
+                ablation,
+                candidate,
+                state,
+                input_example(example["user_id"].to_list(), example["item_id"].to_list()),
+                run.info.run_id,
+            )
         ref = registry.register(settings, rules.RANKER_MODEL_NAME, run.info.run_id, MODEL_ARTIFACT)
     decision = _decide(settings, ref, candidate, baselines, text_reason, promote, force)
     promotion.apply(settings, ref, decision)
@@ -188,6 +211,8 @@ def _log_artifacts(
     ablation: FitResult,
     candidate: FitResult,
     state: tuple[dict[str, Any], dict[str, Any]],
+    example: pd.DataFrame,
+    run_id: str,
 ) -> None:
     model_dir = candidate.model.save(tmp / MODEL_ARTIFACT)
     serving_state.save_state(model_dir / serving_state.STATE_DIR, *state)
@@ -195,6 +220,7 @@ def _log_artifacts(
     if candidate is not product:  # kept for inspection; serving loads the top-level model only
         product.model.save(model_dir / WITH_TEXT_DIR)
     (model_dir / "settings.json").write_text(settings.to_json(), encoding="utf-8")
+    write_mlmodel(model_dir, example, run_id=run_id)
     registry.log_artifacts(model_dir, MODEL_ARTIFACT)
     for name, result in (("ranker", product), ("ranker_no_text", ablation)):
         table = tmp / f"{name}_importance.csv"

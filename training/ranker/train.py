@@ -42,6 +42,8 @@ class FitResult:
     metrics: dict[str, float]
     importance: pl.DataFrame = field(default_factory=pl.DataFrame)
     holdout_users: list[str] = field(default_factory=list)  # the early-stopping users
+    # per boosting iteration of the early-stopping fit: {"holdout_ndcg@10": [...]}
+    curves: dict[str, list[float]] = field(default_factory=dict)
 
 
 def lgb_params(settings: Settings) -> dict[str, Any]:
@@ -125,15 +127,24 @@ def fit(
     params = lgb_params(settings)
     dtrain = _dataset(x[~mask], useful.filter(pl.Series(~mask)), names)
     dvalid = _dataset(x[mask], valid, names)
+    evals: dict[str, Any] = {}
     booster = lgb.train(
         params,
         dtrain,
         num_boost_round=r.num_boost_round,
         valid_sets=[dvalid],
         valid_names=["holdout"],
-        callbacks=[lgb.early_stopping(r.early_stopping_rounds, verbose=False)],
+        callbacks=[
+            lgb.early_stopping(r.early_stopping_rounds, verbose=False),
+            lgb.record_evaluation(evals),
+        ],
     )
     del dtrain, dvalid
+    curves = {
+        f"{name}_{metric}": [float(v) for v in values]
+        for name, by_metric in evals.items()
+        for metric, values in by_metric.items()
+    }
     best = int(booster.best_iteration or booster.current_iteration())
     lgb_ndcg = float(booster.best_score["holdout"]["ndcg@10"])
     # the protocol's view of the held-out users: every val positive counts, not only candidates
@@ -142,9 +153,7 @@ def fit(
         # ranked as served: the candidates, not the served rows added as hard negatives
         proposed = valid["blend_rank"].is_not_null()
         valid, held_scores = valid.filter(proposed), held_scores[proposed.to_numpy()]
-    val_ndcg = protocol_ndcg(
-        valid, held_scores, truth.filter(pl.col("user_id").is_in(list(held)))
-    )
+    val_ndcg = protocol_ndcg(valid, held_scores, truth.filter(pl.col("user_id").is_in(list(held))))
     full = lgb.train(params, _dataset(x, useful, names), num_boost_round=best)
     del x
     importance = pl.DataFrame(
@@ -170,7 +179,11 @@ def fit(
         lgb_ndcg,
     )
     return FitResult(
-        RankerModel(full, names, dict(spec)), metrics, importance, sorted(map(str, held_users))
+        RankerModel(full, names, dict(spec)),
+        metrics,
+        importance,
+        sorted(map(str, held)),
+        curves,
     )
 
 

@@ -250,7 +250,6 @@ def train_tower_model(
     from training import promotion, registry
     from training.text.baselines import tfidf_metrics
     from training.text.evaluate import build_eval_set
-    from training.text.pairs import FIT_RELATION
     from training.text.texts import item_summaries, item_texts
     from training.text.tower_train import build_examples
     from training.text.train import (
@@ -276,7 +275,7 @@ def train_tower_model(
     if cap is not None and len(ex) > cap:
         ex = ex.subset(np.random.default_rng(settings.seed).choice(len(ex), cap, replace=False))
     eval_set = build_eval_set(con, settings, summaries=item_summaries(con))
-    fingerprint = registry.data_fingerprint(con, FIT_RELATION)
+    fingerprint = registry.data_fingerprint(con)
     encoder = tm.load_encoder(base, device)
     meta = tm.read_meta(base, settings)
     meta.update(base_model=str(base), temperature=settings.text.temperature, pooling="mean")

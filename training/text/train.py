@@ -39,7 +39,7 @@ from training import promotion, registry
 from training.text import model as tm
 from training.text.baselines import tfidf_metrics
 from training.text.evaluate import EvalSet, build_eval_set, evaluate_encoder
-from training.text.pairs import FIT_RELATION, PairSet, build_training_pairs
+from training.text.pairs import PairSet, build_training_pairs
 from training.text.texts import item_summaries, item_texts
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ def _prepare_data(
     summaries = item_summaries(con)
     pairs = build_training_pairs(con, settings, max_pairs=max_pairs, summaries=summaries)
     eval_set = build_eval_set(con, settings, summaries=summaries)
-    return item_text, pairs, eval_set, registry.data_fingerprint(con, FIT_RELATION)
+    return item_text, pairs, eval_set, registry.data_fingerprint(con)
 
 
 def _save_and_log(
