@@ -227,7 +227,10 @@ def test_probes_docs_and_metrics(server: RunningServer) -> None:
 
 
 def test_events_need_the_key_and_report_per_event(server: RunningServer) -> None:
-    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+    # a fresh connection per request: a busy server may close an idle keep-alive connection
+    with httpx.Client(
+        base_url=server.base_url, timeout=30, headers={"Connection": "close"}
+    ) as client:
         assert client.post("/v1/events", json={"events": [click("k1")]}).status_code == 401
         res = client.post(
             "/v1/events",
