@@ -145,7 +145,9 @@ def run_protocol(
         )
     if bootstrap > 0 and per_user:
         masks = bucket_masks(data.users, data.history, HISTORY_BUCKETS)
-        add_intervals(report, per_user, masks, bootstrap, settings.seed)
+        # a champion ranker without text features is its own ablation: no text effect to measure
+        uses_text = data.extra.get("text_model_version") is not None
+        add_intervals(report, per_user, masks, bootstrap, settings.seed, text_effect_too=uses_text)
     report.update(data.extra)
     return report
 

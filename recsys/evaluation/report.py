@@ -241,6 +241,11 @@ def log_to_mlflow(
         metrics = {}
         for name, m in report.get("systems", {}).items():
             metrics.update({f"{name}.{k}": float(m[k]) for k in METRICS})
+            for k, (low, high) in m.get("ci", {}).items():
+                metrics.update({f"{name}.{k}.ci_low": low, f"{name}.{k}.ci_high": high})
+        for label, s in report.get("text_effect", {}).get("slices", {}).items():
+            key = "text_effect." + label.replace(" ", "_").replace("+", "plus")
+            metrics.update({key: s["mean"], f"{key}.ci_low": s["low"], f"{key}.ci_high": s["high"]})
         for part in ("replay", "impressions"):
             for name, m in report.get(part, {}).get("systems", {}).items():
                 metrics.update(

@@ -81,6 +81,14 @@ def _cell(value: float, ci: list[float]) -> str:
 def text_effect_md(report: dict[str, Any]) -> list[str]:
     """ranker - ranker_no_text per slice with its interval, and a warning where text hurts."""
     effect = report.get("text_effect")
+    systems = report.get("systems", {})
+    if not effect and "ranker" in systems and report.get("text_model_version") is None:
+        return [
+            "The champion ranker uses no text features (its promotion reason above says why), "
+            "so ranker and ranker_no_text are the same model: there is no text effect to "
+            "measure.",
+            "",
+        ]
     if not effect:
         return []
     a, b = effect["pair"]

@@ -84,8 +84,11 @@ def add_intervals(
     buckets: Mapping[str, np.ndarray],
     resamples: int,
     seed: int,
+    *,
+    text_effect_too: bool = True,
 ) -> None:
-    """Add ``ci`` entries to every system of ``report`` and the ranker's text effect.
+    """Add ``ci`` entries to every system of ``report`` and (``text_effect_too``: the ranker
+    uses text features) the ranker's text effect.
 
     ``buckets`` maps each history bucket label to a boolean mask over the evaluated users.
     """
@@ -98,7 +101,7 @@ def add_intervals(
         for label, mask in buckets.items():
             bucket = bootstrap_ci(pu.values["ndcg@10"][mask], resamples, seed)
             m["ndcg@10_by_history"][label]["ci"] = _pair(bucket)
-    if all(name in per_user for name in TEXT_PAIR):
+    if text_effect_too and all(name in per_user for name in TEXT_PAIR):
         report["text_effect"] = text_effect(
             per_user[TEXT_PAIR[0]], per_user[TEXT_PAIR[1]], buckets, resamples, seed
         )

@@ -116,3 +116,12 @@ def test_no_warning_when_text_is_neutral() -> None:
     assert warnings(report) == []
     md = markdown(report)
     assert "WARNING" not in md and "do not measurably help" in md
+
+
+def test_a_ranker_without_text_has_no_text_effect_to_measure() -> None:
+    report, per_user, masks = _report(hurts=False)
+    add_intervals(report, per_user, masks, resamples=50, seed=0, text_effect_too=False)
+    assert "text_effect" not in report and "ci" in report["systems"]["ranker"]
+    report["text_model_version"] = None
+    md = markdown(report)
+    assert "The champion ranker uses no text features" in md and "Does text help?" not in md
