@@ -81,6 +81,9 @@ class TextSettings:
     projection_learning_rate: PositiveFloat = 1e-3
     quantize_cache: bool = True  # int8 dynamic quantization of the frozen lower layers
     quantize_scoring: bool = True  # int8 dynamic quantization when `recsys score` encodes
+    # `recsys score` reads the item vectors saved with a history-tower model (items whose text
+    # is unchanged) instead of running the catalog through BERT again
+    reuse_item_vectors: bool = True
 
 
 @dataclass(frozen=True)
