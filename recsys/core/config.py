@@ -97,8 +97,9 @@ class RankerSettings:
     text_candidates: NonNegativeInt = 50
     text_cold_candidates: NonNegativeInt = 20
     # text columns of the ranker: text_score, text_score_rel (minus the user's candidate
-    # mean), text_score_pct (rank within the user's candidates); see recsys.algorithms.ranking
-    text_features: tuple[str, ...] = ("text_score", "text_score_rel")
+    # mean), text_score_pct (rank within the user's candidates); see recsys.algorithms.ranking.
+    # Seed 42: text cost 0.0055 NDCG@10 with text_score_rel, 0.0023 with text_score_pct
+    text_features: tuple[str, ...] = ("text_score", "text_score_pct")
     covisit_window_days: PositiveFloat = 1.0
     num_leaves: Annotated[int, Field(ge=2)] = 31
     learning_rate: PositiveFloat = 0.05
