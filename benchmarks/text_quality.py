@@ -10,6 +10,7 @@ ranker - ranker_no_text, with the machine's load average, to
 benchmarks/results/text_quality.json and .md (``--name`` changes the file stem).
 
     RECSYS_HOME=/tmp/home python -m benchmarks.text_quality [--seeds 42,1,2] [--train-text]
+        [--include earlier.json]   # reuse the seeds of an earlier run of the same setup
 
 Settings come from the usual layers (``RECSYS_*`` environment, ``--config``), so a variant is
 measured with, say, ``RECSYS_RANKER__TEXT_CANDIDATES=300`` (the text generators uncapped).
@@ -165,6 +166,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="42,1,2")
     parser.add_argument("--name", default="text_quality")
     parser.add_argument("--train-text", action="store_true", help="train text + score first")
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        help="a result JSON of this script (same home and settings) whose seeds are reused",
+    )
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -179,7 +186,12 @@ def main() -> None:
             "score_s": score_s,
             "load_average": f"{before} / {load()}",
         }
-    rows = [one_seed(int(s)) for s in args.seeds.split(",") if s.strip()]
+    rows = [
+        row
+        for path in args.include
+        for row in json.loads(Path(path).read_text(encoding="utf-8"))["seeds"]
+    ]
+    rows += [one_seed(int(s)) for s in args.seeds.split(",") if s.strip()]
     result = {
         "name": args.name,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",

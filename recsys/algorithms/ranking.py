@@ -44,7 +44,7 @@ def feature_names(
     generator_names: Sequence[str],
     *,
     with_text: bool,
-    text_columns: Sequence[str] = ("text_score", "text_score_rel"),
+    text_columns: Sequence[str] = ("text_score", "text_score_pct"),
 ) -> list[str]:
     """The model's columns: behavioural, candidate-generator and (optionally) text features
     (``text_columns`` of ``SCORE_FEATURES``)."""

@@ -81,6 +81,9 @@ class TextSettings:
     projection_learning_rate: PositiveFloat = 1e-3
     quantize_cache: bool = True  # int8 dynamic quantization of the frozen lower layers
     quantize_scoring: bool = True  # int8 dynamic quantization when `recsys score` encodes
+    # `recsys score` reads the item vectors saved with a history-tower model (items whose text
+    # is unchanged) instead of running the catalog through BERT again
+    reuse_item_vectors: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,9 @@ class RankerSettings:
     text_candidates: NonNegativeInt = 50
     text_cold_candidates: NonNegativeInt = 20
     # text columns of the ranker: text_score, text_score_rel (minus the user's candidate
-    # mean), text_score_pct (rank within the user's candidates); see recsys.algorithms.ranking
-    text_features: tuple[str, ...] = ("text_score", "text_score_rel")
+    # mean), text_score_pct (rank within the user's candidates); see recsys.algorithms.ranking.
+    # Seed 42: text cost 0.0055 NDCG@10 with text_score_rel, 0.0023 with text_score_pct
+    text_features: tuple[str, ...] = ("text_score", "text_score_pct")
     covisit_window_days: PositiveFloat = 1.0
     num_leaves: Annotated[int, Field(ge=2)] = 31
     learning_rate: PositiveFloat = 0.05

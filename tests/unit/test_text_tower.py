@@ -178,3 +178,20 @@ def test_train_plan_score_int8_matches_fp32(tiny_store, tiny_settings) -> None:
     fp32 = encode_catalog(encoder, meta, texts, 8, False, quantize=False)
     int8 = encode_catalog(encoder, meta, texts, 8, False, quantize=True)
     assert np.abs((fp32 * int8).sum(1) - 1.0).max() < 0.05
+    # scoring reused the vectors saved at training (the kept epoch's table) for every item
+    from feature_store.embeddings import read_embeddings
+    from training.text.item_vectors import load_item_vectors
+
+    ids = sorted(item_texts(tiny_store))
+    item_text = item_texts(tiny_store)
+    saved_vectors = load_item_vectors(local, ids, [item_text[i] for i in ids])
+    assert saved_vectors is not None and saved_vectors[1].all()
+    stored = read_embeddings(tiny_store, ref.version, "train_v1", users=False)
+    assert list(stored.item_ids) == ids
+    assert np.allclose(stored.item_matrix, saved_vectors[0], atol=1e-6)
+    # the fp32 encoder agrees with them (training cached the lower layers through int8)
+    fp32_sorted = encode_catalog(encoder, meta, [item_text[i] for i in ids], 8, False, False)
+    assert np.abs((fp32_sorted * saved_vectors[0]).sum(1) - 1.0).max() < 0.05
+    # an item whose text changed is not reused
+    changed = load_item_vectors(local, ids, ["new text"] + [item_text[i] for i in ids[1:]])
+    assert changed is not None and not changed[1][0] and changed[1][1:].all()

@@ -32,6 +32,7 @@ from recsys.core.config import Settings
 from recsys.core.errors import ConfigError
 from recsys.core.rules import LIVE_SCOPE, SCOPES
 from training.text import model as tm
+from training.text.item_vectors import load_item_vectors
 from training.text.texts import item_summaries, item_texts, user_histories
 
 log = logging.getLogger(__name__)
@@ -304,8 +305,16 @@ def score_store(
     texts = item_texts(con)
     item_ids = sorted(texts)
     log.info("embedding %d items with model %s on %s", len(item_ids), model_version, device)
-    item_matrix = encode_catalog(
-        encoder, meta, [texts[i] for i in item_ids], batch, progress, settings.text.quantize_scoring
+    item_matrix = catalog_vectors(
+        encoder,
+        meta,
+        model_dir,
+        item_ids,
+        [texts[i] for i in item_ids],
+        batch,
+        progress,
+        settings.text.quantize_scoring,
+        reuse=settings.text.reuse_item_vectors,
     )
     write_item_embeddings(con, model_version, item_ids, item_matrix)
     users, scores = {}, {}
@@ -375,6 +384,37 @@ def load_scoring_encoder(model_dir: Path, device: object) -> tm.TwoTowerEncoder:
         encoder.item_proj = item_proj.to(encoder.device)
         encoder.user_tower = user_tower.to(encoder.device)
     return encoder
+
+
+def catalog_vectors(
+    encoder: tm.TwoTowerEncoder,
+    meta: dict,
+    model_dir: Path,
+    item_ids: Sequence[str],
+    texts: list[str],
+    batch_size: int,
+    progress: bool,
+    quantize: bool,
+    *,
+    reuse: bool = True,
+) -> np.ndarray:
+    """Item vectors: those saved with a history-tower model for items whose text did not
+    change (``reuse``, ``text.reuse_item_vectors``), the others encoded here."""
+    saved = load_item_vectors(model_dir, item_ids, texts) if reuse else None
+    if saved is None:
+        return encode_catalog(encoder, meta, texts, batch_size, progress, quantize)
+    matrix, reusable = saved
+    log.info(
+        "item vectors: %d reused from the model's training, %d encoded",
+        int(reusable.sum()),
+        int((~reusable).sum()),
+    )
+    missing = np.flatnonzero(~reusable)
+    if len(missing):
+        matrix[missing] = encode_catalog(
+            encoder, meta, [texts[k] for k in missing], batch_size, progress, quantize
+        )
+    return matrix
 
 
 def encode_catalog(

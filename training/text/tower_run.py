@@ -24,6 +24,7 @@ from recsys.core.config import Settings
 from training.text import model as tm
 from training.text import tower as tw
 from training.text.evaluate import EvalSet, metrics_from_vectors
+from training.text.item_vectors import save_item_vectors
 from training.text.tower_train import (
     TowerConfig,
     TowerExamples,
@@ -196,7 +197,7 @@ def train_towers(
     with torch.inference_mode():  # identity projections: the base model, not fine-tuned
         base_table = item_tower.project(pooled.to(encoder.device)).cpu().numpy()
         zeroshot = validate(base_table, user_tower, "zeroshot_val_")
-    history, head, _ = fit_towers(
+    history, head, kept_pooled = fit_towers(
         item_tower,
         user_tower,
         cache,
@@ -207,6 +208,8 @@ def train_towers(
         on_epoch=on_epoch,
         pooled=pooled,
     )
+    with torch.inference_mode():  # the vectors the kept epoch validated with: reused by scoring
+        vectors = item_tower.project(kept_pooled.to(encoder.device)).float().cpu().numpy()
     # the fine-tuned top layers go back into the backbone: the saved BERT is complete
     for k, layer in enumerate(item_tower.top):
         encoder.backbone.encoder.layer[n_layers - plan.top_layers + k].load_state_dict(
@@ -218,6 +221,7 @@ def train_towers(
         "calibration": {"scale": float(head.scale.detach()), "bias": float(head.bias.detach())},
         "plan_estimate_seconds": plan.estimate_seconds,
         "zeroshot": zeroshot,
+        "item_vectors": vectors,
     }
     return item_tower, user_tower, history, meta
 
@@ -307,6 +311,7 @@ def train_tower_model(
             on_epoch=lambda row, epoch: mlflow.log_metrics(rules.mlflow_metrics(row), step=epoch),
         )
         baselines = {**extra.pop("zeroshot"), **tfidf_metrics(eval_set, item_text)}
+        item_vectors = extra.pop("item_vectors")
         best = max(history, key=lambda r: r["val_ndcg@10"])
         metrics = {
             **baselines,
@@ -319,6 +324,7 @@ def train_tower_model(
         model_dir = settings.artifacts_dir / "text-scorer" / run.info.run_id
         model_dir.mkdir(parents=True, exist_ok=True)
         save_towers(model_dir, item_tower, user_tower)
+        save_item_vectors(model_dir, item_ids, [item_text[i] for i in item_ids], item_vectors)
         model_dir = _save_and_log(encoder, settings, run.info.run_id, meta)
         run_id = run.info.run_id
     ref = registry.register(settings, registry.TEXT_MODEL_NAME, run_id, "model")
