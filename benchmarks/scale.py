@@ -342,9 +342,15 @@ def run_size(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, A
     else:
         steps["train text"] = steps["score"] = "skipped (--text not given)"
     steps["train ranker"] = run_step("train ranker", ["train", "ranker"], home, logs)
-    systems = "popularity,item_knn,als,ranker_no_text,ranker" + (",text_only" if args.text else "")
-    steps["evaluate"] = run_step("evaluate", ["evaluate", "--systems", systems], home, logs)
-    report = json.loads((home / "reports" / "evaluate" / "report.json").read_text())
+    report: dict[str, Any] = {}
+    if args.skip_evaluate:
+        steps["evaluate"] = "skipped (--skip-evaluate)"
+    else:
+        systems = "popularity,item_knn,als,ranker_no_text,ranker" + (
+            ",text_only" if args.text else ""
+        )
+        steps["evaluate"] = run_step("evaluate", ["evaluate", "--systems", systems], home, logs)
+        report = json.loads((home / "reports" / "evaluate" / "report.json").read_text())
     users = (
         pl.read_parquet(data / "events.parquet", columns=["user_id"])["user_id"].unique().to_list()
     )
@@ -451,6 +457,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e5,1e6", help="Comma-separated event counts.")
     parser.add_argument("--text", action="store_true", help="Also train and score the text model.")
     parser.add_argument("--text-max-pairs", type=int, default=2000)
+    parser.add_argument("--skip-evaluate", action="store_true", help="Do not run `evaluate`.")
     parser.add_argument("--rate", type=float, default=20.0, help="Requests per second.")
     parser.add_argument("--load-seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -459,6 +466,9 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="Keep each size's home and data.")
     parser.add_argument("--output", type=Path, default=RESULTS / "scale.json")
+    parser.add_argument(
+        "--append", action="store_true", help="Keep the other sizes already in --output."
+    )
     parser.add_argument("--note", default="", help="Free text for the report (e.g. machine busy).")
     args = parser.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
@@ -472,11 +482,15 @@ def main() -> None:
         "text": bool(args.text),
         "runs": [],
     }
+    if args.append and args.output.with_suffix(".json").is_file():
+        earlier = json.loads(args.output.with_suffix(".json").read_text("utf-8"))
+        result["runs"] = [r for r in earlier["runs"] if r["n_events"] not in sizes]
+        result["earlier_load_averages"] = [earlier.get("load_average_start")]
     root = args.work or Path(tempfile.mkdtemp(prefix="recsys-scale-"))
     for n in sizes:
         work = root / f"{n:.0e}"
         run = run_size(n, work, args)
-        result["runs"].append(run)
+        result["runs"] = sorted([*result["runs"], run], key=lambda r: r["n_events"])
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         result["growth"] = growth(result["runs"])

@@ -19,6 +19,7 @@ from recsys.pipeline.recommender import Recommendation, RecommendationResult
 from tests.factories import GENRES, load_into_store, make_catalog, make_events
 from tests.unit.test_ranker import N_ITEMS, small_settings
 from training import registry
+from training.ranker import state as serving_state
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +84,10 @@ def test_training_registers_and_promotes_with_artifacts(trained: tuple) -> None:
     assert (Path(path) / "ranker.txt").is_file() and (
         Path(path) / "no_text" / "ranker.txt"
     ).is_file()
+    # the generators' serving state is published beside the ranker, complete and loadable
+    arrays, manifest = serving_state.load_state(Path(path) / serving_state.STATE_DIR)
+    assert {"als/item_factors", "item_knn/similarity/data", "covisit/matrix/data"} <= set(arrays)
+    assert manifest["meta"]["events"] == "events" and manifest["meta"]["n_users"] == 30
 
 
 def test_recommender_known_user_explained(trained: tuple) -> None:
