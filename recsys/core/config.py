@@ -99,6 +99,9 @@ class RankerSettings:
     recent_popularity_days: PositiveFloat = 365.0
     # share of users whose groups drive early stopping
     early_stopping_holdout: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    # impression logs: items shown in the label window's served lists join the training
+    # groups (hard negatives; training/ranker/served.py)
+    served_negatives: bool = True
 
 
 @dataclass(frozen=True)

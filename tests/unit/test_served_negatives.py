@@ -131,3 +131,12 @@ def test_item_frame_scores_any_item_like_an_unproposed_candidate(tmp_path: Path)
     assert some["gen_popularity_score"][2] is None  # an item the log does not know
     assert some["blend_rank"].null_count() == 3
     con.close()
+
+
+def test_served_negatives_can_be_turned_off(
+    mind_store: tuple[Settings, duckdb.DuckDBPyConnection],
+) -> None:
+    settings, con = mind_store
+    off = settings.replace(**{"ranker.served_negatives": False})
+    frame, _ = dataset.build_frame(con, off, dataset.FIT, text_index=None)
+    assert frame["blend_rank"].null_count() == 0 and SERVED not in frame.columns

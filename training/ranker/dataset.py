@@ -100,7 +100,7 @@ def build_frame(
     blender.fit(data)
     user_ids = users["user_id"].to_list()
     cands = blender.frame(user_ids, as_of=users["as_of"].to_list()).join(users, on="user_id")
-    if with_labels and stage == FIT:
+    if with_labels and stage == FIT and settings.ranker.served_negatives:
         # impression logs: shown-not-clicked items of the label window are hard negatives
         cands = add_served_rows(con, blender, cands, users)
     log.info(
