@@ -9,7 +9,8 @@ before the cutoff; the label is the user's engagement with the candidate after t
 Training reads ``events_fit_v1`` with cutoff ``val_start`` and labels from the ``val`` part
 (text vectors of scope ``fit_v1``); test scoring reads ``events_train_v1`` with cutoff
 ``test_start`` (scope ``train_v1``).  On impression logs the training frame also holds the
-items shown in the label window's served lists (``training.ranker.served``: hard negatives).
+items shown in the label window's served lists, as groups of their own
+(``training.ranker.served``: hard negatives).
 See docs/ranking.md.
 """
 
@@ -30,7 +31,7 @@ from recsys.algorithms.ranking import TextFeatures, assemble
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
 from recsys.core.rules import FIT_SCOPE, TRAIN_SCOPE
-from training.ranker.served import add_served_rows
+from training.ranker.served import add_served_rows, candidate_rows, group_columns
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +130,14 @@ def build_frame(
         frame.width,
         time.perf_counter() - started,
     )
-    return (
-        frame.sort("user_id", "blend_rank", "item_id", nulls_last=True),
-        [g.name for g in blender.generators],
-    )
+    keys = [*group_columns(frame), "blend_rank", "item_id"]
+    return frame.sort(keys, nulls_last=True), [g.name for g in blender.generators]
 
 
 def candidate_recall(frame: pl.DataFrame, truth: pl.DataFrame) -> float:
     """Mean over users with >= 1 positive of (positives among candidates / positives).
 
-    Served rows that no generator proposed (null ``blend_rank``) are not candidates."""
+    The served groups added for training are not candidates."""
     per_user = (
         truth.join(
             candidate_rows(frame)
@@ -152,11 +151,6 @@ def candidate_recall(frame: pl.DataFrame, truth: pl.DataFrame) -> float:
     )
     mean = per_user["recall"].mean()
     return float(mean) if isinstance(mean, int | float) else 0.0
-
-
-def candidate_rows(frame: pl.DataFrame) -> pl.DataFrame:
-    """The rows the blender proposed (without the served rows added for training)."""
-    return frame.filter(pl.col("blend_rank").is_not_null())
 
 
 def positives(con: duckdb.DuckDBPyConnection, part: str) -> pl.DataFrame:

@@ -26,6 +26,7 @@ from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
 from training.ranker.model import RankerModel
+from training.ranker.served import candidate_rows, group_columns
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def split_users(
 def _dataset(frame: pl.DataFrame, names: list[str]) -> Any:
     import lightgbm as lgb
 
-    groups = frame.group_by("user_id", maintain_order=True).len()["len"].to_numpy()
+    groups = frame.group_by(group_columns(frame), maintain_order=True).len()["len"].to_numpy()
     return lgb.Dataset(
         feature_matrix(frame, names),
         label=frame["label"].to_numpy(),
@@ -115,7 +116,7 @@ def fit(
     import lightgbm as lgb
 
     started = time.perf_counter()
-    useful = frame.filter((pl.col("label").max().over("user_id")) > 0)
+    useful = frame.filter((pl.col("label").max().over(group_columns(frame))) > 0)
     if useful.height == 0:
         raise TrainingError("no candidate has a positive label; check the split and candidates")
     train, valid = split_users(useful, settings.ranker.early_stopping_holdout, settings.seed)
@@ -133,10 +134,8 @@ def fit(
     lgb_ndcg = float(booster.best_score["holdout"]["ndcg@10"])
     # the protocol's view of the held-out users: every val positive counts, not only candidates
     held_users = valid["user_id"].unique().to_list()
-    hold_frame = frame.filter(pl.col("user_id").is_in(held_users))
-    if "blend_rank" in hold_frame.columns:
-        # ranked as served: the candidates, not the served rows added as hard negatives
-        hold_frame = hold_frame.filter(pl.col("blend_rank").is_not_null())
+    # the candidate groups only: what the product ranks, not the served groups
+    hold_frame = candidate_rows(frame.filter(pl.col("user_id").is_in(held_users)))
     val_ndcg = protocol_ndcg(
         hold_frame,
         np.asarray(booster.predict(feature_matrix(hold_frame, names), num_iteration=best)),
