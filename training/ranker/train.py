@@ -133,8 +133,9 @@ def fit(
     best = int(booster.best_iteration or booster.current_iteration())
     lgb_ndcg = float(booster.best_score["holdout"]["ndcg@10"])
     # the protocol's view of the held-out users: every val positive counts, not only candidates
-    held_users = valid["user_id"].unique().to_list()
-    # the candidate groups only: what the product ranks, not the served groups
+    # the candidate groups only (what the product ranks), of the users whose candidate group
+    # has a positive, whether or not served groups were added
+    held_users = candidate_rows(valid)["user_id"].unique().to_list()
     hold_frame = candidate_rows(frame.filter(pl.col("user_id").is_in(held_users)))
     val_ndcg = protocol_ndcg(
         hold_frame,
