@@ -118,6 +118,9 @@ class RankerSettings:
     max_eval_users: PositiveInt = 20_000
     # users whose candidates and features are built at once (bounds the frame's peak memory)
     frame_chunk_users: PositiveInt = 2_000
+    # impression logs: items shown in the label window's served lists join the training
+    # groups (hard negatives; training/ranker/served.py)
+    served_negatives: bool = True
 
 
 @dataclass(frozen=True)

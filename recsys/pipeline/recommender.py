@@ -221,14 +221,24 @@ class Recommender:
             schema={"user_id": pl.Utf8, "item_id": pl.Utf8},
         )
         if uid is not None and known:
-            gen = self.candidates(uid)
-            frame = frame.join(gen, on=["user_id", "item_id"], how="left")
+            frame = frame.join(self._rank_rows(uid, frame), on=["user_id", "item_id"], how="left")
         result = self._score(
             uid or "", frame, k, explain=explain, con=con, cold=uid is None, history=history
         )
         return RecommendationResult(
             result.items, result.model_versions, result.cold_start, tuple(unknown)
         )
+
+    def _rank_rows(self, user_id: str, frame: pl.DataFrame) -> pl.DataFrame:
+        """Generator columns of the supplied items: their candidate rows, and for items the
+        blender did not propose the rows ``Blender.item_frame`` gives (dense generator scores,
+        no ranks) -- as the ranker saw served items in training and per-impression evaluation."""
+        gen = self.candidates(user_id).join(frame, on=["user_id", "item_id"], how="semi")
+        rest = frame.join(gen, on=["user_id", "item_id"], how="anti")["item_id"].to_list()
+        if not rest:
+            return gen
+        extra = self.blender.item_frame([user_id], [rest], as_of=[self.clock])
+        return pl.concat([gen, extra.select(gen.columns).cast(gen.schema)], how="vertical")
 
     def _score(
         self,

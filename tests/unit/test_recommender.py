@@ -112,3 +112,21 @@ def test_rank_reorders_known_candidates_and_reports_unknown(recommender: Recomme
     assert result.unknown_items == ("zzz",)
     assert recommender.known_items(["i1", "x"]) == (["i1"], ["x"])
     assert recommender.known_user("u3") and not recommender.known_user("u9")
+
+
+def test_rank_scores_items_outside_the_candidates_like_training(
+    recommender: Recommender,
+) -> None:
+    """Supplied items the blender did not propose get the dense generators' scores and no
+    ranks (``Blender.item_frame``), as served items had in ranker training."""
+    cands = recommender.candidates("u0")
+    outside = [i for i in ["i0", "i1", "i2", "i3", "i4", "i5"] if i not in cands["item_id"]]
+    inside = cands["item_id"].to_list()[:1]
+    frame = pl.DataFrame({"user_id": ["u0"] * 2, "item_id": [*inside, *outside[:1]]})
+    assert outside, "the fixture's candidates must leave an item out"
+    rows = recommender._rank_rows("u0", frame)
+    by_item = {r["item_id"]: r for r in rows.iter_rows(named=True)}
+    assert by_item[inside[0]]["blend_rank"] is not None
+    assert by_item[outside[0]]["blend_rank"] is None
+    assert by_item[outside[0]]["gen_popularity_rank"] is None
+    assert by_item[outside[0]]["gen_popularity_score"] is not None

@@ -16,7 +16,7 @@ from recsys.algorithms.candidates import Blender, Popularity
 from recsys.core.config import Settings, load_settings
 from tests.log_factories import write_mind
 from training.ranker import dataset
-from training.ranker.served import SERVED
+from training.ranker.served import SERVED, group_columns
 
 
 @pytest.fixture(scope="module")
@@ -53,37 +53,37 @@ def _shown(con: duckdb.DuckDBPyConnection, lo: str, hi: str) -> pl.DataFrame:
     ).pl()
 
 
-def test_shown_items_of_the_label_window_enter_the_frame(
+def test_shown_items_of_the_label_window_form_served_groups(
     mind_store: tuple[Settings, duckdb.DuckDBPyConnection],
 ) -> None:
     settings, con = mind_store
     frame, _ = dataset.build_frame(con, settings, dataset.FIT, text_index=None)
-    shown = _shown(con, "s.val_start", "s.test_start")
     users = set(frame["user_id"].unique().to_list())
-    shown = shown.filter(pl.col("user_id").is_in(list(users)))
-    got = shown.join(frame, on=["user_id", "item_id"], how="left")
-    # every shown item is a row; the shown-not-clicked ones are labelled 0 unless clicked
-    # in another list of the window
-    assert got["label"].null_count() == 0
-    assert got[SERVED].all()
-    clicked_anywhere = got.group_by("item_id", "user_id").agg(pl.col("clicked").any())
-    assert (
-        got.join(clicked_anywhere, on=["user_id", "item_id"], suffix="_any")
-        .filter(~pl.col("clicked_any"))["label"]
-        .max()
-        == 0
+    shown = _shown(con, "s.val_start", "s.test_start").filter(pl.col("user_id").is_in(users))
+    served = frame.filter(pl.col(SERVED))
+    # a served group per user: exactly the items shown to the user in the window
+    assert sorted(served.select("user_id", "item_id").unique().rows()) == sorted(
+        shown.select("user_id", "item_id").unique().rows()
     )
-    outside = frame.filter(pl.col("blend_rank").is_null())
-    assert outside.height > 0 and outside[SERVED].all()
-    # clicked and unclicked served items both sit outside the candidates, so "no blend rank"
-    # does not give the label away
-    assert set(outside["label"].unique().to_list()) == {0, 1}
-    # generator ranks are absent for them, dense scores (popularity) present
+    # shown-not-clicked items are labelled 0 unless clicked in another list of the window
+    clicked_any = shown.group_by("user_id", "item_id").agg(pl.col("clicked").any())
+    got = served.join(clicked_any, on=["user_id", "item_id"])
+    assert got.filter(~pl.col("clicked"))["label"].max() == 0
+    assert got.filter(pl.col("clicked"))["label"].min() == 1
+    # items no generator proposed: dense scores, no ranks
+    outside = served.filter(pl.col("blend_rank").is_null())
+    assert outside.height > 0
     assert outside["gen_popularity_rank"].null_count() == outside.height
     assert outside["gen_popularity_score"].null_count() == 0
-    # candidates keep their order first; served rows after them
-    first = frame.group_by("user_id", maintain_order=True).agg(pl.col("blend_rank").first())
-    assert first["blend_rank"].to_list() == [1] * first.height
+    # the candidate groups are those built without served groups, row for row
+    off = settings.replace(**{"ranker.served_negatives": False})
+    plain, _ = dataset.build_frame(con, off, dataset.FIT, text_index=None)
+    cands = frame.filter(~pl.col(SERVED)).drop(SERVED)
+    assert cands.equals(plain.select(cands.columns))
+    assert SERVED not in plain.columns
+    # groups are contiguous: each user's candidate group, then their served group
+    keys = frame.select("user_id", SERVED).unique(maintain_order=True)
+    assert keys.height == frame.select("user_id", SERVED).n_unique()
 
 
 def test_no_test_period_impression_becomes_a_training_row(
@@ -95,23 +95,21 @@ def test_no_test_period_impression_becomes_a_training_row(
         _shown(con, "s.val_start", "s.test_start"), on=["user_id", "item_id"], how="anti"
     )
     assert test_only.height > 0
-    leaked = test_only.join(
-        frame.filter(pl.col("blend_rank").is_null()), on=["user_id", "item_id"], how="inner"
-    )
+    leaked = test_only.join(frame.filter(pl.col(SERVED)), on=["user_id", "item_id"])
     assert leaked.height == 0
 
 
-def test_candidate_recall_ignores_served_rows(
+def test_candidate_recall_and_holdout_ignore_served_groups(
     mind_store: tuple[Settings, duckdb.DuckDBPyConnection],
 ) -> None:
     settings, con = mind_store
     frame, _ = dataset.build_frame(con, settings, dataset.FIT, text_index=None)
     truth = dataset.positives(con, "val")
     cands = dataset.candidate_rows(frame)
-    assert cands.height < frame.height
+    assert cands.height < frame.height and not cands[SERVED].any()
     assert dataset.candidate_recall(frame, truth) == dataset.candidate_recall(cands, truth)
     assert dataset.candidate_recall(frame, truth) < dataset.candidate_recall(
-        frame.with_columns(pl.col("blend_rank").fill_null(999)), truth
+        frame.drop(SERVED), truth
     )
 
 
@@ -131,3 +129,13 @@ def test_item_frame_scores_any_item_like_an_unproposed_candidate(tmp_path: Path)
     assert some["gen_popularity_score"][2] is None  # an item the log does not know
     assert some["blend_rank"].null_count() == 3
     con.close()
+
+
+def test_served_negatives_can_be_turned_off(
+    mind_store: tuple[Settings, duckdb.DuckDBPyConnection],
+) -> None:
+    settings, con = mind_store
+    off = settings.replace(**{"ranker.served_negatives": False})
+    frame, _ = dataset.build_frame(con, off, dataset.FIT, text_index=None)
+    assert frame["blend_rank"].null_count() == 0 and SERVED not in frame.columns
+    assert group_columns(frame) == ["user_id"]

@@ -9,7 +9,8 @@ before the cutoff; the label is the user's engagement with the candidate after t
 Training reads ``events_fit_v1`` with cutoff ``val_start`` and labels from the ``val`` part
 (text vectors of scope ``fit_v1``); test scoring reads ``events_train_v1`` with cutoff
 ``test_start`` (scope ``train_v1``).  On impression logs the training frame also holds the
-items shown in the label window's served lists (``training.ranker.served``: hard negatives).
+items shown in the label window's served lists, as groups of their own
+(``training.ranker.served``: hard negatives).
 See docs/ranking.md.
 """
 
@@ -32,7 +33,7 @@ from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
 from recsys.core.rules import FIT_SCOPE, TRAIN_SCOPE
-from training.ranker.served import add_served_rows
+from training.ranker.served import add_served_rows, candidate_rows, group_columns
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def _chunk_frame(
     cands = blender.frame(groups["user_id"].to_list(), as_of=groups["as_of"].to_list()).join(
         groups, on="user_id"
     )
-    if truth is not None and stage == FIT:
+    if truth is not None and stage == FIT and settings.ranker.served_negatives:
         # impression logs: shown-not-clicked items of the label window are hard negatives
         cands = add_served_rows(con, blender, cands, groups)
     frame = assemble(
@@ -173,9 +174,8 @@ def _chunk_frame(
         frame = frame.join(truth, on=["user_id", "item_id"], how="left").with_columns(
             pl.col("label").fill_null(0).cast(pl.Int32)
         )
-    return frame.with_columns(pl.col(pl.Float64).cast(pl.Float32)).sort(
-        "user_id", "blend_rank", "item_id", nulls_last=True
-    )
+    keys = [*group_columns(frame), "blend_rank", "item_id"]
+    return frame.with_columns(pl.col(pl.Float64).cast(pl.Float32)).sort(keys, nulls_last=True)
 
 
 def spec_settings(settings: Settings, spec: dict[str, Any]) -> Settings:
@@ -195,7 +195,7 @@ def spec_settings(settings: Settings, spec: dict[str, Any]) -> Settings:
 def candidate_recall(frame: pl.DataFrame, truth: pl.DataFrame) -> float:
     """Mean over users with >= 1 positive of (positives among candidates / positives).
 
-    Served rows that no generator proposed (null ``blend_rank``) are not candidates."""
+    The served groups added for training are not candidates."""
     per_user = (
         truth.join(
             candidate_rows(frame)
@@ -209,11 +209,6 @@ def candidate_recall(frame: pl.DataFrame, truth: pl.DataFrame) -> float:
     )
     mean = per_user["recall"].mean()
     return float(mean) if isinstance(mean, int | float) else 0.0
-
-
-def candidate_rows(frame: pl.DataFrame) -> pl.DataFrame:
-    """The rows the blender proposed (without the served rows added for training)."""
-    return frame.filter(pl.col("blend_rank").is_not_null())
 
 
 def positives(con: duckdb.DuckDBPyConnection, part: str) -> pl.DataFrame:

@@ -30,6 +30,7 @@ from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
 from training.ranker.model import RankerModel
+from training.ranker.served import SERVED, group_columns
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def _dataset(x: np.ndarray, frame: pl.DataFrame, names: list[str]) -> Any:
     drops its reference to the raw matrix (``free_raw_data``)."""
     import lightgbm as lgb
 
-    groups = frame.group_by("user_id", maintain_order=True).len()["len"].to_numpy()
+    groups = frame.group_by(group_columns(frame), maintain_order=True).len()["len"].to_numpy()
     return lgb.Dataset(
         x, label=frame["label"].to_numpy(), group=groups, feature_name=names, free_raw_data=True
     )
@@ -117,7 +118,7 @@ def fit(
 
     started = time.perf_counter()
     r, seed = settings.ranker, settings.seed
-    useful = frame.filter((pl.col("label").max().over("user_id")) > 0)
+    useful = frame.filter((pl.col("label").max().over(group_columns(frame))) > 0)
     if useful.height == 0:
         raise TrainingError("no candidate has a positive label; check the split and candidates")
     held = split_users(useful["user_id"].unique().to_list(), r.early_stopping_holdout, seed)
@@ -149,11 +150,13 @@ def fit(
     lgb_ndcg = float(booster.best_score["holdout"]["ndcg@10"])
     # the protocol's view of the held-out users: every val positive counts, not only candidates
     held_scores = np.asarray(booster.predict(x[mask], num_iteration=best))
-    if "blend_rank" in valid.columns:
-        # ranked as served: the candidates, not the served rows added as hard negatives
-        proposed = valid["blend_rank"].is_not_null()
+    # the candidate groups only (what the product ranks), of the users whose candidate group
+    # has a positive, whether or not served groups were added
+    if SERVED in valid.columns:
+        proposed = ~valid[SERVED]
         valid, held_scores = valid.filter(proposed), held_scores[proposed.to_numpy()]
-    val_ndcg = protocol_ndcg(valid, held_scores, truth.filter(pl.col("user_id").is_in(list(held))))
+    held_users = valid["user_id"].unique().to_list()
+    val_ndcg = protocol_ndcg(valid, held_scores, truth.filter(pl.col("user_id").is_in(held_users)))
     full = lgb.train(params, _dataset(x, useful, names), num_boost_round=best)
     del x
     importance = pl.DataFrame(
