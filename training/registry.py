@@ -273,10 +273,18 @@ def register(settings: Settings, name: str, run_id: str, artifact_path: str) -> 
     return ref
 
 
+# MLflow writes this file into a model folder that a ``models:/`` URI resolved to (for a local
+# store: into the run's own artifact folder) - bookkeeping that no loader reads, never checksummed
+MLFLOW_MODEL_META = "registered_model_meta"
+
+
 def sha256_tree(directory: Path) -> dict[str, str]:
-    """``{relative posix path: sha256 hex}`` of every file under ``directory``."""
+    """``{relative posix path: sha256 hex}`` of every file under ``directory`` (but MLflow's
+    top-level ``registered_model_meta``)."""
     out: dict[str, str] = {}
-    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+    root = Path(directory)
+    meta = root / MLFLOW_MODEL_META
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p != meta):
         digest = hashlib.sha256()
         with open(path, "rb") as fh:
             while block := fh.read(1 << 20):

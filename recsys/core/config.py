@@ -147,7 +147,7 @@ class ServingSettings:
     queue_deadline_ms: NonNegativeFloat = 500.0
     # a gunicorn worker may take this long to build its app (load models, fit generators) before
     # the master's 30 s request timeout applies (serving/worker.py)
-    boot_timeout_seconds: PositiveFloat = 300.0
+    boot_timeout_seconds: PositiveFloat = 600.0
 
 
 SPLIT_KINDS = ("user_time", "global_time")

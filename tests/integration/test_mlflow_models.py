@@ -98,6 +98,12 @@ def test_champion_loads_as_the_whole_recommender(trained: tuple, tracking: Setti
     cold = rec.rank(["i1"], k=1, user_id="u-new").items[0].score
     assert scores[len(items)] == pytest.approx(cold)  # a new visitor is scored cold
     assert np.isnan(scores[-1])  # an unknown item
+    # loading through models:/ made MLflow write registered_model_meta into the run's model
+    # folder; serving still verifies the champion (the file is bookkeeping, not a model file)
+    from serving.modelcheck import ModelVerifier
+
+    ref, _ = ModelVerifier(settings).champion()
+    assert ref.version == trained[2]["version"]
 
 
 def test_input_example_is_logged_and_scores(trained: tuple, tracking: Settings) -> None:

@@ -44,7 +44,6 @@ def train_and_log(
     (opened before the frame is built); gate and promote (see ``training.promotion``); returns a
     summary."""
 
-    started = time.perf_counter()
     fingerprint = registry.data_fingerprint(con)
     with registry.start_run(
         settings,
@@ -52,6 +51,7 @@ def train_and_log(
         data_fingerprint=fingerprint,
         tags={"model": rules.RANKER_MODEL_NAME},
     ) as run:
+        started = time.perf_counter()
         registry.log_store_input(settings, fingerprint, "training", registry.store_counts(con))
         apply_task(con, settings.task)
         ensure_split(con, settings.split)

@@ -289,6 +289,7 @@ def train_tower_model(
         data_fingerprint=fingerprint,
         tags={"model": registry.TEXT_MODEL_NAME},
     ) as run:
+        registry.log_store_input(settings, fingerprint, "training", registry.store_counts(con))
         mlflow.log_params(
             {
                 "resolved_device": str(device),

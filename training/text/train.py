@@ -267,6 +267,7 @@ def train_text_model(
         data_fingerprint=fingerprint,
         tags={"model": rules.TEXT_MODEL_NAME},
     ) as run:
+        registry.log_store_input(settings, fingerprint, "training", registry.store_counts(con))
         mlflow.log_params(
             {
                 "resolved_device": str(device),
