@@ -366,6 +366,8 @@ def run_size(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, A
 
 
 def _quality(report: dict[str, Any]) -> dict[str, Any]:
+    if not report:
+        return {"evaluate": "skipped"}
     systems: dict[str, Any] = report.get("systems", {})
     users = [m.get("users") for m in systems.values()]
     out: dict[str, Any] = {"users": users[0] if users else None}

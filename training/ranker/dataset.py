@@ -116,10 +116,19 @@ def build_frame(
     text = TextFeatures(text_index, data) if text_index is not None else None
     truth = labels(con, stage) if with_labels else None
     step = settings.ranker.frame_chunk_users
-    parts = [
-        _chunk_frame(con, settings, stage, blender, text, groups.slice(k, step), truth)
-        for k in range(0, groups.height, step)
-    ]
+    parts = []
+    for k in range(0, groups.height, step):
+        parts.append(
+            _chunk_frame(con, settings, stage, blender, text, groups.slice(k, step), truth)
+        )
+        log.info(
+            "%s frame: %d of %d users, %d rows (%.0fs)",
+            stage.events,
+            min(k + step, groups.height),
+            groups.height,
+            sum(p.height for p in parts),
+            time.perf_counter() - started,
+        )
     frame = pl.concat(parts, how="vertical_relaxed", rechunk=True)
     del parts
     log.info(
