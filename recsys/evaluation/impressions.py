@@ -14,8 +14,8 @@ anything scoring a test user may see (``events_train_v1``):
   columns of an item no generator proposed (``Blender.item_frame``, as in training), the
   point-in-time behavioural features and the text features;
 - ``text_only``: the text model's score alone (user vector of scope ``train_v1``);
-- ``popularity``: train positives per item; ``tfidf``: a TF-IDF content profile of the
-  user's train positives (``content_profile``).
+- ``popularity``: train positives per item; ``tfidf``: the TF-IDF content profile of the
+  user's train positives (``recsys.algorithms.tfidf``, the full-ranking report's system).
 
 Metrics are the MIND competition's (AUC, MRR, nDCG@5, nDCG@10; ``replay.score_lists``) averaged
 over lists with at least one click and one non-click.  See docs/ranking.md.
@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
 from feature_store.interactions import Interactions
 from feature_store.splits import ensure_split
@@ -45,6 +43,7 @@ from recsys.algorithms.candidates import (
     default_generators,
 )
 from recsys.algorithms.ranking import TextFeatures, assemble, feature_matrix
+from recsys.algorithms.tfidf import TfidfProfile
 from recsys.algorithms.topk import DenseGenerator
 from recsys.core import rules
 from recsys.core.config import Settings
@@ -100,46 +99,6 @@ def heldout_lists(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
         .pl()
         .with_columns(pl.col("as_of").cast(pl.Datetime("us")))
     )
-
-
-class ContentProfile(DenseGenerator):
-    """TF-IDF content profile: cosine of each item's TF-IDF vector with the mean vector of the
-    user's train positives.  The per-impression TF-IDF baseline (the full-ranking report's
-    TF-IDF system is ``recsys.algorithms.tfidf`` once merged; swap it in ``content_profile``)."""
-
-    name = "tfidf"
-
-    def __init__(self, item_text: Mapping[str, str]) -> None:
-        self.item_text = item_text
-
-    def fit(self, data: Interactions) -> ContentProfile:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        self.data = data
-        texts = [self.item_text.get(str(i), "") for i in data.item_ids]
-        vectorizer = TfidfVectorizer(
-            ngram_range=(1, 2),
-            min_df=2 if len(texts) >= 100 else 1,
-            sublinear_tf=True,
-            stop_words="english",
-        )
-        self.items = vectorizer.fit_transform(texts).tocsr()  # rows L2-normalized
-        liked = sp.csr_matrix(data.positives.astype(bool).astype(np.float64))
-        prof = sp.csr_matrix(liked @ self.items)
-        norms = np.sqrt(np.asarray(prof.multiply(prof).sum(axis=1)).ravel())
-        inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        self.profiles = sp.csr_matrix(sp.diags(inv) @ prof)
-        return self
-
-    def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
-        if u is None or self.profiles[u].nnz == 0:
-            return None
-        return np.asarray((self.items @ self.profiles[u].T).todense()).ravel()
-
-
-def content_profile(item_text: Mapping[str, str]) -> ContentProfile:
-    """The TF-IDF content baseline scored per impression."""
-    return ContentProfile(item_text)
 
 
 def dense_scores(gen: DenseGenerator, frame: pl.DataFrame) -> np.ndarray:
@@ -288,7 +247,7 @@ def _system_scores(
         texts = item_texts(con)
         if not any(t.strip() for t in texts.values()):
             return "no item has any text: ingest items with a title or description"
-        return dense_scores(content_profile(texts).fit(data), frame)
+        return dense_scores(TfidfProfile(texts).fit(data), frame)
     if name == "text_only":
         if text_index is None:
             return (
