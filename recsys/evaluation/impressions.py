@@ -50,6 +50,7 @@ from recsys.core.config import Settings
 from recsys.core.errors import EvaluationError, ModelNotReadyError
 from recsys.evaluation.replay import score_lists
 from training import registry
+from training.ranker import dataset
 from training.ranker.model import RankerModel
 from training.ranker.run import ABLATION_DIR
 from training.registry import load_text_index
@@ -213,10 +214,8 @@ def evaluate_impressions(
             "missing: run `recsys score`"
         )
         models = {}
-    run_settings = settings
-    if ranker is not None:
-        n = int(ranker.spec.get("num_candidates", settings.ranker.num_candidates))
-        run_settings = settings.replace(**{"ranker.num_candidates": n})
+    # the candidates the champion was trained with (its number and per-generator caps)
+    run_settings = dataset.spec_settings(settings, ranker.spec) if ranker is not None else settings
     data = Interactions.from_store(con, rules.TRAIN_SCOPE.events)
     frame = list_frame(con, run_settings, lists, data, text_index)
     for name in systems:

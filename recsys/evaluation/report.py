@@ -108,16 +108,8 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"## Logged-click replay ({replay.get('source', '')})",
             "",
-            "| system | AUC | MRR | nDCG@5 | nDCG@10 | impressions |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for name, m in replay.get("systems", {}).items():
-            lines.append(
-                f"| {name} | {m['auc']:.4f} | {m['mrr']:.4f} | {m['ndcg@5']:.4f} | "
-                f"{m['ndcg@10']:.4f} | {m['impressions']} |"
-            )
-        for name, reason in replay.get("skipped", {}).items():
-            lines.append(f"- **{name} skipped**: {reason}")
+        lines += _list_metrics_table(replay, "impressions")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -132,7 +124,14 @@ def _impressions_markdown(result: dict[str, Any] | None) -> list[str]:
         "impressions), none seen in training; metrics averaged over lists with a click and a "
         "non-click (recsys.evaluation.impressions).",
         "",
-        "| system | AUC | MRR | nDCG@5 | nDCG@10 | lists |",
+    ]
+    return lines + _list_metrics_table(result, "lists")
+
+
+def _list_metrics_table(result: dict[str, Any], count: str) -> list[str]:
+    """Per-list metrics (replay, held-out impressions): one row per system, then the skipped."""
+    lines = [
+        f"| system | AUC | MRR | nDCG@5 | nDCG@10 | {count} |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, m in result.get("systems", {}).items():
