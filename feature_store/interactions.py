@@ -63,6 +63,10 @@ class Interactions:
     positive_events: PositiveEvents = field(default_factory=PositiveEvents.empty)
     item_index: dict[str, int] = field(init=False)
     user_index: dict[str, int] = field(init=False)
+    # positive events ordered by (user, time, catalog index) and each user's first row in it
+    _timeline: tuple[np.ndarray, np.ndarray] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.item_index = {str(i): k for k, i in enumerate(self.item_ids)}
@@ -86,6 +90,26 @@ class Interactions:
         return self.positives.indices[
             self.positives.indptr[u] : self.positives.indptr[u + 1]
         ].astype(np.int64)
+
+    def recent_positive_items(self, user_id: str, n: int) -> np.ndarray:
+        """The user's latest ``n`` distinct positive items (catalog indices), oldest first.
+
+        Ties in time are broken by catalog index; an item liked twice counts at its latest
+        time.  ``positive_items`` is in catalog order, not time order.
+        """
+        u = self.user_index.get(user_id)
+        if u is None or n <= 0:
+            return np.empty(0, dtype=np.int64)
+        if self._timeline is None:
+            ev = self.positive_events
+            order = np.lexsort((ev.item, ev.ts, ev.user))
+            starts = np.searchsorted(ev.user[order], np.arange(len(self.user_ids) + 1))
+            self._timeline = (ev.item[order], starts)
+        items, starts = self._timeline
+        span = items[starts[u] : starts[u + 1]][::-1]  # newest first
+        _, first = np.unique(span, return_index=True)
+        latest = span[np.sort(first)][:n]
+        return latest[::-1].astype(np.int64)
 
     @classmethod
     def from_store(cls, con: duckdb.DuckDBPyConnection, relation: str = "events") -> Interactions:

@@ -23,7 +23,8 @@ from recsys.algorithms.baselines import ALS, ItemKNN
 from recsys.algorithms.state import Arrays, Maps, csr_arrays, csr_from
 from recsys.algorithms.text_index import user_text_vector
 from recsys.algorithms.topk import EMPTY, DenseGenerator, Scored, top_n
-from recsys.core.rules import COLD_ITEM_MAX_EVENTS, HISTORY_LENGTH
+from recsys.core.errors import ConfigError
+from recsys.core.rules import COLD_ITEM_MAX_EVENTS, HISTORY_LENGTH, parse_generator_weights
 
 log = logging.getLogger(__name__)
 
@@ -290,9 +291,11 @@ class Blender:
     """Union of several generators, deduplicated and cut to ``n`` per user.
 
     Items are taken round-robin by rank across generators (every generator's best first), so
-    each source is represented.  ``limits`` caps how many items a generator (by name) may
-    propose: without a cap a weak generator that answers every user (text neighbours) fills as
-    many slots as the strong ones.  ``frame`` also returns each generator's score and rank.
+    each source is represented; ``weights`` (by name, default 1) stretch a generator's share:
+    its item of rank r comes at r / weight, and weight 0 proposes nothing.  ``limits`` caps how
+    many items a generator may propose: without a cap a weak generator that answers every user
+    (text neighbours) fills as many slots as the strong ones.  ``frame`` also returns each
+    generator's score and rank.
     """
 
     name = "blend"
@@ -303,14 +306,22 @@ class Blender:
         n: int = 300,
         per_generator: int | None = None,
         limits: Mapping[str, int] | None = None,
+        weights: Mapping[str, float] | None = None,
     ):
         self.generators = list(generators)
         self.n = int(n)
         self.per_generator = int(per_generator or n)
         self.limits = {k: int(v) for k, v in (limits or {}).items()}
+        self.weights = {k: float(v) for k, v in (weights or {}).items()}
+        bad = {k: v for k, v in self.weights.items() if not np.isfinite(v) or v < 0}
+        if bad:
+            raise ConfigError(f"candidate weights must be finite and >= 0; got {bad}")
 
     def proposals(self, gen: Generator) -> int:
-        """How many items ``gen`` is asked for (its limit, at most ``per_generator``)."""
+        """How many items ``gen`` is asked for (its limit, at most ``per_generator``; none at
+        weight 0)."""
+        if self.weights.get(gen.name, 1.0) == 0:
+            return 0
         return min(self.per_generator, self.limits.get(gen.name, self.per_generator))
 
     def fit(self, data: Interactions) -> Blender:
@@ -339,7 +350,7 @@ class Blender:
             cols[f"gen_{gen.name}_rank"] = []
         for u, user_id in enumerate(user_ids):
             per_gen = [results[g][u] for g in range(len(self.generators))]
-            items = self._blend([ids for ids, _ in per_gen])
+            items = self._blend([ids for ids, _ in per_gen], self._weight_row())
             pos = {item: k for k, item in enumerate(items)}
             cols["user_id"].append(np.full(len(items), user_id, dtype=object))
             cols["item_id"].append(items)
@@ -413,12 +424,19 @@ class Blender:
             order += [f"gen_{gen.name}_score", f"gen_{gen.name}_rank"]
         return frame.with_columns(ranks).select(order)
 
-    def _blend(self, proposals: list[np.ndarray]) -> np.ndarray:
-        """Round robin: order proposals by (rank, generator), keep each item's first, cut to n."""
+    def _weight_row(self) -> list[float]:
+        return [self.weights.get(g.name, 1.0) for g in self.generators]
+
+    def _blend(self, proposals: list[np.ndarray], weights: Sequence[float] = ()) -> np.ndarray:
+        """Weighted round robin: order proposals by (rank / weight, generator), keep each item's
+        first, cut to n."""
         if not proposals or not sum(len(p) for p in proposals):
             return np.empty(0, dtype=object)
+        w = list(weights) or [1.0] * len(proposals)
         ids = np.concatenate(proposals).astype(object)
-        ranks = np.concatenate([np.arange(len(p)) for p in proposals])
+        ranks = np.concatenate(
+            [np.arange(len(p)) / max(wt, 1e-12) for p, wt in zip(proposals, w, strict=True)]
+        )
         gens = np.concatenate([np.full(len(p), g) for g, p in enumerate(proposals)])
         order = np.lexsort((gens, ranks))
         seen: set[str] = set()
@@ -473,6 +491,11 @@ def candidate_limits(settings: Any) -> dict[str, int]:
     """Per-generator caps of the product's blender (``ranker.text_candidates`` ...)."""
     r = settings.ranker
     return {"text": r.text_candidates, "text_cold": r.text_cold_candidates}
+
+
+def candidate_weights(settings: Any) -> dict[str, float]:
+    """Per-generator weights of the product's blender (``ranker.candidate_weights``)."""
+    return parse_generator_weights(settings.ranker.candidate_weights)
 
 
 def default_generators(settings: Any, text_index: Any | None = None) -> list[Generator]:

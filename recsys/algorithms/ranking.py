@@ -9,6 +9,10 @@ Text features: ``text_score`` is the fine-tuned two-tower score (dot product of 
 text vector and the item's embedding); ``text_score_rel`` is that score minus the mean over the
 user's candidates; ``text_score_pct`` is its rank within the user's candidates as a fraction
 (1 = the best text match of the list), which does not depend on the score's scale at all.
+``text_sim_max`` is the candidate's best cosine with the items of the user's latest
+``HISTORY_LENGTH`` positives and ``text_sim_last`` its cosine with the latest one: "more like
+what you just liked", which a mean user vector blurs and which needs no behaviour on the
+candidate (cold items have it).
 Which of the three a ranker uses is ``ranker.text_features``; the generators' text columns
 (``gen_text*``) come with any of them.
 """
@@ -16,7 +20,7 @@ Which of the three a ranker uses is ``ranker.text_features``; the generators' te
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import duckdb
@@ -31,7 +35,13 @@ from recsys.core.rules import HISTORY_LENGTH
 
 log = logging.getLogger(__name__)
 
-SCORE_FEATURES: tuple[str, ...] = ("text_score", "text_score_rel", "text_score_pct")
+SIMILARITY_FEATURES: tuple[str, ...] = ("text_sim_max", "text_sim_last")
+SCORE_FEATURES: tuple[str, ...] = (
+    "text_score",
+    "text_score_rel",
+    "text_score_pct",
+    *SIMILARITY_FEATURES,
+)
 TEXT_FEATURES: tuple[str, ...] = (*SCORE_FEATURES, "gen_text_score", "gen_text_rank")
 
 
@@ -119,12 +129,67 @@ class TextFeatures:
             )
         return out
 
+    def history_items(self, user_id: str) -> list[str]:
+        """The user's latest ``recent`` positive items in ``data``, oldest first."""
+        if self.data is None:
+            return []
+        latest = self.data.recent_positive_items(user_id, self.recent)
+        return [str(i) for i in self.data.item_ids[latest]]
 
-def add_text_features(frame: pl.DataFrame, text_score: np.ndarray) -> pl.DataFrame:
-    """Attach ``text_score``, its within-user centred version and its within-user rank."""
+    def similarities(
+        self, frame: pl.DataFrame, histories: Mapping[str, Sequence[str]] | None = None
+    ) -> dict[str, np.ndarray]:
+        """``SIMILARITY_FEATURES`` for each row of ``frame`` (NaN without a known history item).
+
+        A user's history is ``histories[user_id]`` when given (oldest first), else their latest
+        positives in ``data``.
+        """
+        best = np.full(frame.height, np.nan, dtype=np.float64)
+        last = np.full(frame.height, np.nan, dtype=np.float64)
+        if frame.height and frame["user_id"].n_unique() == 1:
+            # one user (the request path): no polars group_by
+            groups: Iterable[tuple[Any, ...]] = [
+                (frame["user_id"][0], np.arange(frame.height), frame["item_id"].to_list())
+            ]
+        else:
+            groups = (
+                frame.with_row_index("_row")
+                .group_by("user_id", maintain_order=True)
+                .agg("_row", "item_id")
+                .iter_rows()
+            )
+        for user_id, rows, items in groups:
+            hist = (
+                list(histories[user_id])
+                if histories is not None and user_id in histories
+                else self.history_items(user_id)
+            )
+            h_vecs, h_known = self.index.item_vectors(hist[-self.recent :])
+            if not h_known.any():
+                continue
+            c_vecs, c_known = self.index.item_vectors(list(items))
+            sims = c_vecs @ h_vecs[h_known].T
+            sims[~c_known] = np.nan
+            at = np.asarray(rows)
+            best[at] = sims.max(axis=1)
+            last[at] = sims[:, -1]
+        return {"text_sim_max": best, "text_sim_last": last}
+
+
+def add_text_features(
+    frame: pl.DataFrame,
+    text_score: np.ndarray,
+    similarities: Mapping[str, np.ndarray] | None = None,
+) -> pl.DataFrame:
+    """Attach ``text_score``, its within-user centred version and its within-user rank (and
+    the ``SIMILARITY_FEATURES`` when given)."""
     score = pl.col("text_score")
+    sims = [
+        pl.Series(name, values, dtype=pl.Float64).fill_nan(None)
+        for name, values in (similarities or {}).items()
+    ]
     return frame.with_columns(
-        pl.Series("text_score", text_score, dtype=pl.Float64).fill_nan(None)
+        pl.Series("text_score", text_score, dtype=pl.Float64).fill_nan(None), *sims
     ).with_columns(
         (score - score.mean().over("user_id")).alias("text_score_rel"),
         (score.rank("average").over("user_id") / score.count().over("user_id")).alias(
@@ -142,11 +207,14 @@ def assemble(
     covisit_window_days: float,
     vectors: dict[str, np.ndarray | None] | None = None,
     snapshot: Any | None = None,
+    histories: Mapping[str, Sequence[str]] | None = None,
 ) -> pl.DataFrame:
     """Candidates + behavioural features (as of each row's ``as_of``) + text features.
 
     ``snapshot`` (a ``feature_store.features.FeatureSnapshot`` of ``events``) answers from
     memory on the request path; the values are those ``compute_features`` reads from the store.
+    ``histories`` overrides users' liked items for the similarity features (a request's own
+    history).
     """
 
     feats = compute_features(
@@ -157,8 +225,11 @@ def assemble(
         snapshot=snapshot,
     )
     frame = pl.concat([candidates, feats.drop("user_id", "item_id", "as_of")], how="horizontal")
-    scores = text.scores(frame, vectors) if text is not None else np.full(frame.height, np.nan)
-    return add_text_features(frame, scores)
+    if text is None:
+        return add_text_features(frame, np.full(frame.height, np.nan))
+    return add_text_features(
+        frame, text.scores(frame, vectors), text.similarities(frame, histories)
+    )
 
 
 def feature_matrix(frame: pl.DataFrame, names: Sequence[str]) -> np.ndarray:

@@ -34,9 +34,9 @@ def user_text_vector(
         return None
     vec = index.user_vector(user_id)
     if vec is None and data is not None:
-        pos = data.positive_items(user_id)
+        pos = data.recent_positive_items(user_id, recent)
         if len(pos):
-            vec = index.vector_from_history(list(data.item_ids[pos[-recent:]]))
+            vec = index.vector_from_history(list(data.item_ids[pos]))
     return vec
 
 

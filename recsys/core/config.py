@@ -36,7 +36,12 @@ from recsys.core.constraints import (
     did_you_mean,
 )
 from recsys.core.errors import ConfigError
-from recsys.core.rules import HISTORY_LENGTH, TASK_PRESETS_NAMES, parse_grade
+from recsys.core.rules import (
+    HISTORY_LENGTH,
+    TASK_PRESETS_NAMES,
+    parse_generator_weights,
+    parse_grade,
+)
 
 ENV_PREFIX = "RECSYS_"
 CONFIG_FILE_ENV = "RECSYS_CONFIG"
@@ -74,12 +79,16 @@ class TextSettings:
     model: Annotated[str, OneOf("pairs", "tower")] = "tower"
     # BERT layers fine-tuned on top of the cached (frozen) lower layers
     top_layers: NonNegativeInt = 1
-    tower_epochs: PositiveInt = 3
+    # 6 epochs: text_only NDCG@10 0.1001 on protocol v1 (3 epochs: 0.0877 with the int8 cache,
+    # 0.0912 with fp32); validation NDCG@10 still rising at epoch 6 (0.790)
+    tower_epochs: PositiveInt = 6
     tower_batch_size: PositiveInt = 1024
     # target items per step run through the top layers with grad
     bert_items_per_step: PositiveInt = 64
     projection_learning_rate: PositiveFloat = 1e-3
-    quantize_cache: bool = True  # int8 dynamic quantization of the frozen lower layers
+    # int8 dynamic quantization of the frozen lower layers while caching: off by default, it cost
+    # 0.0035 text_only NDCG@10 for no training speed-up (benchmarks/results/text_int8_vs_fp32.md)
+    quantize_cache: bool = False
     quantize_scoring: bool = True  # int8 dynamic quantization when `recsys score` encodes
     # `recsys score` reads the item vectors saved with a history-tower model (items whose text
     # is unchanged) instead of running the catalog through BERT again
@@ -96,10 +105,28 @@ class RankerSettings:
     # candidate recall@300 stayed at 0.50
     text_candidates: NonNegativeInt = 50
     text_cold_candidates: NonNegativeInt = 20
+    # "generator:weight": the blender takes generator g's item of rank r at r / weight, so a
+    # weight-2 generator places two items per round of a weight-1 one; 0 proposes nothing (its
+    # score stays a feature); unnamed generators weigh 1.  Tuned for candidate recall on
+    # protocol v1's validation part (MovieLens-small, docs/ranking.md): recall@300 0.588 with
+    # equal weights, 0.62 with these
+    candidate_weights: tuple[str, ...] = (
+        "covisit:3",
+        "als:2",
+        "item_knn:0.5",
+        "recent_pop:0.1",
+        "popularity:0.1",
+        "genre:0",
+    )
     # text columns of the ranker: text_score, text_score_rel (minus the user's candidate
     # mean), text_score_pct (rank within the user's candidates); see recsys.algorithms.ranking.
     # Seed 42: text cost 0.0055 NDCG@10 with text_score_rel, 0.0023 with text_score_pct
-    text_features: tuple[str, ...] = ("text_score", "text_score_pct")
+    text_features: tuple[str, ...] = (
+        "text_score",
+        "text_score_pct",
+        "text_sim_max",
+        "text_sim_last",
+    )
     covisit_window_days: PositiveFloat = 1.0
     num_leaves: Annotated[int, Field(ge=2)] = 31
     learning_rate: PositiveFloat = 0.05
@@ -116,11 +143,18 @@ class RankerSettings:
     # (``recsys.core.rules.sample_users``: a seeded uniform sample; MovieLens keeps all 610)
     max_train_users: PositiveInt = 30_000
     max_eval_users: PositiveInt = 20_000
+
     # users whose candidates and features are built at once (bounds the frame's peak memory)
     frame_chunk_users: PositiveInt = 2_000
     # impression logs: items shown in the label window's served lists join the training
     # groups (hard negatives; training/ranker/served.py)
     served_negatives: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            parse_generator_weights(self.candidate_weights)
+        except ValueError as exc:
+            raise ConfigError(f"ranker.candidate_weights: {exc}") from exc
 
 
 @dataclass(frozen=True)

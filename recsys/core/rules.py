@@ -116,6 +116,37 @@ def parse_grade(spec: str) -> Grade:
         raise ValueError(f"grade {spec!r}: GRADE must be an integer, VALUE a number") from exc
 
 
+# the product's candidate generators (recsys.algorithms.candidates.default_generators)
+GENERATOR_NAMES = (
+    "covisit",
+    "text",
+    "text_cold",
+    "als",
+    "item_knn",
+    "genre",
+    "recent_pop",
+    "popularity",
+)
+
+
+def parse_generator_weights(entries: Sequence[str]) -> dict[str, float]:
+    """``("als:2", ...)`` -> ``{"als": 2.0}``; ``ValueError`` says what is wrong."""
+    out: dict[str, float] = {}
+    for entry in entries:
+        name, sep, value = str(entry).partition(":")
+        try:
+            weight = float(value) if sep else float("nan")
+        except ValueError:
+            weight = float("nan")
+        if name.strip() not in GENERATOR_NAMES or not np.isfinite(weight) or weight < 0:
+            raise ValueError(
+                f"{entry!r} must read GENERATOR:WEIGHT with a weight >= 0 and a generator among "
+                f"{', '.join(GENERATOR_NAMES)}, e.g. als:2"
+            )
+        out[name.strip()] = weight
+    return out
+
+
 _ENGAGEMENT = ("click", "like", "share", "purchase")
 POSITIVE_RATING = 4.0  # protocol v1: rating >= 4.0
 LOW_RATING = 2.5  # a rating at or below is an explicit negative

@@ -40,6 +40,7 @@ from recsys.algorithms.candidates import (
     Blender,
     Popularity,
     candidate_limits,
+    candidate_weights,
     default_generators,
 )
 from recsys.algorithms.ranking import TextFeatures, assemble, feature_matrix
@@ -132,6 +133,7 @@ def list_frame(
         default_generators(settings, text_index),
         n=settings.ranker.num_candidates,
         limits=candidate_limits(settings),
+        weights=candidate_weights(settings),
     )
     blender.fit(data)
     pairs = lists.select("user_id", "item_id").unique(maintain_order=True)

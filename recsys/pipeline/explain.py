@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from recsys.algorithms.ranking import is_text_feature
+from recsys.algorithms.ranking import SIMILARITY_FEATURES, is_text_feature
 
 MAX_REASONS = 3
 # Cold-start lists fuse ranked lists by reciprocal rank 1 / (RRF_K + rank); an item first in
@@ -29,7 +29,10 @@ _POPULAR = ("item_", "gen_popularity", "blend_rank")
 
 
 def feature_kind(name: str) -> str | None:
-    """The reason a feature speaks for: liked, text, genre, trending, popular (None: user-only)."""
+    """The reason a feature speaks for: liked, similar (text), text, genre, trending, popular
+    (None: user-only)."""
+    if name in SIMILARITY_FEATURES:
+        return "similar"
     if is_text_feature(name):
         return "text"
     for kind, prefixes in (
@@ -77,6 +80,11 @@ def _sentence(
         if liked_title:
             return f"because you liked *{liked_title}*"
         return "liked by people with tastes like yours"
+    if kind == "similar":
+        # text_sim_*: the item's text is close to a liked item's (no user vector needed)
+        return (
+            f"its description is close to *{liked_title}*, which you liked" if liked_title else None
+        )
     if kind == "text":
         if text_score is None or math.isnan(text_score):
             return None

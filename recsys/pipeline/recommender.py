@@ -264,6 +264,7 @@ class Recommender:
             covisit_window_days=self.settings.ranker.covisit_window_days,
             vectors=vectors,
             snapshot=self.snapshot,
+            histories={user_id: list(history)} if history else None,
         )
         x = feature_matrix(frame, self.model.feature_names)
         scores = self.model.predict(x)

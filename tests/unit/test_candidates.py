@@ -18,10 +18,12 @@ from recsys.algorithms.candidates import (
     Popularity,
     RecentPopularity,
     TextNeighbours,
+    candidate_weights,
 )
 from recsys.algorithms.text_index import TextIndex
 from recsys.algorithms.tfidf import TfidfProfile
 from recsys.algorithms.topk import top_n
+from recsys.core.errors import ConfigError
 from tests.factories import GENRES, T0, load_into_store, make_catalog, make_events
 
 N_ITEMS = 36
@@ -204,3 +206,32 @@ def test_blender_limits_cap_a_generator_share(data: Interactions) -> None:
     # a limit of 0 switches a generator off
     off = Blender(gens, n=12, limits={"text": 0}).fit(data).frame(users(data)[:2])
     assert off["gen_text_rank"].null_count() == off.height
+
+
+def test_blender_weights_set_each_generator_share() -> None:
+    a = np.array([f"a{k}" for k in range(10)], dtype=object)
+    b = np.array([f"b{k}" for k in range(10)], dtype=object)
+    blender = Blender([], n=6)
+    # equal weights alternate; weight 2 places two items per round of the other
+    assert list(blender._blend([a, b])) == ["a0", "b0", "a1", "b1", "a2", "b2"]
+    assert list(blender._blend([a, b], [2.0, 1.0])) == ["a0", "b0", "a1", "a2", "b1", "a3"]
+    assert list(blender._blend([a, b], [1.0, 0.5])) == ["a0", "b0", "a1", "a2", "b1", "a3"]
+
+
+def test_blender_weight_zero_proposes_nothing_but_keeps_the_score(data: Interactions) -> None:
+    gens = [CoVisitation(), Popularity()]
+    frame = Blender(gens, n=12, weights={"popularity": 0}).fit(data).frame(users(data)[:3])
+    assert frame["gen_popularity_rank"].null_count() == frame.height
+    assert frame["gen_popularity_score"].null_count() == 0
+    with pytest.raises(ConfigError, match="weights"):
+        Blender(gens, weights={"als": -1.0})
+
+
+def test_candidate_weights_setting_is_checked_from_every_source() -> None:
+    from recsys.core.config import load_settings
+
+    s = load_settings(environ={"RECSYS_RANKER__CANDIDATE_WEIGHTS": "als:2,covisit:0.5"})
+    assert candidate_weights(s) == {"als": 2.0, "covisit": 0.5}
+    for bad in ("als", "alss:1", "als:-1", "als:x"):
+        with pytest.raises(ConfigError, match="GENERATOR:WEIGHT"):
+            load_settings(environ={"RECSYS_RANKER__CANDIDATE_WEIGHTS": bad})

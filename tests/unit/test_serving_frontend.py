@@ -199,6 +199,10 @@ def test_reasons_read_like_sentences() -> None:
         "popular with other users",
     )
     assert explain.reasons({"text_score": 0.2}, text_score=float("nan")) == ()
+    assert explain.reasons({"text_sim_max": 0.3, "text_sim_last": 0.1}, liked_title="Heat") == (
+        "its description is close to *Heat*, which you liked",
+    )
+    assert explain.reasons({"text_sim_max": 0.3}) == ()
     assert explain.reasons({"gen_als_rank": 0.7}) == ("liked by people with tastes like yours",)
     assert explain.cold_reasons("Heat") == (
         "similar to *Heat*, which you picked",

@@ -115,3 +115,42 @@ def test_user_text_vector_prefers_history_then_stored_then_positives(store) -> N
     np.testing.assert_allclose(user_text_vector(index, "u3", data), [0.0, 1.0])
     assert user_text_vector(index, "u3") is None  # and without data, nothing
     assert user_text_vector(index, None, data) is None
+
+
+def test_recent_positives_are_time_ordered_and_feed_the_similarity_features(store) -> None:
+    from datetime import timedelta
+
+    import polars as pl
+
+    from feature_store.interactions import Interactions
+    from recsys.algorithms.ranking import TextFeatures
+    from tests.factories import T0
+
+    _write(store)
+    # u3 likes a, b, c, then a again; the 2.0 rating of d is not a positive
+    rows = [("e1", "a", 5.0, 0), ("e2", "b", 4.0, 1), ("e3", "c", 4.5, 2), ("e4", "d", 2.0, 3)]
+    rows.append(("e5", "a", 4.0, 4))
+    for event_id, item, value, day in rows:
+        store.execute(
+            "INSERT INTO events VALUES "
+            "(?, 'u3', ?, 'rate', ?, NULL, ?, NULL, NULL, 't', 't', NULL)",
+            [event_id, item, value, T0 + timedelta(days=day)],
+        )
+    data = Interactions.from_store(store)
+    latest = data.recent_positive_items("u3", 2)
+    # distinct items at their latest time, oldest first: c (day 2), a (day 4)
+    assert list(data.item_ids[latest]) == ["c", "a"]
+    assert list(data.item_ids[data.recent_positive_items("u3", 10)]) == ["b", "c", "a"]
+    assert len(data.recent_positive_items("nobody", 5)) == 0
+
+    text = TextFeatures(TextIndex.load(store), data, recent=2)
+    frame = pl.DataFrame({"user_id": ["u3", "u3", "u3", "u9"], "item_id": ["b", "d", "zz", "b"]})
+    sims = text.similarities(frame)
+    # history c = (0.6, 0.8), a = (1, 0): b -> max(0.8, 0) = 0.8, last (a) 0; d -> max(-0.6, -1)
+    np.testing.assert_allclose(sims["text_sim_max"][:2], [0.8, -0.6], rtol=1e-6)
+    np.testing.assert_allclose(sims["text_sim_last"][:2], [0.0, -1.0], atol=1e-6)
+    # an unknown item and a user without history have no similarity
+    assert np.isnan(sims["text_sim_max"][2:]).all() and np.isnan(sims["text_sim_last"][2:]).all()
+    # a request's own history overrides the store's
+    given = text.similarities(frame.head(2), {"u3": ["b"]})
+    np.testing.assert_allclose(given["text_sim_max"], [1.0, 0.0], atol=1e-6)

@@ -27,7 +27,12 @@ import polars as pl
 
 from feature_store.interactions import Interactions
 from feature_store.rules_sql import label_sql, positive_sql
-from recsys.algorithms.candidates import Blender, candidate_limits, default_generators
+from recsys.algorithms.candidates import (
+    Blender,
+    candidate_limits,
+    candidate_weights,
+    default_generators,
+)
 from recsys.algorithms.ranking import TextFeatures, assemble
 from recsys.core import rules
 from recsys.core.config import Settings
@@ -110,6 +115,7 @@ def build_frame(
         default_generators(settings, text_index),
         n=settings.ranker.num_candidates,
         limits=candidate_limits(settings),
+        weights=candidate_weights(settings),
     )
     blender.fit(data)
     log.info("%s: generators fitted in %.1fs", stage.events, time.perf_counter() - started)
@@ -192,11 +198,14 @@ def spec_settings(settings: Settings, spec: dict[str, Any]) -> Settings:
     a spec without ``candidate_limits`` predates the caps: its generators were uncapped)."""
     n = int(spec.get("num_candidates", settings.ranker.num_candidates))
     limits = spec.get("candidate_limits", {})
+    # a spec without ``candidate_weights`` predates them: every generator weighed 1
+    weights = spec.get("candidate_weights", {})
     return settings.replace(
         **{
             "ranker.num_candidates": n,
             "ranker.text_candidates": limits.get("text", n),
             "ranker.text_cold_candidates": limits.get("text_cold", n),
+            "ranker.candidate_weights": tuple(f"{k}:{v}" for k, v in weights.items()),
         }
     )
 

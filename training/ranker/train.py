@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys.algorithms.candidates import candidate_limits
+from recsys.algorithms.candidates import candidate_limits, candidate_weights
 from recsys.algorithms.metrics import ndcg_at_k
 from recsys.algorithms.ranking import feature_matrix, feature_names
 from recsys.core import rules
@@ -202,6 +202,7 @@ def train_both(
         "generators": generators,
         "num_candidates": settings.ranker.num_candidates,
         "candidate_limits": candidate_limits(settings),
+        "candidate_weights": candidate_weights(settings),
         "covisit_window_days": settings.ranker.covisit_window_days,
     }
     with_text = text_version is not None
