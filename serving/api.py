@@ -55,7 +55,8 @@ def recommendations(user_id: str) -> ResponseReturnValue:
     recommendation_id = str(uuid.uuid4())
     extra: dict[str, Any] = {}
     if challenger is not None:
-        other = challenger.recommend(user_id, query.k, **options)
+        # an A/A test (the challenger is the champion's version) computes the list once
+        other = result if challenger is rec else challenger.recommend(user_id, query.k, **options)
         result, drafted = interleave_results(result, other, query.k, recommendation_id)
         record = list_record(
             recommendation_id, user_id, drafted, rec.model_versions, challenger.model_versions
