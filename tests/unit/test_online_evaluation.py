@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -22,6 +23,7 @@ from recsys.evaluation.online import evaluate_online
 from recsys.pipeline.recommender import Recommendation as Rec
 from recsys.pipeline.recommender import RecommendationResult as Result
 from serving.app import create_app
+from serving.eventlog import EventLog
 from serving.writer import EventWriter
 from tests.factories import load_into_store, make_catalog, make_events
 from tests.unit.test_serving_app import KEY, TableRecommender
@@ -238,3 +240,24 @@ def test_a_challenger_that_fails_to_load_leaves_the_champion_alone(
         assert app.extensions["recsys"].event_log.pending_lists() == []
     finally:
         app.extensions["recsys"].close()
+
+
+def test_recording_a_list_gives_up_quickly_when_the_log_is_locked(tmp_path: Path) -> None:
+    import sqlite3
+    import time
+
+    log = EventLog(tmp_path / "log")
+    record = _list(0, "u1", "2026-06-01T10:00:00")
+    blocker = sqlite3.connect(log.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another worker holds the write lock
+    try:
+        started = time.monotonic()
+        assert log.append_list(record) is False
+        assert time.monotonic() - started < 2.0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert log.append_list(record) is True and log.append_list(record) is True  # once only
+    assert [r["recommendation_id"] for _, r in log.pending_lists()] == [RIDS[0]]
+    log.mark_lists_stored(log.pending_lists()[0][0])
+    assert log.pending_lists() == []
