@@ -10,6 +10,7 @@ verifies and loads two ranker versions.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -28,11 +29,14 @@ USERS = ["1", "15", "414", "600"]
 
 
 def _recsys(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # no RECSYS_* of the caller (RECSYS_SERVE_TEST_HOME is not a setting)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     return subprocess.run(
         [sys.executable, "-m", "recsys", "--home", str(home), *args],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
 
 
