@@ -261,3 +261,34 @@ def test_recording_a_list_gives_up_quickly_when_the_log_is_locked(tmp_path: Path
     assert [r["recommendation_id"] for _, r in log.pending_lists()] == [RIDS[0]]
     log.mark_lists_stored(log.pending_lists()[0][0])
     assert log.pending_lists() == []
+
+
+def test_the_watcher_reloads_when_the_challenger_alias_moves(
+    interleaving_home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training import registry
+
+    polled = interleaving_home.replace(**{"serving.reload_poll_seconds": 0.01})
+    app = create_app(polled, loader=_loader, start_watcher=False)
+    st = app.extensions["recsys"]
+    alias: dict[str, str | None] = {"version": "2"}
+    monkeypatch.setattr("serving.models.registry_exists", lambda _settings: True)
+    monkeypatch.setattr(
+        registry, "champion", lambda _s, name: registry.ModelRef(name, "1", "run", "src")
+    )
+    monkeypatch.setattr(
+        registry,
+        "aliased",
+        lambda _s, name, _a: (
+            registry.ModelRef(name, alias["version"], "run", "src") if alias["version"] else None
+        ),
+    )
+    try:
+        assert st.models.challenger_tried == "2"
+        assert not st.watcher._champions_changed()  # champion v1, challenger v2: as served
+        alias["version"] = "5"
+        assert st.watcher._champions_changed()  # the alias moved to another version
+        alias["version"] = None
+        assert st.watcher._champions_changed()  # the alias was removed: serve the champion alone
+    finally:
+        st.close()
