@@ -96,3 +96,17 @@ CREATE TABLE IF NOT EXISTS store_meta (
     key    VARCHAR NOT NULL,
     value  VARCHAR
 );
+
+-- Team-draft interleaved lists served while a challenger ranker is interleaved with the
+-- champion (serving.interleave_challenger): one row per served item with the team that picked
+-- it; clicks join through (recommendation_id, item_id).  Written by the event writer.
+CREATE TABLE IF NOT EXISTS interleaved_items (
+    recommendation_id   VARCHAR NOT NULL,
+    position            INTEGER NOT NULL,   -- 0-based position in the served list
+    item_id             VARCHAR NOT NULL,
+    team                VARCHAR NOT NULL,   -- 'champion' or 'challenger'
+    user_id             VARCHAR NOT NULL,
+    served_at           TIMESTAMP NOT NULL,
+    champion_version    VARCHAR NOT NULL,   -- ranker versions interleaved
+    challenger_version  VARCHAR NOT NULL
+);

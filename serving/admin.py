@@ -39,6 +39,8 @@ def status() -> ResponseReturnValue:
         {
             "pid": os.getpid(),
             "model_versions": st.models.model_versions,
+            # the interleaving challenger's versions ({} when not interleaving)
+            "challenger_versions": st.models.challenger_versions,
             "model_error": st.models.error,
             "model_fallback": st.models.fallback,
             "models_loaded_at": st.models.loaded_at,

@@ -19,6 +19,7 @@ from feature_store.validation import (
 )
 from recsys.pipeline.explain import unit_score
 from serving.errors import MalformedJSONError, RequestValidationError, UnsupportedMediaTypeError
+from serving.interleave import interleave_results, list_record
 from serving.security import require_api_key
 from serving.state import get_cursor, state
 from serving.validation import (
@@ -36,20 +37,36 @@ bp = Blueprint("api", __name__, url_prefix="/v1")
 @bp.get("/users/<path:user_id>/recommendations")
 def recommendations(user_id: str) -> ResponseReturnValue:
     """Top-k items for a user; a user without events gets the cold-start list (200,
-    ``cold_start: true``)."""
+    ``cold_start: true``).  While a challenger is interleaved the list is a team draft of the
+    champion's and the challenger's (``interleaved: true``)."""
     user_id = check_id(user_id, "user_id")
     query = parse_recommendation_query(request.args.to_dict(flat=False))
-    rec = state().models.require()
+    st = state()
+    rec, challenger = st.models.require_pair()
     cursor = get_cursor()
-    result = rec.recommend(
-        user_id,
-        query.k,
-        exclude_seen=query.exclude_seen,
-        genre=resolve_genre(rec, query.genre),
-        explain=query.explain,
-        con=cursor,
-    )
-    return jsonify({"user_id": user_id, **_result_json(result, query.explain)})
+    options: dict[str, Any] = {
+        "exclude_seen": query.exclude_seen,
+        "genre": resolve_genre(rec, query.genre),
+        "explain": query.explain,
+        "con": cursor,
+    }
+    result = rec.recommend(user_id, query.k, **options)
+    # clients echo it on /v1/events (impressions, clicks) so clicks join to this list
+    recommendation_id = str(uuid.uuid4())
+    extra: dict[str, Any] = {}
+    if challenger is not None:
+        # an A/A test (the challenger is the champion's version) computes the list once
+        other = result if challenger is rec else challenger.recommend(user_id, query.k, **options)
+        result, drafted = interleave_results(result, other, query.k, recommendation_id)
+        record = list_record(
+            recommendation_id, user_id, drafted, rec.model_versions, challenger.model_versions
+        )
+        # not fsynced, a short lock wait, never raises: the list is served either way
+        recorded = st.event_log.append_list(record)
+        st.metrics.interleaved.labels("recorded" if recorded else "not_recorded").inc()
+        extra["interleaved"] = True
+    body = _result_json(result, query.explain, recommendation_id)
+    return jsonify({"user_id": user_id, **body, **extra})
 
 
 @bp.post("/rank")
@@ -66,7 +83,8 @@ def rank() -> ResponseReturnValue:
         explain=req.explain,
         con=cursor,
     )
-    return jsonify({"user_id": req.user_id, **_result_json(result, req.explain)})
+    body = _result_json(result, req.explain, str(uuid.uuid4()))
+    return jsonify({"user_id": req.user_id, **body})
 
 
 @bp.post("/events")
@@ -134,7 +152,7 @@ def resolve_genre(rec: Any, genre: str | None) -> str | None:
     return found
 
 
-def _result_json(result: Any, explain: bool) -> dict[str, Any]:
+def _result_json(result: Any, explain: bool, recommendation_id: str) -> dict[str, Any]:
     items = []
     for item in result.items:
         raw = float(item.score)
@@ -151,8 +169,7 @@ def _result_json(result: Any, explain: bool) -> dict[str, Any]:
             row["contributions"] = {k: float(v) for k, v in (item.contributions or {}).items()}
         items.append(row)
     return {
-        # clients echo it on /v1/events (impressions, clicks) so clicks join to this list
-        "recommendation_id": str(uuid.uuid4()),
+        "recommendation_id": recommendation_id,
         "items": items,
         "unknown_items": list(result.unknown_items),
         "cold_start": bool(result.cold_start),

@@ -47,8 +47,17 @@ _SCHEMA = (
         worker_pid  INTEGER NOT NULL
     )""",
     "CREATE TABLE IF NOT EXISTS log_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # team-draft interleaved lists (serving.interleave_challenger), one row per served list
+    """CREATE TABLE IF NOT EXISTS interleaving_log (
+        seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+        recommendation_id TEXT NOT NULL UNIQUE,
+        payload           TEXT NOT NULL
+    )""",
 )
 _CHECKPOINT_KEY = "ingested_seq"
+_LISTS_CHECKPOINT_KEY = "interleaving_seq"
+# a served list is recorded on the request thread: wait this long at most for the write lock
+_LIST_BUSY_TIMEOUT_S = 0.25
 
 
 class EventLogUnavailableError(RecsysError):
@@ -147,6 +156,45 @@ class EventLog:
                 raise
         return duplicates
 
+    def append_list(self, record: Mapping[str, Any]) -> bool:
+        """Record one interleaved list (with its ``recommendation_id``); False when the log
+        cannot take it now (logged, never raised: the list is served all the same).
+
+        Not fsynced (``synchronous=NORMAL``, durable at the next WAL checkpoint) and waiting
+        at most ``_LIST_BUSY_TIMEOUT_S`` for the lock, so the request stays fast; a list lost
+        in a crash only leaves its clicks out of the online evaluation.
+        """
+        try:
+            self._ensure_schema()
+            con = sqlite3.connect(self.path, timeout=_LIST_BUSY_TIMEOUT_S, isolation_level=None)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=NORMAL")
+                con.execute(
+                    "INSERT OR IGNORE INTO interleaving_log (recommendation_id, payload) "
+                    "VALUES (?, ?)",
+                    (str(record["recommendation_id"]), json.dumps(record, default=_json_default)),
+                )
+            finally:
+                con.close()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("interleaved list not recorded (%s); its clicks will not count", exc)
+            return False
+        return True
+
+    def pending_lists(self, limit: int = 50_000) -> list[tuple[int, dict[str, Any]]]:
+        """Interleaved lists the writer has not stored yet: ``(seq, record)`` in order."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT seq, payload FROM interleaving_log WHERE seq > ? ORDER BY seq LIMIT ?",
+                (self._checkpoint(con, _LISTS_CHECKPOINT_KEY), int(limit)),
+            ).fetchall()
+        return [(int(seq), json.loads(payload)) for seq, payload in rows]
+
+    def mark_lists_stored(self, seq: int) -> None:
+        """Move the lists' checkpoint (only after the store transaction committed)."""
+        self._set_meta(_LISTS_CHECKPOINT_KEY, seq)
+
     def known_ids(self, event_ids: Iterable[str]) -> set[str]:
         """Which of ``event_ids`` are already in the log."""
         with self._connect() as con:
@@ -189,11 +237,14 @@ class EventLog:
 
     def mark_ingested(self, seq: int) -> None:
         """Move the checkpoint to ``seq`` (call only after the store transaction committed)."""
+        self._set_meta(_CHECKPOINT_KEY, seq)
+
+    def _set_meta(self, key: str, seq: int) -> None:
         with self._connect() as con:
             con.execute(
                 "INSERT INTO log_meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (_CHECKPOINT_KEY, str(int(seq))),
+                (key, str(int(seq))),
             )
 
     def health(self) -> dict[str, Any]:
@@ -232,8 +283,8 @@ class EventLog:
             return int(con.execute("SELECT count(*) FROM event_log").fetchone()[0])
 
     @staticmethod
-    def _checkpoint(con: sqlite3.Connection) -> int:
-        row = con.execute("SELECT value FROM log_meta WHERE key = ?", (_CHECKPOINT_KEY,)).fetchone()
+    def _checkpoint(con: sqlite3.Connection, key: str = _CHECKPOINT_KEY) -> int:
+        row = con.execute("SELECT value FROM log_meta WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
 
 

@@ -81,6 +81,13 @@ class Metrics:
             ("status",),
             registry=self.registry,
         )
+        self.interleaved = Counter(
+            "recsys_interleaved_lists_total",
+            "Team-draft interleaved lists served, by whether their teams were recorded "
+            "(recorded, not_recorded).",
+            ("status",),
+            registry=self.registry,
+        )
         self.model_info = Gauge(
             "recsys_model_version_info",
             "1 for each model version a worker serves.",

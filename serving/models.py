@@ -49,13 +49,20 @@ def registry_exists(settings: Settings) -> bool:
     return True
 
 
-def load_recommender(settings: Settings, con: Any, *, ranker: Any | None = None) -> Any:
-    """The production loader: ``recsys.pipeline.loader.load_recommender`` (on ``ranker``)."""
+def load_recommender(
+    settings: Settings,
+    con: Any,
+    *,
+    ranker: Any | None = None,
+    alias: str = rules.CHAMPION_ALIAS,
+) -> Any:
+    """The production loader: ``recsys.pipeline.loader.load_recommender`` (on ``ranker``, else
+    the version behind ``alias``)."""
     try:
         from recsys.pipeline import loader
     except ImportError as exc:
         raise ModelNotReadyError(f"the recommendation pipeline cannot be imported: {exc}") from exc
-    return loader.load_recommender(settings, con, ranker=ranker)
+    return loader.load_recommender(settings, con, ranker=ranker, alias=alias)
 
 
 class ModelHolder:
@@ -83,6 +90,11 @@ class ModelHolder:
         # set while a refused champion is replaced by the last verified version
         self.fallback: dict[str, Any] | None = None
         self.recommender: Any | None = None
+        # the interleaving challenger (serving.interleave_challenger) beside the champion:
+        # requests read the pair through one reference, so they never mix two loads
+        self.pair: tuple[Any | None, Any | None] = (None, None)
+        # the challenger version last tried (loaded or refused): the watcher reloads on change
+        self.challenger_tried: str | None = None
         self.error: str | None = "models not loaded yet"
         self.loaded_at: float | None = None
         self.snapshot_path: str | None = None
@@ -97,13 +109,23 @@ class ModelHolder:
 
     def require(self) -> Any:
         """The current recommender, or ModelNotReadyError (503) saying why there is none."""
-        rec = self.recommender
+        return self.require_pair()[0]
+
+    def require_pair(self) -> tuple[Any, Any | None]:
+        """(champion recommender, challenger recommender or None when not interleaving);
+        ModelNotReadyError (503) when no models are loaded."""
+        rec, challenger = self.pair
         if rec is None:
             raise ModelNotReadyError(
                 f"no models are loaded ({self.error}); train them (`recsys train text`, "
                 "`recsys score`, `recsys train ranker`) and POST /v1/admin/reload"
             )
-        return rec
+        return rec, challenger
+
+    @property
+    def challenger_versions(self) -> dict[str, str]:
+        challenger = self.pair[1]
+        return dict(challenger.model_versions) if challenger is not None else {}
 
     def load(self, snapshot_path: str, *, fallback: bool = True) -> dict[str, Any]:
         """Load the champion models on the snapshot; on failure keep what serves and raise 409.
@@ -122,6 +144,7 @@ class ModelHolder:
                     new = self.loader(self.settings, con)
                 else:
                     new = self.loader(self.settings, con, ranker=ranker)
+                challenger = self._load_challenger(con, new)
             except Exception as exc:
                 if con is not None:
                     close_snapshot(con, snapshot_path)
@@ -140,7 +163,8 @@ class ModelHolder:
                     f"the new models failed to load and were refused ({message}); "
                     f"still serving {previous or 'no models'}"
                 ) from exc
-            self.recommender = new  # the atomic swap
+            self.pair = (new, challenger)  # the atomic swap
+            self.recommender = new
             if self._con is not None and self.snapshot_path is not None:
                 self._retired.append((time.monotonic(), self._con, self.snapshot_path))
             self._con, self.snapshot_path = con, snapshot_path
@@ -181,6 +205,42 @@ class ModelHolder:
             )
             return alt, note
 
+    def _load_challenger(self, con: Any, champion: Any) -> Any | None:
+        """The ranker behind ``serving.interleave_challenger`` on ``con``, or None (off, no
+        version carries the alias, or it failed: logged, the champion serves alone)."""
+        alias = self.settings.serving.interleave_challenger
+        if not alias:
+            self.challenger_tried = None
+            return None
+        try:
+            if self.verifier is None:  # an injected loader resolves the alias itself
+                challenger = self.loader(self.settings, con, alias=alias)
+                self.challenger_tried = dict(challenger.model_versions).get(rules.RANKER_MODEL_NAME)
+                return challenger
+            from training import registry
+
+            ref = registry.aliased(self.settings, rules.RANKER_MODEL_NAME, alias)
+            self.challenger_tried = ref.version if ref is not None else None
+            if ref is None:
+                log.info("no ranker version carries the alias %r; not interleaving", alias)
+                return None
+            if ref.version == dict(champion.model_versions).get(rules.RANKER_MODEL_NAME):
+                log.info("the %s is the champion (v%s): an A/A interleaving", alias, ref.version)
+                return champion
+            directory = registry.cached_download(self.settings, ref)
+            self.verifier.verify(ref, directory)
+            challenger = self.loader(self.settings, con, ranker=(ref, directory))
+        except Exception as exc:
+            log.warning(
+                "the %s ranker was not loaded (%s: %s); serving the champion alone",
+                alias,
+                type(exc).__name__,
+                exc,
+            )
+            return None
+        log.info("interleaving the champion with the %s %s", alias, challenger.model_versions)
+        return challenger
+
     def close_retired(self, *, everything: bool = False) -> None:
         """Close replaced recommenders' connections (all of them, and the current one, at exit)."""
         with self._lock:
@@ -195,6 +255,7 @@ class ModelHolder:
             if everything and self._con is not None and self.snapshot_path is not None:
                 close_snapshot(self._con, self.snapshot_path)
                 self.recommender, self._con = None, None
+                self.pair = (None, None)
 
 
 class Watcher:
@@ -296,6 +357,11 @@ class Watcher:
             return False
         # The ranker names the text-model version it was trained with, so only a new ranker
         # champion changes what load_recommender would build.
+        alias = self.settings.serving.interleave_challenger
+        if alias:
+            challenger = registry.aliased(self.settings, rules.RANKER_MODEL_NAME, alias)
+            if (challenger.version if challenger else None) != self.models.challenger_tried:
+                return True
         ref = registry.champion(self.settings, rules.RANKER_MODEL_NAME)
         if ref is None:
             return False

@@ -142,6 +142,13 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                     "history): a popularity list blended with text matching.",
                 },
                 "model_versions": {"type": "object", "additionalProperties": {"type": "string"}},
+                "interleaved": {
+                    "type": "boolean",
+                    "description": "Present (true) while a challenger ranker is tested online: "
+                    "the list is a team-draft interleaving of the champion's and the "
+                    "challenger's, each item scored by the ranker that placed it. Log "
+                    "impressions and clicks with the recommendation_id as usual.",
+                },
             },
         },
         "RankRequest": {

@@ -33,6 +33,7 @@ from typing import Any
 from feature_store.batches import RecordStatus
 from feature_store.db import connect
 from feature_store.ingest import RECORD_ERRORS, ingest_event_records, quarantine_event_records
+from feature_store.interleaving import write_interleaved
 from feature_store.validation import printable
 from recsys.core.config import Settings
 from recsys.core.errors import RecsysError
@@ -71,6 +72,7 @@ class FlushResult:
     rejected: int = 0
     users_refreshed: int = 0
     snapshot: SnapshotInfo | None = None
+    lists_stored: int = 0  # interleaved lists moved into the store
 
 
 @contextlib.contextmanager
@@ -148,8 +150,9 @@ class EventWriter:
         pass after the chunk in progress, so shutdown waits for one chunk, not a whole backlog.
         """
         pending = self.event_log.pending(MAX_EVENTS_PER_FLUSH)
+        lists = self.event_log.pending_lists(MAX_EVENTS_PER_FLUSH)
         store_changed = self._store_changed()
-        if not pending and not store_changed and not self.publisher.due():
+        if not pending and not lists and not store_changed and not self.publisher.due():
             return FlushResult()
         # resolved before taking the store: the first lookup imports MLflow (seconds)
         text_model = self._text_model_safely() if pending and self.refresh_embeddings else None
@@ -175,6 +178,7 @@ class EventWriter:
                 done.extend(chunk)
                 if stop is not None and stop.is_set():
                     break
+            stored_lists = _store_lists(con, [record for _, record in lists])
             seq = done[-1].seq if done else self.event_log.checkpoint()
             # what workers read changed: new events, refreshed vectors, a batch job's writes
             news = bool(counts["accepted"] or refreshed or store_changed)
@@ -182,6 +186,8 @@ class EventWriter:
         finally:
             con.close()
         self._store_stat = _stat(self.settings.db_path)
+        if lists:
+            self.event_log.mark_lists_stored(lists[-1][0])
         if done:
             self.event_log.mark_ingested(done[-1].seq)
             log.info(
@@ -201,6 +207,7 @@ class EventWriter:
             counts["rejected"],
             refreshed,
             info,
+            lists_stored=stored_lists,
         )
 
     def _ingest_isolating(self, con: Any, records: list[dict[str, Any]]) -> list[RecordStatus]:
@@ -313,6 +320,22 @@ class EventWriter:
         if self._text_model is None or self._text_model[0] != ref.version:
             self._text_model = (ref.version, registry.cached_download(self.settings, ref))
         return self._text_model
+
+
+def _store_lists(con: Any, lists: list[dict[str, Any]]) -> int:
+    """Move interleaved lists into the store; a malformed one is logged and dropped."""
+    if not lists:
+        return 0
+    try:
+        return write_interleaved(con, lists)
+    except (KeyError, TypeError, ValueError):
+        stored = 0
+        for record in lists:
+            try:
+                stored += write_interleaved(con, [record])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("dropped a malformed interleaved list %r: %s", printable(record), exc)
+        return stored
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

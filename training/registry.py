@@ -322,8 +322,8 @@ def recorded_checksums(settings: Settings, name: str, version: str) -> dict[str,
     return {str(k): str(v) for k, v in sums.items()} if isinstance(sums, dict) else {}
 
 
-def promote(settings: Settings, name: str, version: str | int) -> ModelRef:
-    """Point the ``champion`` alias of ``name`` at ``version``."""
+def promote(settings: Settings, name: str, version: str | int, alias: str = CHAMPION) -> ModelRef:
+    """Point the ``alias`` (default ``champion``) of ``name`` at ``version``."""
     c = client(settings)
     try:
         mv = c.get_model_version(name, str(version))
@@ -331,18 +331,32 @@ def promote(settings: Settings, name: str, version: str | int) -> ModelRef:
         raise NotFoundError(
             f"model {name!r} has no version {version}; see `recsys models list`"
         ) from exc
-    c.set_registered_model_alias(name, CHAMPION, str(version))
-    log.info("promoted %s version %s to %s", name, version, CHAMPION)
+    c.set_registered_model_alias(name, alias, str(version))
+    log.info("promoted %s version %s to %s", name, version, alias)
     return ModelRef(
         name=name, version=str(mv.version), run_id=str(mv.run_id), source=str(mv.source)
     )
 
 
+def remove_alias(settings: Settings, name: str, alias: str) -> bool:
+    """Delete ``alias`` of ``name``; False when no version carried it."""
+    if aliased(settings, name, alias) is None:
+        return False
+    client(settings).delete_registered_model_alias(name, alias)
+    log.info("removed alias %s of %s", alias, name)
+    return True
+
+
 def champion(settings: Settings, name: str) -> ModelRef | None:
     """The version the ``champion`` alias points at, or ``None``."""
+    return aliased(settings, name, CHAMPION)
+
+
+def aliased(settings: Settings, name: str, alias: str) -> ModelRef | None:
+    """The version ``alias`` of ``name`` points at, or ``None``."""
     c = client(settings)
     try:
-        mv = c.get_model_version_by_alias(name, CHAMPION)
+        mv = c.get_model_version_by_alias(name, alias)
     except Exception:
         return None
     return ModelRef(

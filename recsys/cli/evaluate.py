@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,19 @@ log = logging.getLogger(__name__)
     show_default=True,
     help="Bootstrap resamples over users for the confidence intervals (0: none).",
 )
+@click.option(
+    "--online",
+    is_flag=True,
+    help="Only the online evaluation: who won the team-draft interleaved lists served with a "
+    "challenger (serving.interleave_challenger), from the clicks logged on them.",
+)
+@click.option(
+    "--since",
+    type=click.DateTime(),
+    default=None,
+    help="With --online: only lists served at or after this UTC time (e.g. 2026-12-01).",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --online: print the report as JSON.")
 @click.pass_context
 def evaluate(
     ctx: click.Context,
@@ -54,9 +68,20 @@ def evaluate(
     replay_source: str | None,
     replay_only: bool,
     resamples: int,
+    online: bool,
+    since: datetime | None,
+    as_json: bool,
 ) -> None:
     """Evaluate on the split (full ranking; impression logs add per-impression metrics on
-    the held-out served lists) and write report.json, report.md and plots."""
+    the held-out served lists) and write report.json, report.md and plots; or, with
+    --online, the interleaving win rate of a challenger over the champion."""
+    if online:
+        if systems or replay_source or replay_only:
+            raise click.UsageError("--online cannot be combined with --systems or --replay")
+        _online(ctx, output, since, as_json)
+        return
+    if since is not None or as_json:
+        raise click.UsageError("--since and --json go with --online")
     from feature_store.db import connect
     from recsys.core.errors import EvaluationError
     from recsys.evaluation.protocol import PROTOCOL, SYSTEMS, check_systems, run_protocol
@@ -120,6 +145,49 @@ def evaluate(
             f"nDCG@5 {m['ndcg@5']:.4f}  nDCG@10 {m['ndcg@10']:.4f}  lists {m['impressions']}"
         )
     click.echo(f"report: {out / 'report.md'} (MLflow run {run_id})")
+
+
+def _online(ctx: click.Context, output: str | None, since: datetime | None, as_json: bool) -> None:
+    """``recsys evaluate --online``: wins per interleaved list, win rate, interval, p-value."""
+    import json
+
+    from feature_store.db import connect
+    from recsys.core.errors import EvaluationError
+    from recsys.evaluation.online import (
+        evaluate_online,
+        log_online_to_mlflow,
+        write_online_report,
+    )
+    from training import registry
+
+    settings = settings_from(ctx)
+    if not settings.db_path.exists():
+        raise EvaluationError(
+            f"nothing to evaluate online: there is no store at {settings.db_path}; serve with "
+            "a challenger and log clicks first (README, 'Online evaluation')"
+        )
+    out = Path(output) if output else settings.reports_dir / "online"
+    con = connect(settings.db_path)
+    try:
+        report = evaluate_online(con, since)
+        fingerprint = registry.data_fingerprint(con)
+    finally:
+        con.close()
+    files = write_online_report(report, out)
+    report["mlflow_run_id"] = log_online_to_mlflow(settings, report, files, fingerprint)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    for c in report["comparisons"]:
+        rate = c["challenger_win_rate"]
+        shown = "-" if rate is None else f"{rate:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]"
+        click.echo(
+            f"ranker v{c['champion_version']} (champion) vs v{c['challenger_version']} "
+            f"(challenger): {c['lists']} lists, champion wins {c['champion_wins']}, challenger "
+            f"wins {c['challenger_wins']}, ties {c['ties']}; challenger win rate {shown} "
+            f"(95% Wilson), sign test p={c['sign_test_p']:.3g}: {c['verdict']}"
+        )
+    click.echo(f"report: {out / 'online.md'} (MLflow run {report['mlflow_run_id']})")
 
 
 def _impressions(settings: Any, con: Any, report: dict[str, Any]) -> None:

@@ -52,13 +52,38 @@ def list_models(ctx: click.Context, name: str | None, as_json: bool) -> None:
 @models.command("promote")
 @click.argument("name", type=click.Choice(MODEL_NAMES))
 @click.argument("version")
+@click.option(
+    "--alias",
+    default=rules.CHAMPION_ALIAS,
+    show_default=True,
+    help="The alias to move, e.g. 'challenger' for online interleaving "
+    "(serving.interleave_challenger).",
+)
 @click.pass_context
-def promote(ctx: click.Context, name: str, version: str) -> None:
-    """Point the `champion` alias of NAME at VERSION (serving picks it up on reload)."""
+def promote(ctx: click.Context, name: str, version: str, alias: str) -> None:
+    """Point the alias (default `champion`) of NAME at VERSION (serving picks it up on reload)."""
     from training import registry
 
-    ref = registry.promote(settings_from(ctx), name, version)
-    click.echo(f"{ref.name} version {ref.version} is now {rules.CHAMPION_ALIAS}")
+    ref = registry.promote(settings_from(ctx), name, version, alias)
+    click.echo(f"{ref.name} version {ref.version} is now {alias}")
+
+
+@models.command("unalias")
+@click.argument("name", type=click.Choice(MODEL_NAMES))
+@click.argument("alias")
+@click.pass_context
+def unalias(ctx: click.Context, name: str, alias: str) -> None:
+    """Remove ALIAS from NAME (e.g. end an interleaving test: `unalias ranker challenger`)."""
+    from training import registry
+
+    if alias == rules.CHAMPION_ALIAS:
+        raise click.UsageError(
+            f"the {rules.CHAMPION_ALIAS} alias is what serving loads; promote another version "
+            "instead of removing it"
+        )
+    if not registry.remove_alias(settings_from(ctx), name, alias):
+        raise click.ClickException(f"no version of {name} carries the alias {alias!r}")
+    click.echo(f"removed the alias {alias} of {name}")
 
 
 @models.command("compare")

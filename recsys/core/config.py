@@ -37,6 +37,7 @@ from recsys.core.constraints import (
 )
 from recsys.core.errors import ConfigError
 from recsys.core.rules import (
+    CHAMPION_ALIAS,
     HISTORY_LENGTH,
     TASK_PRESETS_NAMES,
     parse_generator_weights,
@@ -182,6 +183,17 @@ class ServingSettings:
     # a gunicorn worker may take this long to build its app (load models, fit generators) before
     # the master's 30 s request timeout applies (serving/worker.py)
     boot_timeout_seconds: PositiveFloat = 600.0
+    # a registry alias (e.g. "challenger"): while a ranker version carries it, each worker
+    # also loads that version and serves team-draft interleaved lists of the champion and it
+    # (``recsys evaluate --online``); empty: off
+    interleave_challenger: Annotated[str, Field(pattern=r"^([A-Za-z_][A-Za-z0-9_-]{0,63})?$")] = ""
+
+    def __post_init__(self) -> None:
+        if self.interleave_challenger == CHAMPION_ALIAS:
+            raise ConfigError(
+                "serving.interleave_challenger must name another alias than "
+                f"{CHAMPION_ALIAS!r} (the champion is always one side), e.g. 'challenger'"
+            )
 
 
 SPLIT_KINDS = ("user_time", "global_time")

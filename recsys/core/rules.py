@@ -275,6 +275,13 @@ RANKER_MODEL_NAME = "ranker"
 MODEL_NAMES: tuple[str, ...] = (TEXT_MODEL_NAME, RANKER_MODEL_NAME)
 CHAMPION_ALIAS = "champion"
 
+# -- online evaluation -------------------------------------------------------------------------
+
+# The two teams of a team-draft interleaved list (recsys.algorithms.interleaving): the ranker
+# behind the ``champion`` alias and the one behind ``serving.interleave_challenger``.
+CHAMPION_TEAM = "champion"
+CHALLENGER_TEAM = "challenger"
+
 # -- user history ------------------------------------------------------------------------------
 
 # A user's text vector is the mean of their latest this-many positive items' embeddings.

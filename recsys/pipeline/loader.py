@@ -41,15 +41,22 @@ def load_recommender(
     *,
     precompute: bool = True,
     ranker: tuple[registry.ModelRef, Path] | None = None,
+    alias: str = rules.CHAMPION_ALIAS,
 ) -> Recommender:
     """Champion ranker + its text model's index + its published generators over ``con``'s events.
 
     ``precompute`` builds every known user's candidates and text vector now (see
     ``PRECOMPUTE_MAX_USERS``) so that a request only looks them up.  ``ranker`` (a version
-    and its local files, e.g. one serving verified) replaces the champion.
+    and its local files, e.g. one serving verified) replaces the version behind ``alias``
+    (default the champion).
     """
     if ranker is not None:
         ref, path = ranker
+    elif alias != rules.CHAMPION_ALIAS:
+        found = registry.aliased(settings, rules.RANKER_MODEL_NAME, alias)
+        if found is None:
+            raise ModelNotReadyError(f"no ranker version carries the alias {alias!r}")
+        ref, path = found, registry.cached_download(settings, found)
     else:
         try:
             ref, path = registry.cached_champion(settings, rules.RANKER_MODEL_NAME)

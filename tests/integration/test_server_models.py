@@ -41,7 +41,8 @@ _TINY = {
 
 def _trained_home(target: Path, data_dir: Path) -> Path:
     """A home with the MovieLens store and champion models: a copy of $RECSYS_SERVE_TEST_HOME
-    (store and registry; artifacts are read from the original), or one trained here."""
+    (store, registry and artifacts: the copy's registry is relocated to its own ``mlruns``), or
+    one trained here."""
     source = os.environ.get(TRAINED_HOME_ENV)
     if source:
         import shutil
@@ -49,6 +50,7 @@ def _trained_home(target: Path, data_dir: Path) -> Path:
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(source) / "recsys.duckdb", target / "recsys.duckdb")
         shutil.copy2(Path(source) / "mlflow.db", target / "mlflow.db")
+        shutil.copytree(Path(source) / "mlruns", target / "mlruns")
         return target
     ingest_movielens(target, data_dir)
     env = {**os.environ, **_TINY}
