@@ -47,9 +47,7 @@ class ApiError(Exception):
     server's access log.
     """
 
-    def __init__(
-        self, status: int, code: str, message: str, request_id: str | None = None
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str, request_id: str | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code

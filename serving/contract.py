@@ -414,7 +414,24 @@ class Event(BaseModel):
 class EventBatch(BaseModel):
     """Body of POST /v1/events."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": [
+                        {
+                            "event_id": "web-1",
+                            "user_id": "5",
+                            "item_id": "1",
+                            "event_type": "like",
+                            "ts": "2024-05-01T12:00:00Z",
+                        }
+                    ]
+                }
+            ]
+        },
+    )
 
     events: Annotated[
         SkipValidation[list[Event]],
@@ -534,7 +551,12 @@ class EventResults(BaseModel):
                     "rejected": 1,
                     "results": [
                         {"index": 0, "event_id": "web-1", "status": "accepted", "reason": None},
-                        {"index": 1, "event_id": "web-2", "status": "rejected", "reason": "unknown item id"},  # noqa: E501
+                        {
+                            "index": 1,
+                            "event_id": "web-2",
+                            "status": "rejected",
+                            "reason": "unknown item id",
+                        },  # noqa: E501
                     ],
                 }
             ]
@@ -608,7 +630,23 @@ class ReloadResult(BaseModel):
 class AdminStatus(BaseModel):
     """This worker's models, snapshot and event-log backlog (paths included: key required)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "pid": 4242,
+                    "model_versions": {"ranker": "3", "text-scorer": "2"},
+                    "model_error": None,
+                    "model_fallback": None,
+                    "models_loaded_at": 1714564800.0,
+                    "snapshot": {"path": "/srv/home/serving/snapshots/store-1.duckdb"},
+                    "snapshot_age_seconds": 4.2,
+                    "event_log": {"ok": True, "state": "writable", "backlog": 0},
+                }
+            ]
+        },
+    )
 
     pid: int
     model_versions: dict[str, str]

@@ -153,8 +153,10 @@ OPERATIONS: tuple[Operation, ...] = (
         "operations",
         "Prometheus metrics",
         "Text exposition format; labels are bounded (routes, not raw paths).",
-        ("text/plain", 'recsys_http_requests_total{endpoint="/healthz",method="GET",'
-         'status="200"} 3.0\n'),
+        (
+            "text/plain",
+            'recsys_http_requests_total{endpoint="/healthz",method="GET",status="200"} 3.0\n',
+        ),
     ),
     Operation(
         "get",

@@ -91,15 +91,15 @@ def test_swagger_ui_renders_every_operation_offline(
     browser.get(f"{docs_server.base_url}/docs")
     # the first load parses ~1.7 MB of JavaScript: generous on a loaded 2-core machine
     WebDriverWait(browser, 120).until(
-        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock .opblock-summary-operation-id"))
-        >= len(expected)
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, ".opblock .opblock-summary-operation-id"))
+            >= len(expected)
+        )
     )
     rendered = {
         (
             block.find_element(By.CSS_SELECTOR, ".opblock-summary-method").text.strip(),
-            block.find_element(By.CSS_SELECTOR, ".opblock-summary-path").get_attribute(
-                "data-path"
-            ),
+            block.find_element(By.CSS_SELECTOR, ".opblock-summary-path").get_attribute("data-path"),
             block.find_element(By.CSS_SELECTOR, ".opblock-summary-operation-id").text.strip(),
         )
         for block in browser.find_elements(By.CSS_SELECTOR, ".opblock")
@@ -109,7 +109,9 @@ def test_swagger_ui_renders_every_operation_offline(
     assert not browser.find_elements(By.CSS_SELECTOR, ".errors-wrapper .error-wrapper")
     assert "Resolver error" not in browser.page_source
     # the schemas section renders the contract's models
-    top_level = '.models article[data-json-schema-level="0"] > div > button .json-schema-2020-12__title'
+    top_level = (
+        '.models article[data-json-schema-level="0"] > div > button .json-schema-2020-12__title'
+    )
     models = {e.text for e in browser.find_elements(By.CSS_SELECTOR, top_level)}
     assert set(doc["components"]["schemas"]) <= models
 
