@@ -2,7 +2,8 @@
 
 Each parser validates with one pydantic model and raises ``RequestValidationError`` (400) or
 ``PayloadTooLargeError`` (413, a size limit) whose message names the field and what a valid
-value looks like.  No Flask import: the views pass plain values, so every rule is unit-testable.
+value looks like.  The views pass plain values (no request object), so every rule is
+unit-testable.
 """
 
 from __future__ import annotations
