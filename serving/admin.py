@@ -8,6 +8,7 @@ import time
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
+from serving.contract import AdminStatus, ReloadResult
 from serving.errors import StoreNotReadyError
 from serving.security import require_api_key
 from serving.state import state
@@ -26,7 +27,8 @@ def reload_models() -> ResponseReturnValue:
     # a refused champion raises ReloadRefusedError (409) and the old models keep serving
     outcome = st.models.load(info.path, fallback=False)
     st.watcher.signal_reload()  # the other workers follow
-    return jsonify({"reloaded": True, **outcome})
+    result = ReloadResult.model_validate({"reloaded": True, **outcome})
+    return jsonify(result.model_dump(mode="json", exclude_unset=True))
 
 
 @bp.get("/status")
@@ -35,7 +37,7 @@ def status() -> ResponseReturnValue:
     """Where this worker stands: models, snapshot, event-log backlog."""
     st = state()
     info = st.snapshots.info
-    return jsonify(
+    body = AdminStatus.model_validate(
         {
             "pid": os.getpid(),
             "model_versions": st.models.model_versions,
@@ -50,3 +52,4 @@ def status() -> ResponseReturnValue:
             "event_log": {**st.event_log.health(), "path": str(st.event_log.path)},
         }
     )
+    return jsonify(body.model_dump(mode="json"))

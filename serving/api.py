@@ -4,32 +4,37 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from feature_store.db import existing_event_ids, existing_items
-from feature_store.validation import (
-    is_valid_unicode,
-    item_ids_to_look_up,
-    validate_event_record,
-)
+from feature_store.validation import UNKNOWN_ITEM, is_valid_unicode, item_ids_to_look_up
 from recsys.pipeline.explain import unit_score
+from serving.contract import (
+    EventResult,
+    EventResults,
+    Recommendation,
+    RecommendationList,
+    new_recommendation_id,
+)
 from serving.errors import MalformedJSONError, RequestValidationError, UnsupportedMediaTypeError
 from serving.interleave import interleave_results, list_record
 from serving.security import require_api_key
 from serving.state import get_cursor, state
 from serving.validation import (
-    check_id,
+    parse_event,
     parse_events_body,
     parse_rank_body,
     parse_recommendation_query,
+    parse_user_id,
 )
 
 log = logging.getLogger(__name__)
+
+Outcome = Literal["accepted", "duplicate", "rejected"]
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -39,7 +44,7 @@ def recommendations(user_id: str) -> ResponseReturnValue:
     """Top-k items for a user; a user without events gets the cold-start list (200,
     ``cold_start: true``).  While a challenger is interleaved the list is a team draft of the
     champion's and the challenger's (``interleaved: true``)."""
-    user_id = check_id(user_id, "user_id")
+    user_id = parse_user_id(user_id)
     query = parse_recommendation_query(request.args.to_dict(flat=False))
     st = state()
     rec, challenger = st.models.require_pair()
@@ -52,21 +57,19 @@ def recommendations(user_id: str) -> ResponseReturnValue:
     }
     result = rec.recommend(user_id, query.k, **options)
     # clients echo it on /v1/events (impressions, clicks) so clicks join to this list
-    recommendation_id = str(uuid.uuid4())
-    extra: dict[str, Any] = {}
-    if challenger is not None:
-        # an A/A test (the challenger is the champion's version) computes the list once
-        other = result if challenger is rec else challenger.recommend(user_id, query.k, **options)
-        result, drafted = interleave_results(result, other, query.k, recommendation_id)
-        record = list_record(
-            recommendation_id, user_id, drafted, rec.model_versions, challenger.model_versions
-        )
-        # not fsynced, a short lock wait, never raises: the list is served either way
-        recorded = st.event_log.append_list(record)
-        st.metrics.interleaved.labels("recorded" if recorded else "not_recorded").inc()
-        extra["interleaved"] = True
-    body = _result_json(result, query.explain, recommendation_id)
-    return jsonify({"user_id": user_id, **body, **extra})
+    recommendation_id = new_recommendation_id()
+    if challenger is None:
+        return _list_json(user_id, result, query.explain, recommendation_id)
+    # an A/A test (the challenger is the champion's version) computes the list once
+    other = result if challenger is rec else challenger.recommend(user_id, query.k, **options)
+    result, drafted = interleave_results(result, other, query.k, recommendation_id)
+    record = list_record(
+        recommendation_id, user_id, drafted, rec.model_versions, challenger.model_versions
+    )
+    # not fsynced, a short lock wait, never raises: the list is served either way
+    recorded = st.event_log.append_list(record)
+    st.metrics.interleaved.labels("recorded" if recorded else "not_recorded").inc()
+    return _list_json(user_id, result, query.explain, recommendation_id, interleaved=True)
 
 
 @bp.post("/rank")
@@ -83,8 +86,7 @@ def rank() -> ResponseReturnValue:
         explain=req.explain,
         con=cursor,
     )
-    body = _result_json(result, req.explain, str(uuid.uuid4()))
-    return jsonify({"user_id": req.user_id, **body})
+    return _list_json(req.user_id, result, req.explain, new_recommendation_id())
 
 
 @bp.post("/events")
@@ -95,9 +97,9 @@ def post_events() -> ResponseReturnValue:
     records = parse_events_body(json_body(), st.settings.serving.max_events_per_batch)
     cursor = get_cursor()
     known = existing_items(cursor, item_ids_to_look_up(records))
-    checked = [validate_event_record(r, known.__contains__) for r in records]
+    checked = [_check_event(r, known) for r in records]
     in_store = existing_event_ids(cursor, [row["event_id"] for row, _ in checked if row])
-    results: list[dict[str, Any]] = []
+    results: list[EventResult] = []
     to_log: list[dict[str, Any]] = []
     seen: set[str] = set()
     for index, (row, reason) in enumerate(checked):
@@ -111,16 +113,31 @@ def post_events() -> ResponseReturnValue:
             results.append(_status(index, row["event_id"], "accepted"))
     already_logged = st.event_log.append(to_log)  # durable (fsynced) before we answer
     for res in results:
-        if res["status"] == "accepted" and res["event_id"] in already_logged:
-            res["status"] = "duplicate"
+        if res.status == "accepted" and res.event_id in already_logged:
+            res.status = "duplicate"
     counts = {
-        s: sum(1 for r in results if r["status"] == s)
-        for s in ("accepted", "duplicate", "rejected")
+        s: sum(1 for r in results if r.status == s) for s in ("accepted", "duplicate", "rejected")
     }
     for status, n in counts.items():
         if n:
             st.metrics.events.labels(status).inc(n)
-    return jsonify({**counts, "results": results})
+    body = EventResults(
+        accepted=counts["accepted"],
+        duplicate=counts["duplicate"],
+        rejected=counts["rejected"],
+        results=results,
+    )
+    return jsonify(body.model_dump(mode="json"))
+
+
+def _check_event(record: Any, known: set[str]) -> tuple[dict[str, Any] | None, str | None]:
+    """The event's row, or its reason: the contract's rules, then the catalog."""
+    event, reason = parse_event(record)
+    if event is None:
+        return None, reason
+    if event.item_id not in known:
+        return None, UNKNOWN_ITEM
+    return event.to_row(), None
 
 
 def json_body() -> Any:
@@ -152,35 +169,50 @@ def resolve_genre(rec: Any, genre: str | None) -> str | None:
     return found
 
 
-def _result_json(result: Any, explain: bool, recommendation_id: str) -> dict[str, Any]:
+def _list_json(
+    user_id: str | None,
+    result: Any,
+    explain: bool,
+    recommendation_id: str,
+    *,
+    interleaved: bool = False,
+) -> ResponseReturnValue:
     items = []
     for item in result.items:
         raw = float(item.score)
         unit = item.unit_score
-        row: dict[str, Any] = {
-            "item_id": item.item_id,
-            "rank": int(item.rank),
-            "score": float(unit) if unit is not None else unit_score(raw, cold=False),
-            "raw_score": raw,
-            "title": item.title,
-        }
-        if explain:
-            row["reasons"] = list(item.reasons)
-            row["contributions"] = {k: float(v) for k, v in (item.contributions or {}).items()}
-        items.append(row)
-    return {
-        "recommendation_id": recommendation_id,
-        "items": items,
-        "unknown_items": list(result.unknown_items),
-        "cold_start": bool(result.cold_start),
-        "model_versions": dict(result.model_versions),
-    }
+        extra: dict[str, Any] = {}
+        if explain:  # absent otherwise (exclude_unset below)
+            extra["reasons"] = list(item.reasons)
+            extra["contributions"] = {k: float(v) for k, v in (item.contributions or {}).items()}
+        score = float(unit) if unit is not None else unit_score(raw, cold=False)
+        items.append(
+            Recommendation(
+                item_id=item.item_id,
+                rank=int(item.rank),
+                score=score,
+                raw_score=raw,
+                title=item.title,
+                **extra,
+            )
+        )
+    body = RecommendationList(
+        # clients echo it on /v1/events (impressions, clicks) so clicks join to this list
+        recommendation_id=recommendation_id,
+        user_id=user_id,
+        items=items,
+        unknown_items=list(result.unknown_items),
+        cold_start=bool(result.cold_start),
+        model_versions=dict(result.model_versions),
+        **({"interleaved": True} if interleaved else {}),
+    )
+    return jsonify(body.model_dump(mode="json", exclude_unset=True))
 
 
 def _status(
-    index: int, event_id: str | None, status: str, reason: str | None = None
-) -> dict[str, Any]:
-    return {"index": index, "event_id": event_id, "status": status, "reason": reason}
+    index: int, event_id: str | None, status: Outcome, reason: str | None = None
+) -> EventResult:
+    return EventResult(index=index, event_id=event_id, status=status, reason=reason)
 
 
 def _raw_event_id(record: Any) -> str | None:

@@ -16,7 +16,7 @@ import sys
 from flask import Flask
 
 from recsys.core.config import Settings, load_settings
-from serving import access, admin, api, health, overload
+from serving import access, admin, api, docs, health, overload
 from serving import metrics as metrics_mod
 from serving.errors import ReloadRefusedError, register_error_handlers
 from serving.eventlog import EventLog
@@ -75,6 +75,7 @@ def create_app(
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(docs.bp)
     app.teardown_appcontext(close_cursor)
 
     _load_initial(state)

@@ -1,16 +1,16 @@
-"""Liveness and readiness probes, the OpenAPI document and the docs page."""
+"""Liveness and readiness probes."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, render_template
+from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
+from serving.contract import Health, Readiness
 from serving.errors import error_body, redact_paths
 from serving.heartbeat import HEARTBEAT_FILE, writer_check
-from serving.openapi import openapi_document
 from serving.snapshot import serving_dir
 from serving.state import state
 
@@ -20,7 +20,7 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz() -> ResponseReturnValue:
     """The process is up and answering."""
-    return jsonify({"status": "ok"})
+    return jsonify(Health(status="ok").model_dump(mode="json"))
 
 
 @bp.get("/readyz")
@@ -38,10 +38,12 @@ def readyz() -> ResponseReturnValue:
         "writer": _writer_check(st),
     }
     if all(c["ok"] for c in checks.values()):
-        return jsonify({"status": "ready", "checks": checks})
+        ready = Readiness.model_validate({"status": "ready", "checks": checks})
+        return jsonify(ready.model_dump(mode="json", exclude_unset=True))
     missing = [name for name, c in checks.items() if not c["ok"]]
     body = error_body("not_ready", f"not ready: {', '.join(missing)} not ok")
-    return jsonify({"status": "not_ready", "checks": checks, **body}), 503
+    not_ready = Readiness.model_validate({"status": "not_ready", "checks": checks, **body})
+    return jsonify(not_ready.model_dump(mode="json", exclude_unset=True)), 503
 
 
 def _store_check(st: Any) -> dict[str, Any]:
@@ -81,15 +83,3 @@ def _redact_tree(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _redact_tree(v) for k, v in value.items()}
     return value
-
-
-@bp.get("/openapi.json")
-def openapi_json() -> ResponseReturnValue:
-    return jsonify(openapi_document(state().settings))
-
-
-@bp.get("/docs")
-def docs() -> ResponseReturnValue:
-    """A self-contained HTML page describing every endpoint (no CDN: works offline)."""
-    spec = openapi_document(state().settings)
-    return render_template("docs.html", spec=spec, title=current_app.name)

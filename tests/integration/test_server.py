@@ -22,6 +22,8 @@ import httpx
 import pytest
 
 from recsys.core.config import Settings, load_settings
+from serving.client import ApiError, RecsysClient
+from serving.contract import Event
 from serving.eventlog import EventLog
 from serving.snapshot import read_pointer
 
@@ -224,6 +226,26 @@ def test_probes_docs_and_metrics(server: RunningServer) -> None:
             if line.startswith('recsys_http_requests_total{endpoint="/healthz"')
         ]
         assert served and float(served[0].rsplit(" ", 1)[1]) >= 9  # summed over the workers
+
+
+def test_typed_client_against_the_real_server(server: RunningServer) -> None:
+    """serving.client over gunicorn: typed answers, and the server's errors as ApiError."""
+    api = RecsysClient(server.base_url, api_key=API_KEY)
+    assert api.health().status == "ok"
+    assert api.ready().checks["store"].ok is True
+    event = Event(user_id="client-1", item_id=1, event_type="LIKE", ts="2024-05-01T12:00:00Z")
+    bad = {"event_id": "client-bad", "user_id": "client-1", "item_id": "1", "event_type": "x"}
+    result = api.post_events([event, bad])
+    assert (result.accepted, result.rejected) == (1, 1)
+    assert result.results[1].reason == "unknown event type"
+    assert api.post_events([event]).duplicate == 1  # the content id is the server's
+    with pytest.raises(ApiError) as exc:  # this home has no trained models
+        api.recommendations("1", k=3)
+    assert (exc.value.status, exc.value.code) == (503, "model_not_ready")
+    assert "recsys train ranker" in exc.value.message
+    with pytest.raises(ApiError) as exc:
+        RecsysClient(server.base_url).admin_status()
+    assert exc.value.status == 401
 
 
 def test_events_need_the_key_and_report_per_event(server: RunningServer) -> None:

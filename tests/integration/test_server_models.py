@@ -19,6 +19,7 @@ import duckdb
 import httpx
 import pytest
 
+from serving.client import RecsysClient
 from serving.snapshot import read_pointer
 from tests.integration.test_server import (
     KEY,
@@ -115,6 +116,19 @@ def test_recommendations_rank_and_explain_on_real_models(model_server: RunningSe
         assert (
             reload.status_code == 200 and reload.json()["model_versions"] == data["model_versions"]
         )
+
+
+def test_typed_client_on_real_models(model_server: RunningServer) -> None:
+    api = RecsysClient(model_server.base_url, api_key=KEY["X-API-Key"])
+    top = api.recommendations(414, k=5, explain=True)
+    assert len(top.items) == 5 and [i.rank for i in top.items] == [1, 2, 3, 4, 5]
+    assert all(0 <= i.score <= 1 and i.reasons for i in top.items)
+    given = [i.item_id for i in top.items][::-1]
+    ranked = api.rank([*given, "no-such-movie"], user_id=414, k=3)
+    assert [i.rank for i in ranked.items] == [1, 2, 3] and {i.item_id for i in ranked.items} < set(
+        given
+    )
+    assert ranked.unknown_items == ["no-such-movie"] and ranked.user_id == "414"
 
 
 def test_a_new_user_becomes_known_after_posting_events(model_server: RunningServer) -> None:
