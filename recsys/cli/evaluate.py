@@ -156,6 +156,7 @@ def _online(ctx: click.Context, output: str | None, since: datetime | None, as_j
     from recsys.evaluation.online import (
         evaluate_online,
         log_online_to_mlflow,
+        win_rate_text,
         write_online_report,
     )
     from training import registry
@@ -179,8 +180,7 @@ def _online(ctx: click.Context, output: str | None, since: datetime | None, as_j
         click.echo(json.dumps(report, indent=2, default=str))
         return
     for c in report["comparisons"]:
-        rate = c["challenger_win_rate"]
-        shown = "-" if rate is None else f"{rate:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]"
+        shown = win_rate_text(c)
         click.echo(
             f"ranker v{c['champion_version']} (champion) vs v{c['challenger_version']} "
             f"(challenger): {c['lists']} lists, champion wins {c['champion_wins']}, challenger "

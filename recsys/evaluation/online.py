@@ -146,14 +146,23 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- |",
     ]
     for c in report["comparisons"]:
-        rate = c["challenger_win_rate"]
-        shown = "-" if rate is None else f"{rate:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]"
+        shown = win_rate_text(c)
         lines.append(
             f"| v{c['champion_version']} | v{c['challenger_version']} | {c['lists']} "
             f"| {c['champion_wins']} | {c['challenger_wins']} | {c['ties']} | {shown} "
             f"| {c['sign_test_p']:.3g} | {c['verdict']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def win_rate_text(comparison: dict[str, Any]) -> str:
+    """``0.840 [0.815, 0.863]`` (the challenger's win rate and its 95% interval), ``-`` when no
+    list was decided."""
+    rate = comparison["challenger_win_rate"]
+    if rate is None:
+        return "-"
+    low, high = comparison["ci95"]
+    return f"{rate:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def write_online_report(report: dict[str, Any], output: Path) -> list[Path]:
