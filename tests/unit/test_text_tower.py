@@ -25,6 +25,7 @@ from training.text.tower_train import (
     LowerCache,
     TowerConfig,
     TowerExamples,
+    TowerPlan,
     fit_towers,
     tower_loss,
 )
@@ -195,3 +196,41 @@ def test_train_plan_score_int8_matches_fp32(tiny_store, tiny_settings) -> None:
     # an item whose text changed is not reused
     changed = load_item_vectors(local, ids, ["new text"] + [item_text[i] for i in ids[1:]])
     assert changed is not None and not changed[1][0] and changed[1][1:].all()
+
+
+def _plan(**kw: float) -> TowerPlan:
+    base = dict(
+        examples=1000,
+        items=100,
+        epochs=6,
+        steps_per_epoch=10,
+        batch_size=100,
+        top_layers=1,
+        total_layers=6,
+        device="cpu",
+        cache_seconds=30.0,
+        step_seconds=2.0,
+        table_seconds=10.0,
+    )
+    return TowerPlan(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_plan_fits_epochs_to_the_budget() -> None:
+    plan = _plan()  # fixed 40 s (cache + first table), 30 s per epoch (10 x 2 s + 10 s table)
+    assert (plan.fixed_seconds, plan.epoch_seconds, plan.estimate_seconds) == (40.0, 30.0, 220.0)
+    fitted = plan.fit_budget(200.0, max_epochs=8)
+    assert fitted.epochs == 5 and fitted.estimate_seconds == 190.0 <= 200.0
+    assert "auto: the most that fit the 200 s budget, at most 8" in fitted.describe()
+    assert plan.fit_budget(10_000.0, max_epochs=8).epochs == 8  # capped
+    assert plan.fit_budget(50.0, max_epochs=8).epochs == 1  # never zero, even over budget
+    assert "auto" not in plan.describe()
+
+
+def test_auto_epochs_follow_the_budget(tiny_store, tiny_settings) -> None:
+    plans: list = []
+    auto = tiny_settings.replace(
+        **{"text.tower_epochs": 0, "text.time_budget_seconds": 1e6, "text.max_auto_epochs": 3}
+    )
+    result = train_text_model(auto, tiny_store, progress=False, on_plan=plans.append, force=True)
+    assert plans[0].epochs == 3 and plans[0].budget_seconds == 1e6
+    assert len(result.history) == 3  # the run trained the planned epochs

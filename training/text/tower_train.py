@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import duckdb
 import numpy as np
@@ -102,28 +102,50 @@ class TowerPlan:
     cache_seconds: float = 0.0
     step_seconds: float = 0.0
     table_seconds: float = 0.0
+    # set when the epochs were chosen to fit a time budget (``text.tower_epochs = 0``)
+    budget_seconds: float | None = None
+    max_epochs: int = 0
+
+    @property
+    def epoch_seconds(self) -> float:
+        """One epoch: the steps plus one item-table refresh."""
+        return self.steps_per_epoch * self.step_seconds + self.table_seconds
+
+    @property
+    def fixed_seconds(self) -> float:
+        """What does not grow with epochs: the lower-layer cache and the first item table."""
+        return self.cache_seconds + self.table_seconds
 
     @property
     def estimate_seconds(self) -> float:
-        # per epoch: the steps plus one item-table refresh; one more refresh at the end
-        return (
-            self.cache_seconds
-            + self.epochs * (self.steps_per_epoch * self.step_seconds + self.table_seconds)
-            + self.table_seconds
-        )
+        return self.fixed_seconds + self.epochs * self.epoch_seconds
+
+    def fit_budget(self, budget_seconds: float, max_epochs: int) -> TowerPlan:
+        """The plan with as many epochs as fit ``budget_seconds`` (at least 1, at most
+        ``max_epochs``)."""
+        room = (budget_seconds - self.fixed_seconds) / max(self.epoch_seconds, 1e-9)
+        epochs = int(min(max_epochs, max(1, math.floor(room))))
+        return replace(self, epochs=epochs, budget_seconds=budget_seconds, max_epochs=max_epochs)
 
     def describe(self) -> str:
         trained = (
             f"top {self.top_layers} of {self.total_layers} BERT layers + pooling projection "
             "+ user tower"
         )
+        chosen = (
+            f" (auto: the most that fit the {self.budget_seconds:.0f} s budget, at most "
+            f"{self.max_epochs}; text.time_budget_seconds / text.tower_epochs)"
+            if self.budget_seconds is not None
+            else ""
+        )
         return (
             f"plan: {self.examples:,} examples (every fit-period positive and explicit negative "
-            f"with history), {self.items:,} items, {self.epochs} epoch(s) x "
+            f"with history), {self.items:,} items, {self.epochs} epoch(s){chosen} x "
             f"{self.steps_per_epoch} steps of {self.batch_size} on {self.device}; trained: "
             f"{trained}; lower {self.total_layers - self.top_layers} layers cached once.\n"
             f"estimate: {self.estimate_seconds:.0f} s (cache {self.cache_seconds:.0f} s, "
-            f"{self.step_seconds:.2f} s/step, item table {self.table_seconds:.0f} s; measured)"
+            f"{self.step_seconds:.2f} s/step, item table {self.table_seconds:.0f} s, "
+            f"{self.epoch_seconds:.0f} s/epoch; measured on a probe after a warm-up)"
         )
 
 
