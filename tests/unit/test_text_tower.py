@@ -223,7 +223,11 @@ def test_plan_fits_epochs_to_the_budget() -> None:
     assert "auto: the most that fit the 200 s budget, at most 8" in fitted.describe()
     assert plan.fit_budget(10_000.0, max_epochs=8).epochs == 8  # capped
     assert plan.fit_budget(50.0, max_epochs=8).epochs == 1  # never zero, even over budget
-    assert "auto" not in plan.describe()
+    assert "auto" not in plan.describe() and "busy" not in plan.describe()
+    # epochs follow the idle-machine cost; a busy machine only lengthens the printed estimate
+    busy = _plan(slowdown=3.0)
+    assert busy.fit_budget(200.0, max_epochs=8).epochs == 5
+    assert "busy (3.0x slower while planning): expect about 660 s" in busy.describe()
 
 
 def test_auto_epochs_follow_the_budget(tiny_store, tiny_settings) -> None:

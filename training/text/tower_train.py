@@ -102,6 +102,9 @@ class TowerPlan:
     cache_seconds: float = 0.0
     step_seconds: float = 0.0
     table_seconds: float = 0.0
+    # wall / idle time of the probe: how much longer than ``estimate_seconds`` the run takes
+    # at the load measured while planning (1.0 on a quiet machine)
+    slowdown: float = 1.0
     # set when the epochs were chosen to fit a time budget (``text.tower_epochs = 0``)
     budget_seconds: float | None = None
     max_epochs: int = 0
@@ -143,9 +146,16 @@ class TowerPlan:
             f"with history), {self.items:,} items, {self.epochs} epoch(s){chosen} x "
             f"{self.steps_per_epoch} steps of {self.batch_size} on {self.device}; trained: "
             f"{trained}; lower {self.total_layers - self.top_layers} layers cached once.\n"
-            f"estimate: {self.estimate_seconds:.0f} s (cache {self.cache_seconds:.0f} s, "
+            f"estimate: {self.estimate_seconds:.0f} s of caching and training on this "
+            f"{self.device.upper()} when idle (cache {self.cache_seconds:.0f} s, "
             f"{self.step_seconds:.2f} s/step, item table {self.table_seconds:.0f} s, "
             f"{self.epoch_seconds:.0f} s/epoch; measured on a probe after a warm-up)"
+            + (
+                f"; the machine is busy ({self.slowdown:.1f}x slower while planning): "
+                f"expect about {self.estimate_seconds * self.slowdown:.0f} s"
+                if self.slowdown >= 1.3
+                else ""
+            )
         )
 
 
