@@ -48,6 +48,8 @@ from serving.snapshot import (
     read_pointer,
     serving_dir,
 )
+from training import registry
+from training.text.scoring import refresh_user_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +288,6 @@ class EventWriter:
             return 0
         version, model_dir = model
         try:
-            from training.text.scoring import refresh_user_embeddings
-
             return int(
                 refresh_user_embeddings(
                     con, self.settings, model_dir, version, list(user_ids), scope=LIVE_SCOPE.name
@@ -310,7 +310,6 @@ class EventWriter:
 
     def _champion_text_model(self) -> tuple[str, Path] | None:
         """(version, local directory) of the text-scorer champion, downloaded once per version."""
-        from training import registry
 
         if not registry_exists(self.settings):
             return None
