@@ -38,6 +38,7 @@ from feature_store.validation import printable
 from recsys.core.config import Settings
 from recsys.core.errors import RecsysError
 from recsys.core.rules import LIVE_SCOPE, TEXT_MODEL_NAME
+from serving.compat import refresh_user_embeddings
 from serving.eventlog import EventLog, LoggedEvent
 from serving.heartbeat import WriterStatus
 from serving.models import registry_exists
@@ -49,7 +50,6 @@ from serving.snapshot import (
     serving_dir,
 )
 from training import registry
-from training.text.scoring import refresh_user_embeddings
 
 log = logging.getLogger(__name__)
 
