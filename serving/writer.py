@@ -310,7 +310,6 @@ class EventWriter:
 
     def _champion_text_model(self) -> tuple[str, Path] | None:
         """(version, local directory) of the text-scorer champion, downloaded once per version."""
-
         if not registry_exists(self.settings):
             return None
         ref = registry.champion(self.settings, TEXT_MODEL_NAME)

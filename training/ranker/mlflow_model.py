@@ -34,10 +34,10 @@ _REQUIREMENTS = ("lightgbm", "duckdb", "numpy", "pandas", "polars", "pyarrow", "
 
 def signature() -> object:
     """``(user_id: string, item_id: string) -> score: double``."""
-    ColSpec, Schema = compat.mlflow("types").ColSpec, compat.mlflow("types").Schema
+    schema = compat.mlflow("types")
     return compat.mlflow("models").ModelSignature(
-        inputs=Schema([ColSpec("string", c) for c in INPUT_COLUMNS]),
-        outputs=Schema([ColSpec("double", OUTPUT_COLUMN)]),
+        inputs=schema.Schema([schema.ColSpec("string", c) for c in INPUT_COLUMNS]),
+        outputs=schema.Schema([schema.ColSpec("double", OUTPUT_COLUMN)]),
     )
 
 

@@ -85,7 +85,6 @@ def resolve_device(requested: str) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Fixed seeds for Python, numpy and torch (CPU and CUDA)."""
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -137,7 +136,6 @@ class TwoTowerEncoder(nn.Module):
         desc: str = "encoding",
     ) -> np.ndarray:
         """L2-normalized float32 embeddings, batched; texts are length-sorted to cut padding."""
-
         was_training = self.training
         self.eval()
         order = np.argsort([-len(t) for t in texts], kind="stable")

@@ -218,7 +218,6 @@ def encode_items(
 
 def load_towers(path: object, dim: int) -> tuple[nn.Linear, UserTower]:
     """The item projection and the user tower saved next to a history-tower model."""
-
     tensors = load_file(str(Path(str(path)) / "towers.safetensors"))
     item_proj = nn.Linear(dim, dim)
     item_proj.load_state_dict(
