@@ -28,6 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import polars as pl
+
+from feature_store.adapters.movielens import ingest_movielens
+from feature_store.db import connect, table_counts
+from feature_store.features import FeatureSnapshot, compute_features
+from feature_store.ingest import ingest_events_file, ingest_items_file
 
 ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, this file's folder comes first on sys.path and its name would shadow the
@@ -71,8 +77,6 @@ def timestamps(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def generate(n_events: int, n_requests: int, out: Path, seed: int = 0) -> dict:
     """Write items.parquet, events.parquet and requests.parquet under ``out``."""
-    import polars as pl
-
     rng = np.random.default_rng(seed)
     n_items = max(1_000, n_events // 100)
     n_users = max(1_000, n_events // 50)
@@ -130,9 +134,6 @@ def generate(n_events: int, n_requests: int, out: Path, seed: int = 0) -> dict:
 
 
 def step_ingest(data: Path, db: Path) -> dict:
-    from feature_store.db import connect, table_counts
-    from feature_store.ingest import ingest_events_file, ingest_items_file
-
     con = connect(db)
     t = time.perf_counter()
     items = ingest_items_file(con, data / "items.parquet", progress=False)
@@ -154,11 +155,6 @@ def step_ingest(data: Path, db: Path) -> dict:
 
 
 def step_features(data: Path, db: Path) -> dict:
-    import polars as pl
-
-    from feature_store.db import connect
-    from feature_store.features import compute_features
-
     con = connect(db, read_only=True)
     requests = pl.read_parquet(data / "requests.parquet")
     t, cpu = time.perf_counter(), time.process_time()
@@ -193,12 +189,6 @@ def _latency(fn, calls: int) -> dict:
 
 
 def step_movielens(data_dir: Path, db: Path, calls: int) -> dict:
-    import polars as pl
-
-    from feature_store.adapters.movielens import ingest_movielens
-    from feature_store.db import connect
-    from feature_store.features import FeatureSnapshot, compute_features
-
     con = connect(db)
     ingest_movielens(con, data_dir, progress=False)
     user = con.execute(  # the median user by activity

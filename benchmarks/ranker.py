@@ -21,11 +21,14 @@ import statistics
 import time
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 
 from recsys.algorithms.ranking import feature_matrix, feature_names
 from recsys.core import rules
+from recsys.core.config import load_settings
+from training import registry
 from training.ranker.model import RankerModel
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,8 +36,6 @@ N_CANDIDATES = 300
 
 
 def synthetic_model(trees: int, seed: int = 0) -> RankerModel:
-    import lightgbm as lgb
-
     names = feature_names(
         ["covisit", "text", "als", "genre", "recent_pop", "popularity"], with_text=True
     )
@@ -60,9 +61,6 @@ def synthetic_model(trees: int, seed: int = 0) -> RankerModel:
 
 
 def champion_model(home: str) -> RankerModel:
-    from recsys.core.config import load_settings
-    from training import registry
-
     settings = load_settings(overrides={"home": home})
     _, path = registry.download(settings, rules.RANKER_MODEL_NAME)
     return RankerModel.load(path)

@@ -23,10 +23,12 @@ with how each figure grows from one size to the next.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import random
+import resource
 import shutil
 import socket
 import subprocess
@@ -40,6 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import polars as pl
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, this folder comes first on sys.path and feature_store.py would shadow the
@@ -69,8 +74,6 @@ WORDS = {
 
 def _bench_generator() -> Any:
     """``benchmarks/feature_store.py`` as a module (its name would shadow the package)."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("bench_fs", ROOT / "benchmarks/feature_store.py")
     assert spec is not None and spec.loader is not None  # noqa: S101 - a file of this repo
     module = importlib.util.module_from_spec(spec)
@@ -80,8 +83,6 @@ def _bench_generator() -> Any:
 
 def generate(n_events: int, out: Path, seed: int = 0) -> dict[str, Any]:
     """items.parquet (with descriptions) and events.parquet under ``out``."""
-    import polars as pl
-
     info = _bench_generator().generate(n_events, 10, out, seed=seed)
     rng = random.Random(seed)
     items = pl.read_parquet(out / "items.parquet")
@@ -108,8 +109,6 @@ class TreeSampler:
         self._thread.start()
 
     def _run(self) -> None:
-        import psutil
-
         try:
             root = psutil.Process(self.pid)
         except psutil.NoSuchProcess:
@@ -148,8 +147,6 @@ def child_env(home: Path) -> dict[str, str]:
 
 
 def _cpu_children() -> float:
-    import resource
-
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
@@ -200,8 +197,6 @@ def _get(url: str, timeout: float = 10.0) -> int:
 
 def process_memory(pid: int) -> list[dict[str, Any]]:
     """RSS and PSS (shared pages split between their users) of every process in the tree."""
-    import psutil
-
     out = []
     root = psutil.Process(pid)
     for p in [root, *root.children(recursive=True)]:
@@ -312,8 +307,6 @@ def serve_step(home: Path, logs: Path, users: list[str], rate: float, seconds: f
 
 
 def run_size(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    import polars as pl
-
     data, home, logs = work / "data", work / "home", work / "logs"
     for d in (data, home, logs):
         d.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import duckdb
+import httpx
+from flask import Flask, jsonify, request
+
+from recsys.core.config import load_settings
+from serving.snapshot import read_pointer
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 LOOPBACK = "127.0.0.1"
@@ -40,8 +48,6 @@ TARGET = {"rate": 100, "p99_ms": 50.0}
 
 def noop_app() -> Any:
     """The floor: a Flask app whose one endpoint does nothing (served by the same gunicorn)."""
-    from flask import Flask, jsonify, request
-
     app = Flask("noop")
 
     @app.post("/noop")
@@ -62,8 +68,6 @@ def noop_app() -> Any:
 
 
 async def _one(session: Any, url: str, body: bytes, scheduled: float, out: list[Any]) -> None:
-    import aiohttp
-
     delay = scheduled - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
@@ -77,8 +81,6 @@ async def _one(session: Any, url: str, body: bytes, scheduled: float, out: list[
 
 
 async def _generate(url: str, rate: float, seconds: float, bodies: list[bytes]) -> dict[str, Any]:
-    import aiohttp
-
     n = int(rate * seconds)
     timeout = aiohttp.ClientTimeout(total=10)
     connector = aiohttp.TCPConnector(limit=512)
@@ -113,8 +115,6 @@ def _summary(results: list[tuple[float, int]], elapsed: float, **extra: Any) -> 
 
 async def _calibrate(url: str, seconds: float, concurrency: int, bodies: list[bytes]) -> dict:
     """Closed loop: ``concurrency`` clients back to back; the 200 rate is the capacity."""
-    import aiohttp
-
     results: list[tuple[float, int]] = []
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -159,8 +159,6 @@ def _free_port() -> int:
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float, need: str) -> None:
-    import httpx
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -239,12 +237,7 @@ def _noop_server(port: int, workers: int) -> contextlib.AbstractContextManager[N
 
 
 def _payloads(home: Path, n_candidates: int, k: int, count: int = 200) -> list[dict[str, Any]]:
-    import duckdb
-
     sys.path.insert(0, str(ROOT))
-    from recsys.core.config import load_settings
-    from serving.snapshot import read_pointer
-
     settings = load_settings(overrides={"home": str(home)}, environ={})
     info = read_pointer(settings)
     con = duckdb.connect(info.path if info else str(settings.db_path), read_only=True)
@@ -285,8 +278,6 @@ def _generator(url: str, payload_file: Path, args: list[str]) -> dict[str, Any]:
 
 def _drain(base: str, max_seconds: float = 180.0) -> None:
     """Wait until an overloaded server has worked off its backlog, so steps stay independent."""
-    import httpx
-
     fast = 0
     deadline = time.monotonic() + max_seconds
     while fast < 3 and time.monotonic() < deadline:
@@ -353,8 +344,6 @@ def main() -> None:
         port = _free_port()
         print(f"recsys serve on {LOOPBACK}:{port} (home {home})", flush=True)
         with _recsys_server(home, port, args.workers):
-            import httpx
-
             probe = httpx.post(f"http://{LOOPBACK}:{port}/v1/rank", json=payloads[0], timeout=30)
             probe.raise_for_status()
             versions = probe.json()["model_versions"]

@@ -23,6 +23,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from feature_store.adapters.movielens import ingest_movielens
+from feature_store.db import connect
+from feature_store.splits import ensure_split
+from recsys.core.config import load_settings
+from training.text import model as tm
+from training.text import tower as tw
+from training.text.pairs import build_training_pairs
+from training.text.texts import item_texts
+from training.text.tower_run import lower_backbone, tokenize_items, tower_config
+from training.text.tower_train import (
+    HeadScale,
+    TowerExamples,
+    build_examples,
+    pooled_table,
+    train_step,
+)
+from training.text.train import LabelHead, _batches, _train_step, train_text_model
+
 # Run as a script, this folder comes first on sys.path, and benchmarks/feature_store.py would
 # shadow the feature_store package: import the packages from the installed project instead.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -43,9 +64,6 @@ def _flops_per_token(encoder: Any, seq_len: float) -> float:
 
 
 def _store(home: Path, data_dir: Path) -> Any:
-    from feature_store.adapters.movielens import ingest_movielens
-    from feature_store.db import connect
-
     con = connect(home / "recsys.duckdb")
     ingest_movielens(con, data_dir, progress=False)
     return con
@@ -53,15 +71,6 @@ def _store(home: Path, data_dir: Path) -> Any:
 
 def bench_training(con: Any, settings: Any, device: Any, steps: int) -> dict[str, Any]:
     """Median pairs/s over ``steps`` optimizer steps of real MovieLens pairs (after 1 warm-up)."""
-    import numpy as np
-    import torch
-
-    from feature_store.splits import ensure_split
-    from training.text import model as tm
-    from training.text.pairs import build_training_pairs
-    from training.text.texts import item_texts
-    from training.text.train import LabelHead, _batches, _train_step
-
     ensure_split(con, settings.split)
     batch = settings.text.batch_size
     pairs = build_training_pairs(con, settings, max_pairs=batch * (steps + 1))
@@ -114,9 +123,6 @@ def bench_embedding(
     con: Any, settings: Any, device: Any, n_items: int, repeats: int
 ) -> dict[str, Any]:
     """Median items/s encoding ``n_items`` real item texts truncated to 128 tokens."""
-    from training.text import model as tm
-    from training.text.texts import item_texts
-
     texts = list(item_texts(con).values())[:n_items]
     encoder = tm.load_encoder(tm.resolve_base_model(settings), device)
     batch = settings.text.score_batch_size
@@ -151,9 +157,6 @@ def bench_embedding(
 
 def bench_quality(data_dir: Path, max_pairs: int, device: str) -> dict[str, Any]:
     """A capped end-to-end training run on a fresh home: wall time and validation metrics."""
-    from recsys.core.config import load_settings
-    from training.text.train import train_text_model
-
     with tempfile.TemporaryDirectory(prefix="bench-text-") as home:
         settings = load_settings(
             overrides={"home": home, "device": device, "text.epochs": 1}, environ={}
@@ -174,8 +177,6 @@ def bench_quality(data_dir: Path, max_pairs: int, device: str) -> dict[str, Any]
 
 
 def _sync(device: Any) -> None:
-    import torch
-
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -184,14 +185,6 @@ def bench_tower(con: Any, settings: Any, device: Any, n_items: int, steps: int) 
     """The history tower (default model): lower-layer cache items/s, training examples/s over
     ``steps`` real steps, and catalog encoding items/s fp32 vs int8 with their cosine agreement
     (on ``n_items`` real item texts at 64 tokens)."""
-    import numpy as np
-
-    from training.text import model as tm
-    from training.text import tower as tw
-    from training.text.texts import item_texts
-    from training.text.tower_run import lower_backbone, tokenize_items, tower_config
-    from training.text.tower_train import HeadScale, TowerExamples, build_examples, train_step
-
     texts = item_texts(con)
     ids_all = sorted(texts)
     item_ids = ids_all[:n_items]
@@ -214,8 +207,6 @@ def bench_tower(con: Any, settings: Any, device: Any, n_items: int, steps: int) 
     item_tower = tw.ItemTower(list(encoder.backbone.encoder.layer)[n_layers - top :], encoder.dim)
     item_tower = item_tower.to(device)
     towers = (item_tower, tw.UserTower(encoder.dim).to(device), HeadScale(0.05).to(device))
-    from training.text.tower_train import pooled_table
-
     pooled = pooled_table(item_tower, cache, autocast=cfg.autocast).to(device)
     rng = np.random.default_rng(0)
     times = []
@@ -272,11 +263,6 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix for the result files (e.g. cpu, h100)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    import torch
-
-    from recsys.core.config import load_settings
-    from training.text import model as tm
-
     device = tm.resolve_device(args.device)
     tm.seed_everything(0)
     report: dict[str, Any] = {

@@ -29,6 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from feature_store.db import connect
+from recsys.core import rules
+from recsys.core.config import load_settings
+from recsys.evaluation.protocol import run_protocol
+from training import registry
+from training.ranker.run import train_and_log
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SHOWN = ("popularity", "item_knn", "als", "tfidf", "text_only", "ranker_no_text", "ranker")
 
@@ -45,13 +52,6 @@ def timed_cli(args: list[str]) -> float:
 
 
 def one_seed(seed: int) -> dict[str, Any]:
-    from feature_store.db import connect
-    from recsys.core import rules
-    from recsys.core.config import load_settings
-    from recsys.evaluation.protocol import run_protocol
-    from training import registry
-    from training.ranker.run import train_and_log
-
     settings = load_settings(overrides={"seed": seed})
     con = connect(settings.db_path)
     try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 
 from feature_store.rules_sql import positive_sql
@@ -248,7 +249,6 @@ def newest_event(con: duckdb.DuckDBPyConnection, relation: str) -> datetime | No
 
 
 def _id_table(ids: np.ndarray, column: str) -> Any:
-    import pyarrow as pa
 
     return pa.table(
         {column: pa.array(list(ids), pa.string()), "idx": pa.array(np.arange(len(ids)))}

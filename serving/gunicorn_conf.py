@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any
 
+from prometheus_client import multiprocess
+
 # Threads let one worker overlap DuckDB queries (which release the GIL) and keep-alive clients.
 # gthread, timing each request's wait in the queue for load shedding (serving/overload.py), and
 # booting under serving.boot_timeout_seconds rather than ``timeout`` (serving/worker.py)
@@ -38,8 +40,6 @@ control_socket_disable = True
 def child_exit(server: Any, worker: Any) -> None:
     """Drop a dead worker's live gauges from the shared Prometheus files."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
         multiprocess.mark_process_dead(worker.pid)
 
 

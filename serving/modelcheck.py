@@ -29,10 +29,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from recsys.core import rules
 from recsys.core.config import Settings
 from serving.errors import ReloadRefusedError
 from training import registry
+from training.ranker.model import RankerModel
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +88,6 @@ def parse_in_child(directory: Path, timeout: float = PARSE_TIMEOUT_SECONDS) -> s
 
 def child_main(argv: list[str]) -> int:
     """The child's side: load the ranker and score one row of zeros (a crash here is the point)."""
-    import numpy as np
-
-    from training.ranker.model import RankerModel
-
     model = RankerModel.load(Path(argv[1]))
     scores = model.predict(np.zeros((1, len(model.feature_names))))
     if scores.shape != (1,):

@@ -20,11 +20,13 @@ from typing import Any
 
 from recsys.core import rules
 from recsys.core.config import Settings
-from recsys.core.errors import ModelNotReadyError
+from recsys.core.errors import MissingDependencyError, ModelNotReadyError
+from recsys.pipeline import loader
 from serving.errors import ReloadRefusedError
 from serving.metrics import Metrics
 from serving.modelcheck import ModelRefusedError, ModelVerifier
 from serving.snapshot import SnapshotReader, close_snapshot, open_snapshot, serving_dir
+from training import registry
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,6 @@ def registry_exists(settings: Settings) -> bool:
 
     Saves the writer and the watchers from importing MLflow and creating an empty store.
     """
-    from training import registry
-
     uri = registry.tracking_uri(settings)
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).is_file()
@@ -59,10 +59,9 @@ def load_recommender(
     """The production loader: ``recsys.pipeline.loader.load_recommender`` (on ``ranker``, else
     the version behind ``alias``)."""
     try:
-        from recsys.pipeline import loader
-    except ImportError as exc:
-        raise ModelNotReadyError(f"the recommendation pipeline cannot be imported: {exc}") from exc
-    return loader.load_recommender(settings, con, ranker=ranker, alias=alias)
+        return loader.load_recommender(settings, con, ranker=ranker, alias=alias)
+    except MissingDependencyError as exc:
+        raise ModelNotReadyError(f"the recommendation pipeline cannot run: {exc}") from exc
 
 
 class ModelHolder:
@@ -217,8 +216,6 @@ class ModelHolder:
                 challenger = self.loader(self.settings, con, alias=alias)
                 self.challenger_tried = dict(challenger.model_versions).get(rules.RANKER_MODEL_NAME)
                 return challenger
-            from training import registry
-
             ref = registry.aliased(self.settings, rules.RANKER_MODEL_NAME, alias)
             self.challenger_tried = ref.version if ref is not None else None
             if ref is None:
@@ -351,7 +348,6 @@ class Watcher:
         return True
 
     def _champions_changed(self) -> bool:
-        from training import registry
 
         if not registry_exists(self.settings):
             return False

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from flask import Flask, Response, request
 
 from serving.errors import ApiKeyNotConfiguredError, UnauthorizedError
+from serving.state import state
 
 API_KEY_HEADER = "X-API-Key"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,8 +34,6 @@ def require_api_key(view: F) -> F:
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from serving.state import state
-
         configured = state().settings.serving.api_key.get_secret_value()
         check_api_key(configured, request.headers.get(API_KEY_HEADER))
         return view(*args, **kwargs)

@@ -38,6 +38,7 @@ from feature_store.validation import printable
 from recsys.core.config import Settings
 from recsys.core.errors import RecsysError
 from recsys.core.rules import LIVE_SCOPE, TEXT_MODEL_NAME
+from serving.compat import refresh_user_embeddings
 from serving.eventlog import EventLog, LoggedEvent
 from serving.heartbeat import WriterStatus
 from serving.models import registry_exists
@@ -48,6 +49,7 @@ from serving.snapshot import (
     read_pointer,
     serving_dir,
 )
+from training import registry
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +288,6 @@ class EventWriter:
             return 0
         version, model_dir = model
         try:
-            from training.text.scoring import refresh_user_embeddings
-
             return int(
                 refresh_user_embeddings(
                     con, self.settings, model_dir, version, list(user_ids), scope=LIVE_SCOPE.name
@@ -310,8 +310,6 @@ class EventWriter:
 
     def _champion_text_model(self) -> tuple[str, Path] | None:
         """(version, local directory) of the text-scorer champion, downloaded once per version."""
-        from training import registry
-
         if not registry_exists(self.settings):
             return None
         ref = registry.champion(self.settings, TEXT_MODEL_NAME)

@@ -11,6 +11,7 @@ import duckdb
 import pytest
 
 from feature_store.db import connect
+from recsys.core import compat
 from recsys.core.config import Settings, load_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,10 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     try:
-        import torch
-
-        has_cuda = torch.cuda.is_available()
-    except ImportError:
+        has_cuda = compat.torch().cuda.is_available()
+    except ImportError:  # recsys.core.compat's MissingDependencyError is one
         has_cuda = False
     if not has_cuda:
         skip_gpu = pytest.mark.skip(reason="needs CUDA")

@@ -8,6 +8,9 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -22,9 +25,6 @@ def vocab_from_texts(texts: Iterable[str]) -> list[str]:
 
 def write_tiny_bert(path: Path, vocab: list[str], *, hidden: int = 32, seed: int = 0) -> Path:
     """Save a randomly initialized 2-layer BERT and its WordPiece tokenizer to ``path``."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     path.mkdir(parents=True, exist_ok=True)
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)

@@ -30,6 +30,7 @@ from typing import Any
 import duckdb
 
 from recsys.algorithms.text_index import TextIndex
+from recsys.core import compat
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError, NotFoundError
 from recsys.core.rules import CHAMPION_ALIAS as CHAMPION
@@ -60,9 +61,7 @@ def tracking_uri(settings: Settings) -> str:
 
 def client(settings: Settings) -> Any:
     """An ``MlflowClient`` on the settings' tracking store (created on first use)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
+    mlflow = compat.mlflow()
     uri = tracking_uri(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     relocate_local_store(settings)
@@ -75,7 +74,7 @@ def client(settings: Settings) -> Any:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = exported
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return mlflow.tracking.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 _RELOCATION_CHECKED: set[str] = set()
@@ -167,8 +166,7 @@ def start_run(
     or KILLED on Ctrl-C or SIGTERM (SIGTERM is turned into ``KeyboardInterrupt`` while the run
     is open in the main thread); the interrupt is re-raised.
     """
-    import mlflow
-
+    mlflow = compat.mlflow()
     client(settings)
     all_tags = {"git_commit": git_commit(), **(tags or {})}
     if data_fingerprint:
@@ -229,14 +227,13 @@ def log_store_input(
 ) -> None:
     """Log the store the active run read as an MLflow dataset input: name ``recsys-store``,
     digest ``data_fingerprint`` (one definition for every run), source the DuckDB file."""
-    import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
+    mlflow = compat.mlflow()
+    resolve_dataset_source = compat.mlflow("data.dataset_source_registry").resolve_dataset_source
+    MetaDataset = compat.mlflow("data.meta_dataset").MetaDataset
     with warnings.catch_warnings():  # "file:" matches MLflow's local source class twice
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(Path(settings.db_path).resolve().as_uri())
-    dataset = MetaDataset(  # type: ignore[abstract]  # profile is None at run time
+    dataset = MetaDataset(  # abstract in MLflow's types: its profile is None at run time
         source=source, name=STORE_DATASET, digest=fingerprint
     )
     mlflow.log_input(dataset, context=context, tags={k: str(v) for k, v in counts.items()})
@@ -244,9 +241,8 @@ def log_store_input(
 
 def log_metric_history(key: str, values: Sequence[float], first_step: int = 1) -> None:
     """One metric's curve (e.g. per boosting iteration) in a few batched writes."""
-    import mlflow
-    from mlflow.entities import Metric
-
+    mlflow = compat.mlflow()
+    Metric = compat.mlflow("entities").Metric
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("log_metric_history needs an active run")
@@ -409,8 +405,7 @@ def download(
     settings: Settings, name: str, version: str | None = None, dst: Path | None = None
 ) -> tuple[ModelRef, Path]:
     """Download a registered version (default: the champion) and return its local directory."""
-    import mlflow
-
+    mlflow = compat.mlflow()
     client(settings)
     if version is None:
         ref = champion(settings, name)
@@ -428,36 +423,31 @@ def download(
 
 def set_tags(tags: Mapping[str, str]) -> None:
     """Tag the active run (e.g. with what the job found out after the run was opened)."""
-    import mlflow
-
+    mlflow = compat.mlflow()
     mlflow.set_tags(dict(tags))
 
 
 def log_params(params: Mapping[str, Any]) -> None:
     """Log ``params`` to the active run."""
-    import mlflow
-
+    mlflow = compat.mlflow()
     mlflow.log_params(dict(params))
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log ``metrics`` (names as ``recsys.core.rules`` spells them) to the active run."""
-    import mlflow
-
+    mlflow = compat.mlflow()
     mlflow.log_metrics(mlflow_metrics(metrics), step=step)
 
 
 def log_artifact(path: Path | str, artifact_path: str) -> None:
     """Log one file to the active run under ``artifact_path``."""
-    import mlflow
-
+    mlflow = compat.mlflow()
     mlflow.log_artifact(str(path), artifact_path)
 
 
 def log_artifacts(directory: Path | str, artifact_path: str) -> None:
     """Log a directory's files to the active run under ``artifact_path``."""
-    import mlflow
-
+    mlflow = compat.mlflow()
     mlflow.log_artifacts(str(directory), artifact_path)
 
 

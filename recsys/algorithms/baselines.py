@@ -13,10 +13,12 @@ from datetime import datetime
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from feature_store.interactions import Interactions
 from recsys.algorithms.state import Arrays, Maps, csr_arrays, csr_from
 from recsys.algorithms.topk import DenseGenerator
+from recsys.core import compat
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,8 @@ class ItemKNN(DenseGenerator):
         self.k = int(k)
 
     def fit(self, data: Interactions) -> ItemKNN:
-        from implicit.nearest_neighbours import CosineRecommender
-        from implicit.utils import ParameterWarning
+        CosineRecommender = compat.implicit("nearest_neighbours").CosineRecommender
+        ParameterWarning = compat.implicit("utils").ParameterWarning
 
         self.data = data
         self.x = data.positives.astype(bool).astype(np.float32).tocsr()
@@ -82,12 +84,10 @@ class ALS(DenseGenerator):
         self.iterations, self.alpha, self.seed = iterations, alpha, seed
 
     def fit(self, data: Interactions) -> ALS:
-        from threadpoolctl import threadpool_limits
-
         # implicit warns (and is slow) when BLAS runs its own threads beside its workers.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         with threadpool_limits(limits=1, user_api="blas"):
-            from implicit.cpu.als import AlternatingLeastSquares
+            AlternatingLeastSquares = compat.implicit("cpu.als").AlternatingLeastSquares
 
             self.data = data
             model = AlternatingLeastSquares(

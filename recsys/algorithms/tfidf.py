@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from feature_store.interactions import Interactions
 from recsys.algorithms.topk import DenseGenerator
+from recsys.core import compat
 
 RECENCY_DECAY = 0.98  # per liked item, newest first: the 35th newest item weighs ~0.5
 LENGTH_DAMPING = 0.5  # 1: plain cosine; 0: dot product with the raw item vector
@@ -50,7 +51,7 @@ class TfidfItems:
 
 def fit_item_vectors(texts: Sequence[str]) -> TfidfItems:
     """Fit the TF-IDF vectorizer on ``texts`` (one per catalog item) and vectorize them."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    TfidfVectorizer = compat.sklearn("feature_extraction.text").TfidfVectorizer
 
     # min_df=2 drops one-off tokens (typos, unique names) on a real catalog; tiny ones keep all.
     vectorizer = TfidfVectorizer(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -13,27 +14,66 @@ import click
 from recsys.core.config import Settings, load_settings
 from recsys.core.errors import RecsysError
 
-# name -> "module:attribute" of a click command or group
+
+@dataclass(frozen=True)
+class Lazy:
+    """A subcommand by import path, with the one line ``--help`` lists for it, so that listing
+    the commands imports none of them (tests/unit/test_cli_lazy.py checks the line matches)."""
+
+    target: str  # "module:attribute" of a click command or group
+    help: str
+
+
 _COMMANDS = {
-    "ingest": "recsys.cli.ingest:ingest",
-    "train": "recsys.cli:train",
-    "score": "recsys.cli.text:score",
-    "evaluate": "recsys.cli.evaluate:evaluate",
-    "serve": "recsys.cli.serve:serve",
-    "models": "recsys.cli.models:models",
-    "demo": "recsys.cli.demo:demo",
-    "features": "recsys.cli.features:features",
+    "ingest": Lazy(
+        "recsys.cli.ingest:ingest",
+        "Load events and items into the DuckDB store (validated; bad rows -> quarantine).",
+    ),
+    "train": Lazy("recsys.cli:train", "Train the text model or the ranker (each an MLflow run)."),
+    "score": Lazy(
+        "recsys.cli.text:score",
+        "Embed the catalog and every user; write embeddings and top-N text scores to DuckDB.",
+    ),
+    "evaluate": Lazy(
+        "recsys.cli.evaluate:evaluate",
+        "Evaluate on the split (full ranking; impression logs add per-impression metrics on the "
+        "held-out served lists) and write report.json, report.md and plots; or, with --online, "
+        "the interleaving win rate of a challenger over the champion.",
+    ),
+    "serve": Lazy(
+        "recsys.cli.serve:serve",
+        "Serve the HTTP API (gunicorn) and ingest posted events (one writer process).",
+    ),
+    "models": Lazy(
+        "recsys.cli.models:models", "Inspect and promote registered models (MLflow registry)."
+    ),
+    "demo": Lazy(
+        "recsys.cli.demo:demo",
+        "Ingest MovieLens + movie text, train text model and ranker, evaluate, promote, serve.",
+    ),
+    "features": Lazy(
+        "recsys.cli.features:features",
+        "Compute features for REQUESTS_FILE (CSV or Parquet with user_id, item_id, as_of).",
+    ),
 }
 _TRAIN_COMMANDS = {
-    "text": "recsys.cli.text:train_text",
-    "ranker": "recsys.cli.ranker:train_ranker",
+    "text": Lazy(
+        "recsys.cli.text:train_text",
+        "Fine-tune the two-tower BERT text scorer on protocol v1 (one MLflow run).",
+    ),
+    "ranker": Lazy(
+        "recsys.cli.ranker:train_ranker",
+        "Train the ranker (and its no-text ablation) on the store; register it as `ranker`.",
+    ),
 }
 
 
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported only when used."""
+    """A group whose subcommands are imported only when invoked (click's documented lazy
+    subcommand pattern), so ``recsys --help`` and ``recsys ingest`` never import torch, MLflow,
+    LightGBM or Flask; ``--help`` lists them from their ``Lazy.help`` lines."""
 
-    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lazy: dict[str, Lazy] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lazy = lazy or {}
 
@@ -42,12 +82,26 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.lazy:
-            module, _, attr = self.lazy[cmd_name].partition(":")
-            cmd = getattr(importlib.import_module(module), attr)
-            if not isinstance(cmd, click.Command):
-                raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
-            return cmd
+            return load_command(self.lazy[cmd_name])
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            if name in self.lazy:
+                # a bare Command only to shorten the line the way click shortens command help
+                short = click.Command(name, help=self.lazy[name].help).get_short_help_str(limit)
+                rows.append((name, short))
+                continue
+            cmd = super().get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -55,6 +109,15 @@ class LazyGroup(click.Group):
         except RecsysError as exc:
             logging.getLogger("recsys").debug("command failed", exc_info=True)
             raise click.ClickException(str(exc)) from exc
+
+
+def load_command(lazy: Lazy) -> click.Command:
+    """Import the module that defines ``lazy.target`` and return its click command."""
+    module, _, attr = lazy.target.partition(":")
+    cmd = getattr(importlib.import_module(module), attr)
+    if not isinstance(cmd, click.Command):
+        raise TypeError(f"{lazy.target} is not a click command")
+    return cmd
 
 
 def settings_from(ctx: click.Context, **overrides: Any) -> Settings:

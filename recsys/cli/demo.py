@@ -22,7 +22,10 @@ from pathlib import Path
 import click
 
 from recsys.cli import settings_from
+from recsys.core import compat
 from recsys.core.config import Settings
+from recsys.core.rules import TEXT_MODEL_NAME
+from training import registry
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +124,13 @@ def _run(settings: Settings, args: Sequence[str], extra_env: dict[str, str] | No
 
 def _has_text_champion(settings: Settings) -> bool:
     """Whether a text-scorer version holds the champion alias (there is something to score)."""
-    from recsys.core.rules import TEXT_MODEL_NAME
-    from training import registry
-
     return registry.champion(settings, TEXT_MODEL_NAME) is not None
 
 
 def _cuda_available() -> bool:
     try:
-        import torch
-    except ImportError:
+        torch = compat.torch()
+    except ImportError:  # MissingDependencyError is one
         return False
     return bool(torch.cuda.is_available())
 

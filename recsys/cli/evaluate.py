@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from datetime import datetime
@@ -10,9 +11,26 @@ from typing import Any
 
 import click
 
+from feature_store.adapters.mind import ingest_mind
+from feature_store.db import connect
 from recsys.cli import settings_from
 from recsys.core import rules
+from recsys.core.errors import EvaluationError, ModelNotReadyError
+from recsys.evaluation.impressions import evaluate_impressions, has_served_lists
+from recsys.evaluation.online import (
+    evaluate_online,
+    log_online_to_mlflow,
+    win_rate_text,
+    write_online_report,
+)
+from recsys.evaluation.protocol import PROTOCOL, SYSTEMS, check_systems, run_protocol
+from recsys.evaluation.provenance import provenance
+from recsys.evaluation.replay import HistoryText, ranker_scorer, replay, systems_for
+from recsys.evaluation.report import log_to_mlflow, write_report
 from recsys.evaluation.uncertainty import DEFAULT_RESAMPLES
+from training import registry
+from training.ranker.model import RankerModel
+from training.registry import load_text_index
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +100,6 @@ def evaluate(
         return
     if since is not None or as_json:
         raise click.UsageError("--since and --json go with --online")
-    from feature_store.db import connect
-    from recsys.core.errors import EvaluationError
-    from recsys.evaluation.protocol import PROTOCOL, SYSTEMS, check_systems, run_protocol
-    from recsys.evaluation.provenance import provenance
-    from recsys.evaluation.report import log_to_mlflow, write_report
-    from training import registry
-
     settings = settings_from(ctx)
     out = Path(output) if output else settings.reports_dir / "evaluate"
     chosen = tuple(s.strip() for s in systems.split(",") if s.strip()) if systems else SYSTEMS
@@ -149,18 +160,6 @@ def evaluate(
 
 def _online(ctx: click.Context, output: str | None, since: datetime | None, as_json: bool) -> None:
     """``recsys evaluate --online``: wins per interleaved list, win rate, interval, p-value."""
-    import json
-
-    from feature_store.db import connect
-    from recsys.core.errors import EvaluationError
-    from recsys.evaluation.online import (
-        evaluate_online,
-        log_online_to_mlflow,
-        win_rate_text,
-        write_online_report,
-    )
-    from training import registry
-
     settings = settings_from(ctx)
     if not settings.db_path.exists():
         raise EvaluationError(
@@ -192,9 +191,6 @@ def _online(ctx: click.Context, output: str | None, since: datetime | None, as_j
 
 def _impressions(settings: Any, con: Any, report: dict[str, Any]) -> None:
     """Impression logs: per-impression metrics on the held-out served lists."""
-    from recsys.core.errors import EvaluationError
-    from recsys.evaluation.impressions import evaluate_impressions, has_served_lists
-
     if not has_served_lists(con):
         return
     try:
@@ -206,8 +202,6 @@ def _impressions(settings: Any, con: Any, report: dict[str, Any]) -> None:
 
 def _check_replay(result: dict[str, Any]) -> None:
     """Refuse a replay in which no list has both a click and a non-click (nothing scored)."""
-    from recsys.core.errors import EvaluationError
-
     lists = [int(m.get("impressions", 0)) for m in result.get("systems", {}).values()]
     if not lists or max(lists) == 0:
         raise EvaluationError(
@@ -217,9 +211,6 @@ def _check_replay(result: dict[str, Any]) -> None:
 
 
 def _replay(settings: Any, con: Any, source: str) -> dict[str, Any]:
-    from feature_store.db import connect
-    from recsys.evaluation.replay import replay, systems_for
-
     if source == "store":
         scorers, text = _model_scorers(settings, con)
         result = replay(con, systems_for(None, scorers), text=text)
@@ -230,8 +221,6 @@ def _replay(settings: Any, con: Any, source: str) -> dict[str, Any]:
         raise click.BadParameter(
             f"{source} is neither 'store' nor a directory", param_hint="--replay"
         )
-    from feature_store.adapters.mind import ingest_mind
-
     # A MIND log goes into a scratch store so the product store is left as it was.
     with tempfile.TemporaryDirectory(prefix="recsys-replay-") as tmp:
         scratch = connect(Path(tmp) / "replay.duckdb")
@@ -250,12 +239,6 @@ def _replay(settings: Any, con: Any, source: str) -> dict[str, Any]:
 
 def _model_scorers(settings: Any, con: Any) -> tuple[dict[str, Any], Any | None]:
     """The champion ranker (and, when it uses text, a history-based text scorer)."""
-    from recsys.core.errors import ModelNotReadyError
-    from recsys.evaluation.replay import HistoryText, ranker_scorer
-    from training import registry
-    from training.ranker.model import RankerModel
-    from training.registry import load_text_index
-
     try:
         _, path = registry.download(settings, rules.RANKER_MODEL_NAME)
     except ModelNotReadyError as exc:

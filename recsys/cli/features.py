@@ -6,16 +6,15 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
+import polars as pl
 
+from feature_store.db import connect
+from feature_store.features import FEATURE_COLUMNS, compute_features
 from recsys.cli import settings_from
 from recsys.core.errors import DataValidationError
 from recsys.core.rules import FIT_SCOPE, LIVE_SCOPE, TRAIN_SCOPE
-
-if TYPE_CHECKING:
-    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +39,6 @@ log = logging.getLogger(__name__)
 @click.pass_context
 def features(ctx: click.Context, requests_file: Path, output: Path, events: str) -> None:
     """Compute features for REQUESTS_FILE (CSV or Parquet with user_id, item_id, as_of)."""
-    import polars as pl
-
-    from feature_store.db import connect
-    from feature_store.features import FEATURE_COLUMNS, compute_features
-
     settings = settings_from(ctx)
     requests = read_requests(requests_file)
     log.info("read %d request rows from %s", requests.height, requests_file)
@@ -80,8 +74,6 @@ def features(ctx: click.Context, requests_file: Path, output: Path, events: str)
 
 def read_requests(path: Path) -> pl.DataFrame:
     """user_id, item_id (as text) and as_of (parsed as UTC) from a CSV or Parquet file."""
-    import polars as pl
-
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":

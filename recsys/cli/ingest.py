@@ -15,6 +15,11 @@ from pathlib import Path
 import click
 import duckdb
 
+from feature_store.adapters.mind import ingest_mind
+from feature_store.adapters.movielens import ingest_movielens
+from feature_store.db import connect
+from feature_store.ingest import ingest_events_file, ingest_items_file
+from feature_store.task import apply_task
 from recsys.cli import settings_from
 
 EXIT_QUARANTINED = 3
@@ -39,8 +44,6 @@ def ingest() -> None:
 @click.pass_context
 def events(ctx: click.Context, file: Path, fmt: str | None, strict: bool) -> None:
     """Ingest an events FILE (CSV, TSV, Parquet or JSONL; columns in docs/ingest.md)."""
-    from feature_store.ingest import ingest_events_file
-
     with _store(ctx) as con:
         started = time.monotonic()
         result = ingest_events_file(con, file, fmt=fmt, strict=strict)
@@ -54,8 +57,6 @@ def events(ctx: click.Context, file: Path, fmt: str | None, strict: bool) -> Non
 @click.pass_context
 def items(ctx: click.Context, file: Path, fmt: str | None, strict: bool) -> None:
     """Ingest an items FILE; an item id already in the store is replaced."""
-    from feature_store.ingest import ingest_items_file
-
     with _store(ctx) as con:
         started = time.monotonic()
         result = ingest_items_file(con, file, fmt=fmt, strict=strict)
@@ -79,8 +80,6 @@ def items(ctx: click.Context, file: Path, fmt: str | None, strict: bool) -> None
 @click.pass_context
 def movielens(ctx: click.Context, data_dir: Path | None, encoding: str) -> None:
     """Ingest MovieLens (ml-latest-small or a '::' release) with optional TMDB/OMDb item text."""
-    from feature_store.adapters.movielens import ingest_movielens
-
     settings = settings_from(ctx, data_dir=str(data_dir) if data_dir else None)
     with _store(ctx) as con:
         started = time.monotonic()
@@ -100,8 +99,6 @@ def movielens(ctx: click.Context, data_dir: Path | None, encoding: str) -> None:
 @click.pass_context
 def mind(ctx: click.Context, directory: Path) -> None:
     """Ingest a MIND-style DIRECTORY holding news.tsv and behaviors.tsv."""
-    from feature_store.adapters.mind import ingest_mind
-
     with _store(ctx) as con:
         started = time.monotonic()
         summary = ingest_mind(con, directory)
@@ -116,8 +113,6 @@ def mind(ctx: click.Context, directory: Path) -> None:
 @contextmanager
 def _store(ctx: click.Context) -> Iterator[duckdb.DuckDBPyConnection]:
     """The settings' store, open read-write for one command."""
-    from feature_store.db import connect
-
     con = connect(settings_from(ctx).db_path)
     try:
         yield con
@@ -149,8 +144,6 @@ def _report(
         click.echo(f"first quarantined rows (all {bad:,} are in the quarantine table):", err=True)
         for source, row, column, reason, raw in rows:
             click.echo(f"  file {source}, row {row}, column {column!r}: {reason}  {raw}", err=True)
-    from feature_store.task import apply_task
-
     task = apply_task(con, settings_from(ctx).task)
     click.echo(task.describe())
     click.echo(f"done in {time.monotonic() - started:.1f} s; store {settings_from(ctx).db_path}")

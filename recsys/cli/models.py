@@ -9,6 +9,7 @@ import click
 from recsys.cli import settings_from
 from recsys.core import rules
 from recsys.core.rules import MODEL_NAMES
+from training import registry
 
 
 @click.group()
@@ -22,8 +23,6 @@ def models() -> None:
 @click.pass_context
 def list_models(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """List registered versions with their aliases and key metrics."""
-    from training import registry
-
     settings = settings_from(ctx)
     rows = [
         row
@@ -62,8 +61,6 @@ def list_models(ctx: click.Context, name: str | None, as_json: bool) -> None:
 @click.pass_context
 def promote(ctx: click.Context, name: str, version: str, alias: str) -> None:
     """Point the alias (default `champion`) of NAME at VERSION (serving picks it up on reload)."""
-    from training import registry
-
     ref = registry.promote(settings_from(ctx), name, version, alias)
     click.echo(f"{ref.name} version {ref.version} is now {alias}")
 
@@ -74,8 +71,6 @@ def promote(ctx: click.Context, name: str, version: str, alias: str) -> None:
 @click.pass_context
 def unalias(ctx: click.Context, name: str, alias: str) -> None:
     """Remove ALIAS from NAME (e.g. end an interleaving test: `unalias ranker challenger`)."""
-    from training import registry
-
     if alias == rules.CHAMPION_ALIAS:
         raise click.UsageError(
             f"the {rules.CHAMPION_ALIAS} alias is what serving loads; promote another version "
@@ -92,8 +87,6 @@ def unalias(ctx: click.Context, name: str, alias: str) -> None:
 @click.pass_context
 def compare(ctx: click.Context, name: str, versions: tuple[str, ...]) -> None:
     """Side-by-side metrics of several versions of NAME."""
-    from training import registry
-
     settings = settings_from(ctx)
     by_version = {row["version"]: row for row in registry.list_versions(settings, name)}
     missing = [v for v in versions if v not in by_version]

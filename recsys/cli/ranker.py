@@ -6,7 +6,9 @@ import json
 
 import click
 
+from feature_store.db import connect
 from recsys.cli import settings_from
+from training.ranker.run import train_and_log
 
 
 @click.command("ranker")
@@ -39,9 +41,6 @@ def train_ranker(
     force: bool,
 ) -> None:
     """Train the ranker (and its no-text ablation) on the store; register it as `ranker`."""
-    from feature_store.db import connect
-    from training.ranker.run import train_and_log
-
     settings = settings_from(
         ctx,
         **{

@@ -21,6 +21,17 @@ import click
 
 from recsys.cli import settings_from
 from recsys.core.config import ENV_PREFIX, Settings
+from serving.app import create_app
+from serving.heartbeat import HEARTBEAT_FILE, Heartbeat
+from serving.snapshot import serving_dir
+from serving.supervisor import (
+    GUNICORN_STOP_SECONDS,
+    WRITER_STOP_SECONDS,
+    Child,
+    Supervisor,
+    on_stop_signals,
+)
+from serving.writer import EventWriter, ensure_snapshot, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +61,6 @@ def serve(
     supervised: bool,
 ) -> None:
     """Serve the HTTP API (gunicorn) and ingest posted events (one writer process)."""
-    from serving.supervisor import on_stop_signals
-
     settings = settings_from(
         ctx, **{"serving.host": host, "serving.port": port, "serving.workers": workers}
     )
@@ -75,10 +84,6 @@ def serve(
 
 def run_writer(settings: Settings, stop: threading.Event, *, supervised: bool = False) -> None:
     """The event writer until ``stop``: heartbeat, flush loop, one bounded last flush."""
-    from serving.heartbeat import HEARTBEAT_FILE, Heartbeat
-    from serving.snapshot import serving_dir
-    from serving.writer import EventWriter, writer_lock
-
     wait = _WRITER_LOCK_WAIT_SECONDS if supervised else 0.0
     with writer_lock(settings, wait_seconds=wait):
         writer = EventWriter(settings)
@@ -94,14 +99,6 @@ def run_writer(settings: Settings, stop: threading.Event, *, supervised: bool = 
 
 
 def _serve_gunicorn(settings: Settings, stop: threading.Event) -> int:
-    from serving.supervisor import (
-        GUNICORN_STOP_SECONDS,
-        WRITER_STOP_SECONDS,
-        Child,
-        Supervisor,
-    )
-    from serving.writer import ensure_snapshot
-
     ensure_snapshot(settings)  # a first run: workers boot with the store; never drains the log
 
     s = settings.serving
@@ -134,8 +131,6 @@ def _serve_gunicorn(settings: Settings, stop: threading.Event) -> int:
 
 
 def _serve_dev(settings: Settings, stop: threading.Event) -> None:
-    from serving.app import create_app
-
     thread = threading.Thread(
         target=run_writer, args=(settings, stop), name="event-writer", daemon=True
     )

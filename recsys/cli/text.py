@@ -12,8 +12,12 @@ from pathlib import Path
 
 import click
 
+from feature_store.db import connect
 from recsys.cli import settings_from
 from recsys.core import rules
+from training import registry
+from training.text.scoring import score_store
+from training.text.train import train_text_model
 
 SCOPE_CHOICES = tuple(rules.SCOPES)
 
@@ -53,9 +57,6 @@ def train_text(
     as_json: bool,
 ) -> None:
     """Fine-tune the two-tower BERT text scorer on protocol v1 (one MLflow run)."""
-    from feature_store.db import connect
-    from training.text.train import train_text_model
-
     settings = settings_from(ctx, **{"text.model": model})
     tower = settings.text.model == "tower"
     settings = settings_from(
@@ -132,10 +133,6 @@ def score(
     ctx: click.Context, model_version: str, scopes: tuple[str, ...], batch_size: int | None
 ) -> None:
     """Embed the catalog and every user; write embeddings and top-N text scores to DuckDB."""
-    from feature_store.db import connect
-    from training import registry
-    from training.text.scoring import score_store
-
     settings = settings_from(ctx)
     version = None if model_version == "champion" else model_version
     with tempfile.TemporaryDirectory(prefix="text-scorer-") as tmp:

@@ -74,3 +74,10 @@ class EvaluationError(RecsysError):
 
     code = "nothing_to_evaluate"
     http_status = 409
+
+
+class MissingDependencyError(RecsysError, ImportError):
+    """A heavy library a step needs cannot be imported (recsys.core.compat names the package)."""
+
+    code = "missing_dependency"
+    http_status = 500

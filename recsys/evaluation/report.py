@@ -8,6 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from recsys.core import compat
 from recsys.core.rules import COLD_ITEM_MAX_EVENTS, POSITIVE_RATING
 from recsys.evaluation.report_sections import (
     intervals_md,
@@ -149,19 +152,8 @@ def _best_baseline(systems: dict[str, Any]) -> str | None:
     return max(base, key=lambda n: systems[n]["ndcg@10"]) if base else None
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_metrics(report: dict[str, Any], path: Path) -> Path:
-    import numpy as np
-
-    plt = _pyplot()
+    plt = compat.pyplot()
     systems = report["systems"]
     names = list(systems)
     x = np.arange(len(METRICS))
@@ -179,7 +171,7 @@ def _plot_metrics(report: dict[str, Any], path: Path) -> Path:
 
 
 def _plot_history(report: dict[str, Any], path: Path) -> Path:
-    plt = _pyplot()
+    plt = compat.pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, m in report["systems"].items():
         buckets = m["ndcg@10_by_history"]
@@ -198,9 +190,7 @@ def _plot_history(report: dict[str, Any], path: Path) -> Path:
 
 
 def _plot_replay(replay: dict[str, Any], path: Path, title: str = "logged-click replay") -> Path:
-    import numpy as np
-
-    plt = _pyplot()
+    plt = compat.pyplot()
     keys = ("auc", "mrr", "ndcg@5", "ndcg@10")
     names = list(replay["systems"])
     x = np.arange(len(keys))

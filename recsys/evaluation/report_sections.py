@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from recsys.core import compat
 from recsys.evaluation.uncertainty import warnings
 
 CI_METRICS: tuple[str, ...] = ("ndcg@10", "recall@10", "mrr@10", "cold_ndcg@10")
@@ -118,11 +121,7 @@ def text_effect_md(report: dict[str, Any]) -> list[str]:
 
 def plot_cold_slice(report: dict[str, Any], path: Path) -> Path:
     """Cold-item NDCG@10 per system, on its own scale, with bootstrap intervals when present."""
-    import numpy as np
-
-    from recsys.evaluation.report import _pyplot
-
-    plt = _pyplot()
+    plt = compat.pyplot()
     systems = report["systems"]
     names = list(systems)
     values = np.array([systems[n]["cold_ndcg@10"] for n in names])

@@ -9,7 +9,9 @@ import pytest
 
 from tests.factories import load_into_store, make_catalog, make_events
 from tests.tiny_bert import vocab_from_texts, write_tiny_bert
+from training import registry
 from training.text import model as tm
+from training.text.scoring import score_store
 from training.text.texts import item_summaries, item_texts
 from training.text.train import train_text_model
 
@@ -44,9 +46,6 @@ def test_training_and_embedding_on_cuda(store, settings, tmp_path: Path) -> None
 def test_history_tower_fine_tunes_every_layer_and_scores_on_cuda(
     store, settings, tmp_path: Path
 ) -> None:
-    from training import registry
-    from training.text.scoring import score_store
-
     load_into_store(store, make_catalog(30), make_events(12, 30, 15))
     texts = [*item_texts(store).values(), *item_summaries(store).short.values()]
     model_dir = write_tiny_bert(tmp_path / "tiny", vocab_from_texts(texts))

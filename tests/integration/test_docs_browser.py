@@ -7,6 +7,7 @@ so, where they are absent.
 
 from __future__ import annotations
 
+import json
 import shutil
 import urllib.parse
 from collections.abc import Iterator
@@ -124,8 +125,6 @@ def test_swagger_ui_renders_every_operation_offline(
 
 def _requested_urls(driver: Any) -> list[str]:
     """Every URL the page asked for: the DevTools log plus the page's resource timings."""
-    import json
-
     urls = []
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]

@@ -13,9 +13,11 @@ from click.testing import CliRunner
 
 from feature_store.adapters.movielens import ingest_movielens
 from feature_store.db import connect
-from feature_store.features import FEATURE_COLUMNS, compute_features
+from feature_store.features import FEATURE_COLUMNS, FeatureSnapshot, compute_features
 from feature_store.splits import materialize_protocol_split
 from recsys.cli import main
+from tests.unit.features_reference import reference_features
+from tests.unit.test_features_snapshot import assert_close
 
 pytestmark = pytest.mark.integration
 
@@ -110,8 +112,6 @@ def test_cli_features_rejects_bad_file(ml_home: Path, tmp_path: Path) -> None:
 def test_snapshot_equals_the_store_for_real_users(ml: duckdb.DuckDBPyConnection) -> None:
     """The serving fast path on MovieLens: a few users x 300 popular items, at "now" and at
     each user's test start, bit for bit equal to reading the store (both read modes)."""
-    from feature_store.features import FeatureSnapshot
-
     snap = FeatureSnapshot.build(ml.cursor())
     assert snap.n_events == ml.execute("SELECT count(*) FROM events").fetchone()[0]
     items = [
@@ -137,9 +137,6 @@ def test_same_values_as_the_first_implementation_on_real_data(
     ml: duckdb.DuckDBPyConnection,
 ) -> None:
     """The numpy timelines against the polars version they replaced, on protocol rows."""
-    from tests.unit.features_reference import reference_features
-    from tests.unit.test_features_snapshot import assert_close
-
     rows = ml.execute(
         "SELECT s.user_id, s.item_id, u.test_start AS as_of FROM split_v1 s "
         "JOIN split_v1_users u USING (user_id) WHERE s.part = 'test' "

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from recsys.cli import main
 from tests.integration.test_server import running_server
 from tests.log_factories import impression_lines, item_rows, write_event_log, write_mind
 from tests.tiny_bert import vocab_from_texts, write_tiny_bert
@@ -58,8 +59,6 @@ def _home(tmp_path: Path, split: str) -> tuple[Path, dict[str, str]]:
 
 
 def _run(home: Path, env: dict[str, str], *args: str) -> str:
-    from recsys.cli import main
-
     result = CliRunner().invoke(main, ["--home", str(home), *args], env=env)
     assert result.exit_code == 0, f"recsys {' '.join(args)}:\n{result.output}"
     return result.output

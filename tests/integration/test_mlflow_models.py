@@ -7,6 +7,7 @@ job with per-iteration curves; interrupted runs end KILLED."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,19 +17,29 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import lightgbm as lgb
+import mlflow
+import mlflow.lightgbm
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 
 from feature_store.db import connect
 from feature_store.splits import materialize_protocol_split
 from recsys.core import rules
 from recsys.core.config import Settings
+from recsys.evaluation.report import log_to_mlflow
 from recsys.pipeline.loader import load_recommender
+from recsys.pipeline.pyfunc import model_settings
+from serving.modelcheck import ModelVerifier
 from tests.factories import load_into_store, make_catalog, make_events
 from tests.integration.test_pipeline import _write_text_model
 from tests.unit.test_ranker import N_ITEMS, small_settings
 from training import registry
+from training.ranker.run import train_and_log
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +50,6 @@ CHAMPION_URI = f"models:/{rules.RANKER_MODEL_NAME}@{rules.CHAMPION_ALIAS}"
 def trained(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Settings, duckdb.DuckDBPyConnection, dict[str, Any]]:
-    from training.ranker.run import train_and_log
-
     settings = small_settings(tmp_path_factory.mktemp("mlflow-models") / "home")
     con = connect(settings.db_path)
     load_into_store(
@@ -56,8 +65,6 @@ def trained(
 @pytest.fixture
 def tracking(trained: tuple, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """MLflow's own API pointed at the home's store, as a data scientist would."""
-    import mlflow
-
     settings = trained[0]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -66,9 +73,6 @@ def tracking(trained: tuple, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def test_champion_loads_as_a_lightgbm_booster(trained: tuple, tracking: Settings) -> None:
-    import lightgbm as lgb
-    import mlflow.lightgbm
-
     booster = mlflow.lightgbm.load_model(CHAMPION_URI)
     assert isinstance(booster, lgb.Booster)
     _, path = registry.download(tracking, rules.RANKER_MODEL_NAME)
@@ -78,8 +82,6 @@ def test_champion_loads_as_a_lightgbm_booster(trained: tuple, tracking: Settings
 
 
 def test_champion_loads_as_the_whole_recommender(trained: tuple, tracking: Settings) -> None:
-    import mlflow.pyfunc
-
     settings, con, _ = trained
     model = mlflow.pyfunc.load_model(CHAMPION_URI)
     sig = model.metadata.get_input_schema()
@@ -100,16 +102,11 @@ def test_champion_loads_as_the_whole_recommender(trained: tuple, tracking: Setti
     assert np.isnan(scores[-1])  # an unknown item
     # loading through models:/ made MLflow write registered_model_meta into the run's model
     # folder; serving still verifies the champion (the file is bookkeeping, not a model file)
-    from serving.modelcheck import ModelVerifier
-
     ref, _ = ModelVerifier(settings).champion()
     assert ref.version == trained[2]["version"]
 
 
 def test_input_example_is_logged_and_scores(trained: tuple, tracking: Settings) -> None:
-    import mlflow.pyfunc
-    from mlflow.models import Model
-
     _, path = registry.download(tracking, rules.RANKER_MODEL_NAME)
     example = Model.load(str(path / "MLmodel")).load_input_example(str(path))
     assert list(example.columns) == ["user_id", "item_id"] and len(example) > 0
@@ -118,9 +115,6 @@ def test_input_example_is_logged_and_scores(trained: tuple, tracking: Settings) 
 
 
 def test_pyfunc_names_missing_columns(trained: tuple, tracking: Settings) -> None:
-    import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
-
     model = mlflow.pyfunc.load_model(CHAMPION_URI)
     with pytest.raises((MlflowException, ValueError), match="item_id"):
         model.predict(pd.DataFrame({"user_id": ["u1"]}))
@@ -128,8 +122,6 @@ def test_pyfunc_names_missing_columns(trained: tuple, tracking: Settings) -> Non
 
 def test_pyfunc_finds_a_copied_home_by_its_tracking_store(trained: tuple, tmp_path: Path) -> None:
     """The home is the folder of the sqlite tracking store, not the path saved at training."""
-    from recsys.pipeline.pyfunc import model_settings
-
     settings = trained[0]
     _, path = registry.download(settings, rules.RANKER_MODEL_NAME)
     copy = tmp_path / "copied-home"
@@ -161,8 +153,6 @@ def test_run_spans_the_job_with_curves_and_the_store_input(trained: tuple) -> No
 
 
 def test_ranker_and_evaluate_runs_share_the_fingerprint(trained: tuple, tmp_path: Path) -> None:
-    from recsys.evaluation.report import log_to_mlflow
-
     settings, con, summary = trained
     fingerprint = registry.data_fingerprint(con)
     run_id = log_to_mlflow(
@@ -221,10 +211,6 @@ def test_sigterm_ends_the_run_killed(trained: tuple) -> None:
 def test_a_copied_home_reads_its_own_artifacts(
     trained: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shutil
-
-    import mlflow.pyfunc
-
     settings = trained[0]
     copy = tmp_path / "copy" / "home"
     shutil.copytree(settings.home, copy, ignore=shutil.ignore_patterns("serving"))

@@ -8,10 +8,22 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from feature_store.db import connect
+from feature_store.splits import materialize_protocol_split
 from recsys.core import rules
 from recsys.core.config import Settings
+from serving.app import create_app
+from serving.snapshot import publish_snapshot
+from serving.state import EXTENSION
+from tests.factories import load_into_store, make_catalog, make_events
 from tests.servers import mlflow_server
+from tests.tiny_bert import vocab_from_texts, write_tiny_bert
+from tests.unit.test_ranker import small_settings
 from training import registry
+from training.ranker.run import train_and_log
+from training.text.scoring import score_store
+from training.text.texts import item_texts
+from training.text.train import train_text_model
 
 pytestmark = pytest.mark.integration
 
@@ -54,19 +66,6 @@ def test_models_trained_through_the_server_are_served_from_it(
 ) -> None:
     """Train the text model (tiny BERT) and the ranker on tiny data, logging and registering
     through the real server; the serving app then loads both champions from that server."""
-    from feature_store.db import connect
-    from feature_store.splits import materialize_protocol_split
-    from serving.app import create_app
-    from serving.snapshot import publish_snapshot
-    from serving.state import EXTENSION
-    from tests.factories import load_into_store, make_catalog, make_events
-    from tests.tiny_bert import vocab_from_texts, write_tiny_bert
-    from tests.unit.test_ranker import small_settings
-    from training.ranker.run import train_and_log
-    from training.text.scoring import score_store
-    from training.text.texts import item_texts
-    from training.text.train import train_text_model
-
     home = tmp_path / "home"
     con = connect(home / "recsys.duckdb")
     load_into_store(con, make_catalog(30), make_events(n_users=30, n_items=30, events_per_user=24))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import mlflow
 import numpy as np
 import pytest
 
@@ -39,8 +40,6 @@ def _garble(model: Path) -> None:
 
 def _promote_damaged(settings: Settings, damage: Callable[[Path], None]) -> str:
     """Register a copy of the champion ranker with ``ranker.txt`` damaged, and promote it."""
-    import mlflow
-
     with tempfile.TemporaryDirectory() as tmp:
         _, local = registry.download(settings, rules.RANKER_MODEL_NAME, dst=Path(tmp))
         damage(local / "ranker.txt")

@@ -7,13 +7,19 @@ import re
 from pathlib import Path
 
 import duckdb
+import mlflow
+import numpy as np
+import polars as pl
 import pytest
 from click.testing import CliRunner
 
 from feature_store.db import connect
 from feature_store.splits import materialize_protocol_split
+from recsys.algorithms.ranking import assemble
+from recsys.cli import main
 from recsys.core import rules
 from recsys.core.config import Settings
+from recsys.core.errors import ModelNotReadyError
 from recsys.pipeline import explain
 from recsys.pipeline.loader import load_recommender
 from recsys.pipeline.recommender import Recommendation, RecommendationResult
@@ -21,14 +27,13 @@ from tests.factories import GENRES, load_into_store, make_catalog, make_events
 from tests.unit.test_ranker import N_ITEMS, small_settings
 from training import registry
 from training.ranker import state as serving_state
+from training.ranker.run import train_and_log
 
 pytestmark = pytest.mark.integration
 
 
 def _write_text_model(settings: Settings, con: duckdb.DuckDBPyConnection) -> str:
     """A registered text-scorer champion whose embeddings are one-hot genres (user: liked genre)."""
-    import mlflow
-
     with registry.start_run(settings, "fake-text") as run:
         mlflow.log_text("genre one-hot vectors for tests", "model/README.txt")
     ref = registry.register(settings, rules.TEXT_MODEL_NAME, run.info.run_id, "model")
@@ -54,8 +59,6 @@ def _write_text_model(settings: Settings, con: duckdb.DuckDBPyConnection) -> str
 def trained(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Settings, duckdb.DuckDBPyConnection, dict]:
-    from training.ranker.run import train_and_log
-
     settings = small_settings(tmp_path_factory.mktemp("pipe") / "home")
     con = connect(settings.db_path)
     load_into_store(
@@ -147,8 +150,6 @@ def test_recommender_cold_start_and_rank(trained: tuple) -> None:
 def test_no_champion_says_what_to_run(
     settings: Settings, store: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from recsys.core.errors import ModelNotReadyError
-
     with pytest.raises(ModelNotReadyError, match="recsys train ranker"):
         load_recommender(settings, store)
 
@@ -159,11 +160,6 @@ def _as_tuples(result: RecommendationResult) -> list[tuple[str, float]]:
 
 def test_precomputed_requests_equal_the_computed_ones(trained: tuple) -> None:
     """The load-time per-user candidates and vectors give exactly the per-request values."""
-    import numpy as np
-    import polars as pl
-
-    from recsys.algorithms.ranking import assemble
-
     settings, con, _ = trained
     fast = load_recommender(settings, con)
     slow = load_recommender(settings, con, precompute=False)
@@ -230,8 +226,6 @@ def test_model_artifacts_are_cached_per_version(trained: tuple) -> None:
 
 
 def test_evaluate_cli_writes_report(trained: tuple, tmp_path: Path) -> None:
-    from recsys.cli import main
-
     settings, con, _ = trained
     con.execute("CHECKPOINT")
     con.close()  # the CLI opens the store itself

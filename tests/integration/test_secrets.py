@@ -13,12 +13,14 @@ from feature_store.db import connect
 from feature_store.splits import materialize_protocol_split
 from recsys.cli.serve import settings_env
 from recsys.core.config import load_settings, secret_keys
+from recsys.core.errors import ConfigError
 from serving.app import create_app
 from serving.writer import EventWriter
 from tests.factories import load_into_store, make_catalog, make_events
 from tests.integration.test_pipeline import _write_text_model
 from tests.unit.test_ranker import N_ITEMS, small_settings
 from training import registry
+from training.ranker.run import train_and_log
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +48,6 @@ def test_the_api_key_is_typed_secret_and_masked() -> None:
 
 
 def test_a_bad_secret_value_is_not_echoed() -> None:
-    from recsys.core.errors import ConfigError
-
     with pytest.raises(ConfigError) as info:
         load_settings(environ={}, overrides={"serving.api_key": ["a", KEY]})
     assert "serving.api_key" in str(info.value) and KEY not in str(info.value)
@@ -56,8 +56,6 @@ def test_a_bad_secret_value_is_not_echoed() -> None:
 def test_training_leaves_no_trace_of_the_key(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from training.ranker.run import train_and_log
-
     caplog.set_level(logging.DEBUG)
     settings = small_settings(tmp_path / "home").replace(**{"serving.api_key": KEY})
     con = connect(settings.db_path)

@@ -19,7 +19,16 @@ from typing import Any
 
 import duckdb
 import httpx
+import psutil
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from recsys.core.config import Settings, load_settings
 from serving.client import ApiError, RecsysClient
@@ -59,8 +68,6 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def gunicorn_workers(self) -> list[int]:
-        import psutil
-
         masters = [
             p
             for p in psutil.Process(self.proc.pid).children()
@@ -407,15 +414,6 @@ def fuzz_operations(
     """Schemathesis over the served OpenAPI document: no 5xx, and status codes, content types
     and bodies conform to it.  ``paths`` None: every operation; ``negative``: operations that
     also get schema-violating requests.  Returns the number of (operation, mode) runs."""
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import (
-        content_type_conformance,
-        response_schema_conformance,
-        status_code_conformance,
-    )
-
     checks = [
         not_a_server_error,
         status_code_conformance,

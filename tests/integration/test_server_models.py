@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -46,8 +47,6 @@ def _trained_home(target: Path, data_dir: Path) -> Path:
     one trained here."""
     source = os.environ.get(TRAINED_HOME_ENV)
     if source:
-        import shutil
-
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(source) / "recsys.duckdb", target / "recsys.duckdb")
         shutil.copy2(Path(source) / "mlflow.db", target / "mlflow.db")

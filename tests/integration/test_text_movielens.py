@@ -18,6 +18,7 @@ from training.text import model as tm
 from training.text.evaluate import build_eval_set, evaluate_encoder
 from training.text.scoring import score_store
 from training.text.texts import item_texts, user_texts
+from training.text.train import train_text_model
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +43,6 @@ def test_real_minilm_trains_registers_and_reproduces(movielens, settings) -> Non
             "text.max_item_tokens": 32,
         }
     )
-    from training.text.train import train_text_model
-
     # 32 pairs do not make a model that beats TF-IDF: forced past the promotion gate
     result = train_text_model(settings, movielens, max_pairs=32, progress=False, force=True)
     m = result.metrics

@@ -6,8 +6,10 @@ from datetime import datetime, timedelta
 
 import duckdb
 import numpy as np
+import polars as pl
 import pytest
 
+from feature_store.db import init_schema
 from feature_store.interactions import Interactions
 from recsys.algorithms.baselines import ALS, ItemKNN
 from recsys.algorithms.candidates import (
@@ -23,8 +25,10 @@ from recsys.algorithms.candidates import (
 from recsys.algorithms.text_index import TextIndex
 from recsys.algorithms.tfidf import TfidfProfile
 from recsys.algorithms.topk import top_n
+from recsys.core.config import load_settings
 from recsys.core.errors import ConfigError
 from tests.factories import GENRES, T0, load_into_store, make_catalog, make_events
+from training.text.texts import compose_item_text
 
 N_ITEMS = 36
 
@@ -40,8 +44,6 @@ def genre_index() -> TextIndex:
 
 def catalog_texts() -> dict[str, str]:
     """The factory catalog's item texts, composed as the product composes them."""
-    from training.text.texts import compose_item_text
-
     return {str(r["item_id"]): compose_item_text(r) for r in make_catalog(N_ITEMS).to_dicts()}
 
 
@@ -64,8 +66,6 @@ GENRE_AWARE = ("covisit", "genre", "item_knn", "text", "tfidf")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Interactions:
     con = duckdb.connect(str(tmp_path_factory.mktemp("cand") / "s.duckdb"))
-    from feature_store.db import init_schema
-
     init_schema(con)
     load_into_store(
         con, make_catalog(N_ITEMS), make_events(n_users=12, n_items=N_ITEMS, events_per_user=20)
@@ -106,8 +106,6 @@ def test_genre_aware_generators_find_the_favourite_genre(name: str, data: Intera
 
 
 def test_popularity_counts_positives_with_integer_id_ties(store: duckdb.DuckDBPyConnection) -> None:
-    import polars as pl
-
     rows = [
         ("u0", "10", 5.0),
         ("u1", "10", 4.0),
@@ -228,8 +226,6 @@ def test_blender_weight_zero_proposes_nothing_but_keeps_the_score(data: Interact
 
 
 def test_candidate_weights_setting_is_checked_from_every_source() -> None:
-    from recsys.core.config import load_settings
-
     s = load_settings(environ={"RECSYS_RANKER__CANDIDATE_WEIGHTS": "als:2,covisit:0.5"})
     assert candidate_weights(s) == {"als": 2.0, "covisit": 0.5}
     for bad in ("als", "alss:1", "als:-1", "als:x"):

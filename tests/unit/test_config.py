@@ -1,9 +1,13 @@
+import os
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from recsys.cli import main
 from recsys.core.config import load_settings
 from recsys.core.errors import ConfigError
+from training import registry
 
 
 def test_defaults_then_toml_then_env_then_overrides(tmp_path: Path) -> None:
@@ -69,10 +73,6 @@ def test_mlflow_tracking_uri_env_is_folded_in_once() -> None:
 
 
 def test_two_homes_in_one_process_log_to_their_own_stores(tmp_path: Path) -> None:
-    import os
-
-    from training import registry
-
     before = os.environ.get("MLFLOW_TRACKING_URI")
     for name in ("a", "b"):
         # re-read the live environment each time, as a second CLI invocation would
@@ -142,10 +142,6 @@ def test_unknown_keys_suggest_the_closest(key: str, suggestion: str) -> None:
 
 
 def test_the_cli_reports_the_bad_key(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from recsys.cli import main
-
     result = CliRunner().invoke(
         main,
         ["--home", str(tmp_path), "serve", "--writer-only"],

@@ -17,6 +17,11 @@ from typing import Any
 import click
 import pytest
 import yaml
+from click.testing import CliRunner
+from mlflow.cli import cli as mlflow_cli
+
+from recsys.cli import main as recsys_cli
+from recsys.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,14 +59,10 @@ def check_cli(argv: list[str]) -> None:
     """Parse ``argv`` with the real click command it names (``recsys ...`` or ``mlflow ...``):
     with ``--help`` appended click parses every option, then prints the help instead of running;
     a missing command or an unknown option fails with click's usage error."""
-    from click.testing import CliRunner
-
-    if argv[0] == "recsys":
-        from recsys.cli import main as command
-    elif argv[0] == "mlflow":
-        from mlflow.cli import cli as command
-    else:
+    commands = {"recsys": recsys_cli, "mlflow": mlflow_cli}
+    if argv[0] not in commands:
         raise AssertionError(f"unexpected program {argv[0]!r}")
+    command = commands[argv[0]]
     result = CliRunner().invoke(command, [*argv[1:], "--help"], prog_name=argv[0])
     if result.exit_code != 0 or "Usage:" not in result.output:
         raise click.UsageError(f"{' '.join(argv)}: {result.output or result.exception}")
@@ -111,8 +112,6 @@ def test_home_is_one_named_volume_shared_by_api_and_ui() -> None:
     store = ui[ui.index("--backend-store-uri") + 1]
     artifacts = ui[ui.index("--default-artifact-root") + 1]
     # the paths `recsys` itself uses under that home (recsys.core.config.Settings)
-    from recsys.core.config import Settings
-
     settings = Settings(home=Path(home))
     assert store == settings.tracking_uri
     assert artifacts == settings.artifact_root

@@ -8,6 +8,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
+from recsys.cli import main
 from recsys.cli.evaluate import _check_replay
 from recsys.core.config import Settings
 from recsys.core.errors import EvaluationError
@@ -18,8 +19,6 @@ from tests.unit.test_splits_any_log import click_log
 def test_evaluate_without_test_positives_fails_and_logs_no_run(
     settings: Settings, store: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
-    from recsys.cli import main
-
     # clicks only, and a task whose only positive is a purchase: nothing to score
     load_into_store(store, make_catalog(), click_log())
     store.execute("CHECKPOINT")
@@ -46,8 +45,6 @@ def test_replay_without_scorable_lists_is_refused() -> None:
 
 
 def test_evaluate_on_an_empty_home_fails_and_creates_nothing(tmp_path: Path) -> None:
-    from recsys.cli import main
-
     home = tmp_path / "empty-home"
     result = CliRunner().invoke(main, ["--home", str(home), "evaluate"])
     assert result.exit_code != 0
@@ -59,8 +56,6 @@ def test_evaluate_on_an_empty_home_fails_and_creates_nothing(tmp_path: Path) -> 
 def test_evaluate_with_an_unknown_system_fails_naming_the_choices(
     settings: Settings, store: duckdb.DuckDBPyConnection
 ) -> None:
-    from recsys.cli import main
-
     load_into_store(store, make_catalog(), click_log())
     store.close()
     result = CliRunner().invoke(

@@ -9,7 +9,8 @@ import duckdb
 import pytest
 
 import feature_store.ingest as ingest_mod
-from feature_store.db import table_counts
+from feature_store.batches import BATCH_MEMORY_LIMIT, _parse_size, open_batch
+from feature_store.db import table_counts, transaction
 from feature_store.ingest import ingest_events_file, ingest_items_file
 from recsys.core.errors import DataValidationError
 
@@ -308,8 +309,6 @@ def test_quarantine_keeps_raw_text_of_bad_rows_only(with_items, tmp_path):
 
 
 def _memory_limit(con: duckdb.DuckDBPyConnection) -> int:
-    from feature_store.batches import _parse_size
-
     row = con.execute("SELECT current_setting('memory_limit')").fetchone()
     size = _parse_size(str(row[0])) if row else None
     assert size is not None, row
@@ -322,8 +321,6 @@ def _order(con: duckdb.DuckDBPyConnection) -> object:
 
 
 def test_batch_caps_memory_limit_and_restores_it(with_items, tmp_path, monkeypatch):
-    from feature_store.batches import BATCH_MEMORY_LIMIT
-
     con = with_items
     con.execute("SET memory_limit = '8GiB'")
     con.execute("SET preserve_insertion_order = false")  # staging numbers rows by their order
@@ -355,9 +352,6 @@ def test_memory_limit_restored_after_failed_batch(with_items, tmp_path):
 
 
 def test_failed_batch_in_callers_aborted_transaction_keeps_its_error(with_items):
-    from feature_store.batches import BATCH_MEMORY_LIMIT, open_batch
-    from feature_store.db import transaction
-
     con = with_items
     con.execute("SET memory_limit = '8GiB'")
     with pytest.raises(duckdb.ConstraintException), transaction(con):

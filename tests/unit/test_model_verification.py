@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
+import mlflow
 import numpy as np
 import pytest
 
+from feature_store.db import connect
 from recsys.core import rules
 from recsys.core.config import Settings
 from serving import modelcheck
@@ -22,8 +25,6 @@ from training.ranker.model import MODEL_FILE, RankerModel
 
 def _ranker_dir(path: Path, seed: int = 0) -> Path:
     """A real (tiny) LightGBM lambdarank model saved the way training saves it."""
-    import lightgbm as lgb
-
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(200, 3))
     y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 1).astype(int)
@@ -47,8 +48,6 @@ def _garble(directory: Path) -> None:
 
 
 def _register(settings: Settings, directory: Path, promote: bool = True) -> registry.ModelRef:
-    import mlflow
-
     with registry.start_run(settings, "ranker-files") as run:
         mlflow.log_artifacts(str(directory), "model")
     ref = registry.register(settings, rules.RANKER_MODEL_NAME, run.info.run_id, "model")
@@ -135,8 +134,6 @@ def _loader(settings: Settings, con: Any, *, ranker: Any = None) -> _Loaded:
 def test_holder_falls_back_at_boot_and_refuses_at_reload(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from feature_store.db import connect
-
     snapshot = tmp_path / "snap.duckdb"
     connect(snapshot).close()
     good = _register(settings, _ranker_dir(tmp_path / "v1"))

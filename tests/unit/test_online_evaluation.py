@@ -5,6 +5,8 @@ through the event log and the writer, joined to logged clicks in the store, and 
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ from click.testing import CliRunner
 from feature_store.db import connect
 from feature_store.ingest import ingest_event_records
 from feature_store.interleaving import list_outcomes, write_interleaved
+from recsys.cli import main
 from recsys.core.config import Settings
 from recsys.core.errors import ConfigError, EvaluationError
 from recsys.evaluation.online import evaluate_online
@@ -27,6 +30,7 @@ from serving.eventlog import EventLog
 from serving.writer import EventWriter
 from tests.factories import load_into_store, make_catalog, make_events
 from tests.unit.test_serving_app import KEY, TableRecommender
+from training import registry
 
 A, B = "champion", "challenger"
 RIDS = [str(uuid.UUID(int=n + 1)) for n in range(5)]
@@ -122,8 +126,6 @@ def test_evaluate_online_groups_version_pairs_newest_first(
 def test_cli_online_reports_json_and_refuses_an_empty_log(
     settings: Settings, lists_store: duckdb.DuckDBPyConnection
 ) -> None:
-    from recsys.cli import main
-
     lists_store.execute("DELETE FROM interleaved_items WHERE served_at < '2026-01-01'")
     lists_store.execute("CHECKPOINT")
     lists_store.close()
@@ -243,9 +245,6 @@ def test_a_challenger_that_fails_to_load_leaves_the_champion_alone(
 
 
 def test_recording_a_list_gives_up_quickly_when_the_log_is_locked(tmp_path: Path) -> None:
-    import sqlite3
-    import time
-
     log = EventLog(tmp_path / "log")
     record = _list(0, "u1", "2026-06-01T10:00:00")
     blocker = sqlite3.connect(log.path, isolation_level=None)
@@ -266,8 +265,6 @@ def test_recording_a_list_gives_up_quickly_when_the_log_is_locked(tmp_path: Path
 def test_the_watcher_reloads_when_the_challenger_alias_moves(
     interleaving_home: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training import registry
-
     polled = interleaving_home.replace(**{"serving.reload_poll_seconds": 0.01})
     app = create_app(polled, loader=_loader, start_watcher=False)
     st = app.extensions["recsys"]

@@ -5,16 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import mlflow
 import pytest
 
 from feature_store.db import connect
 from feature_store.splits import materialize_protocol_split
 from recsys.core import rules
 from recsys.core.config import Settings
+from recsys.pipeline.loader import load_recommender
 from tests.factories import load_into_store, make_catalog, make_events
+from tests.integration.test_pipeline import _write_text_model
 from tests.unit.test_ranker import N_ITEMS, small_settings
 from training import promotion, registry
+from training.ranker import run
 from training.ranker.model import RankerModel
+from training.ranker.run import choose_candidate
 from training.ranker.train import FitResult
 
 TEXT = rules.TEXT_MODEL_NAME
@@ -22,8 +27,6 @@ TEXT = rules.TEXT_MODEL_NAME
 
 def _text_version(settings: Settings, ndcg: float) -> tuple[registry.ModelRef, dict[str, float]]:
     """A registered text-scorer version whose run logged val NDCG@10 = ``ndcg``."""
-    import mlflow
-
     metrics = {"val_ndcg@10": ndcg, "zeroshot_val_ndcg@10": 0.30, "tfidf_val_ndcg@10": 0.40}
     with registry.start_run(settings, "text") as run:
         mlflow.log_text("a text model", "model/README.txt")
@@ -84,8 +87,6 @@ def _fit(ndcg: float) -> FitResult:
 
 
 def test_ranker_candidate_is_the_ablation_when_text_does_not_help() -> None:
-    from training.ranker.run import choose_candidate
-
     product, ablation = _fit(0.20), _fit(0.25)
     chosen, why = choose_candidate(product, ablation, "3")
     assert chosen is ablation
@@ -100,8 +101,6 @@ def test_ranker_candidate_is_the_ablation_when_text_does_not_help() -> None:
 
 @pytest.fixture
 def ranker_store(tmp_path: Path) -> tuple[Settings, duckdb.DuckDBPyConnection]:
-    from tests.integration.test_pipeline import _write_text_model
-
     settings = small_settings(tmp_path / "home")
     con = connect(settings.db_path)
     load_into_store(
@@ -115,9 +114,6 @@ def ranker_store(tmp_path: Path) -> tuple[Settings, duckdb.DuckDBPyConnection]:
 def test_ranker_whose_text_loses_registers_the_ablation_and_serving_still_has_a_model(
     ranker_store: tuple[Settings, duckdb.DuckDBPyConnection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from recsys.pipeline.loader import load_recommender
-    from training.ranker import run
-
     real = run.train_both
 
     def text_loses(*args: object, **kwargs: object) -> tuple[FitResult, FitResult]:

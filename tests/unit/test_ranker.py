@@ -19,7 +19,7 @@ from recsys.algorithms.ranking import (
 )
 from recsys.algorithms.text_index import TextIndex
 from recsys.core.config import Settings, load_settings
-from recsys.core.errors import ConfigError
+from recsys.core.errors import ConfigError, ModelNotReadyError
 from tests.factories import GENRES, load_into_store, make_catalog, make_events
 from training.ranker import dataset
 from training.ranker.model import RankerModel
@@ -140,8 +140,6 @@ def test_protocol_ndcg_counts_missing_positives_as_misses() -> None:
 
 
 def test_model_dir_without_files_is_not_ready(tmp_path: Path) -> None:
-    from recsys.core.errors import ModelNotReadyError
-
     with pytest.raises(ModelNotReadyError, match="recsys train ranker"):
         RankerModel.load(tmp_path)
 

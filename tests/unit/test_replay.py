@@ -11,7 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from feature_store.adapters.mind import ingest_mind
+from recsys.cli import main
 from recsys.core.config import Settings
+from recsys.core.errors import RecsysError
 from recsys.evaluation.replay import impressions, replay
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mind"
@@ -67,15 +69,11 @@ def test_replay_features_are_point_in_time(mind_store: duckdb.DuckDBPyConnection
 
 
 def test_no_impressions_is_a_clear_error(store: duckdb.DuckDBPyConnection) -> None:
-    from recsys.core.errors import RecsysError
-
     with pytest.raises(RecsysError, match="impression"):
         replay(store, {})
 
 
 def test_evaluate_replay_cli(settings: Settings, tmp_path: Path) -> None:
-    from recsys.cli import main
-
     out = tmp_path / "rep"
     result = CliRunner().invoke(
         main,
@@ -106,8 +104,6 @@ def test_evaluate_replay_store_without_models(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from recsys.cli import main
-
     mind_store.execute("CHECKPOINT")
     out = tmp_path / "rep"
     result = CliRunner().invoke(

@@ -10,6 +10,7 @@ import pytest
 
 from feature_store.adapters.mind import ingest_mind
 from feature_store.db import connect
+from feature_store.interactions import Interactions
 from feature_store.splits import ensure_split
 from feature_store.task import apply_task
 from recsys.algorithms.candidates import Blender, Popularity
@@ -114,8 +115,6 @@ def test_candidate_recall_and_holdout_ignore_served_groups(
 
 
 def test_item_frame_scores_any_item_like_an_unproposed_candidate(tmp_path: Path) -> None:
-    from feature_store.interactions import Interactions
-
     settings = load_settings(environ={}, overrides={"home": str(tmp_path / "home")})
     con = connect(settings.db_path)
     ingest_mind(con, write_mind(tmp_path / "mind", n_users=4, n_items=12), progress=False)

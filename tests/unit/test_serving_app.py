@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import schemathesis
 from flask import Flask
 
 from feature_store.db import connect
@@ -269,8 +270,6 @@ def test_metrics(app: Flask) -> None:
 
 
 def test_openapi_and_docs(app: Flask) -> None:
-    import schemathesis
-
     client = app.test_client()
     doc = client.get("/openapi.json").get_json()
     assert doc["components"]["schemas"]["EventBatch"]["properties"]["events"]["maxItems"] == 1000

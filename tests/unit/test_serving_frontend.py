@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 from flask import Flask
 
@@ -211,8 +212,6 @@ def test_reasons_read_like_sentences() -> None:
 
 
 def test_closest_liked_prefers_text_then_genres() -> None:
-    import numpy as np
-
     liked = ["a", "b", "c"]
     vecs = np.array([[1, 0], [0, 1], [0.7, 0.7]], dtype=np.float32)
     assert explain.closest_liked(np.array([0.1, 1.0]), vecs, liked, [], [[]] * 3) == "b"

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from flask import Flask, jsonify
 
+from recsys.core.config import load_settings
+from recsys.core.errors import ConfigError
 from tests.servers import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,9 +97,6 @@ def test_app_load_past_the_boot_timeout_is_killed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["0", "-5"])
 def test_boot_timeout_must_be_positive(value: str, tmp_path: Path) -> None:
-    from recsys.core.config import load_settings
-    from recsys.core.errors import ConfigError
-
     with pytest.raises(ConfigError, match="boot_timeout_seconds"):
         load_settings(
             environ={"RECSYS_HOME": str(tmp_path), "RECSYS_SERVING__BOOT_TIMEOUT_SECONDS": value}

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
+import polars as pl
 import pytest
 
-from recsys.algorithms.text_index import TextIndex
+from feature_store.interactions import Interactions
+from recsys.algorithms.ranking import TextFeatures
+from recsys.algorithms.text_index import TextIndex, user_text_vector
 from recsys.core.errors import ModelNotReadyError
 from tests.conftest import REPO_ROOT
+from tests.factories import T0
 from training.text.evaluate import user_auc, user_ndcg
 from training.text.scoring import top_n, write_item_embeddings, write_user_rows
 
@@ -91,10 +95,6 @@ def test_auc_and_ndcg_on_known_rankings() -> None:
 
 
 def test_user_text_vector_prefers_history_then_stored_then_positives(store) -> None:
-    from feature_store.interactions import Interactions
-    from recsys.algorithms.text_index import user_text_vector
-    from tests.factories import T0
-
     _write(store)
     store.execute(
         "INSERT INTO events VALUES "
@@ -118,14 +118,6 @@ def test_user_text_vector_prefers_history_then_stored_then_positives(store) -> N
 
 
 def test_recent_positives_are_time_ordered_and_feed_the_similarity_features(store) -> None:
-    from datetime import timedelta
-
-    import polars as pl
-
-    from feature_store.interactions import Interactions
-    from recsys.algorithms.ranking import TextFeatures
-    from tests.factories import T0
-
     _write(store)
     # u3 likes a, b, c, then a again; the 2.0 rating of d is not a positive
     rows = [("e1", "a", 5.0, 0), ("e2", "b", 4.0, 1), ("e3", "c", 4.5, 2), ("e4", "d", 2.0, 3)]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from feature_store.embeddings import read_embeddings
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
 from tests.factories import load_into_store, make_catalog, make_events
@@ -18,6 +19,7 @@ from tests.tiny_bert import vocab_from_texts, write_tiny_bert
 from training import registry
 from training.text import model as tm
 from training.text import tower as tw
+from training.text.item_vectors import load_item_vectors
 from training.text.scoring import encode_catalog, load_scoring_encoder, score_store
 from training.text.texts import item_summaries, item_texts
 from training.text.tower_train import (
@@ -27,6 +29,7 @@ from training.text.tower_train import (
     TowerExamples,
     TowerPlan,
     fit_towers,
+    pad_histories,
     tower_loss,
 )
 from training.text.train import train_text_model
@@ -122,8 +125,6 @@ def test_user_tower_learns_to_rank_the_item_matching_the_history_first() -> None
 
 
 def tw_pad(hist: list[list[int]]) -> np.ndarray:
-    from training.text.tower_train import pad_histories
-
     return pad_histories(hist, 3)
 
 
@@ -180,9 +181,6 @@ def test_train_plan_score_int8_matches_fp32(tiny_store, tiny_settings) -> None:
     int8 = encode_catalog(encoder, meta, texts, 8, False, quantize=True)
     assert np.abs((fp32 * int8).sum(1) - 1.0).max() < 0.05
     # scoring reused the vectors saved at training (the kept epoch's table) for every item
-    from feature_store.embeddings import read_embeddings
-    from training.text.item_vectors import load_item_vectors
-
     ids = sorted(item_texts(tiny_store))
     item_text = item_texts(tiny_store)
     saved_vectors = load_item_vectors(local, ids, [item_text[i] for i in ids])

@@ -8,9 +8,11 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from recsys.algorithms.text_index import TextIndex
+from recsys.cli import main
 from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ConfigError, NotFoundError
@@ -136,8 +138,6 @@ def test_score_writes_all_scopes_and_refresh_updates_one_user(tiny_store, tiny_s
 
 
 def test_cli_train_and_score(tiny_store, tiny_settings, monkeypatch) -> None:
-    from recsys.cli import main
-
     tiny_store.close()  # the CLI opens the store itself
     env = {
         "RECSYS_HOME": str(tiny_settings.home),
@@ -184,8 +184,6 @@ def test_bad_model_dir_and_missing_cuda_are_clear_errors(
     bad = tiny_settings.replace(**{"text.base_model": str(tmp_path / "nowhere")})
     with pytest.raises(NotFoundError, match="config.json"):
         train_text_model(bad, tiny_store, progress=False)
-    import torch
-
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             train_text_model(tiny_settings.replace(device="cuda"), tiny_store, progress=False)

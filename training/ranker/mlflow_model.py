@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
 
+from recsys.core import compat
 from training.ranker.model import MODEL_FILE
 
 PYFUNC_LOADER = "recsys.pipeline.pyfunc"
@@ -32,12 +34,10 @@ _REQUIREMENTS = ("lightgbm", "duckdb", "numpy", "pandas", "polars", "pyarrow", "
 
 def signature() -> object:
     """``(user_id: string, item_id: string) -> score: double``."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", c) for c in INPUT_COLUMNS]),
-        outputs=Schema([ColSpec("double", OUTPUT_COLUMN)]),
+    schema = compat.mlflow("types")
+    return compat.mlflow("models").ModelSignature(
+        inputs=schema.Schema([schema.ColSpec("string", c) for c in INPUT_COLUMNS]),
+        outputs=schema.Schema([schema.ColSpec("double", OUTPUT_COLUMN)]),
     )
 
 
@@ -50,15 +50,11 @@ def input_example(user_ids: list[str], item_ids: list[str]) -> pd.DataFrame:
 def write_mlmodel(model_dir: Path, example: pd.DataFrame, run_id: str | None = None) -> None:
     """Add ``MLmodel`` (lightgbm + python_function flavors), the signature, the input example and
     the environment files to ``model_dir``, which already holds ``ranker.txt``."""
-    from importlib.metadata import version
-
-    import lightgbm
-    import mlflow
-    from mlflow.models import Model
+    lightgbm, mlflow = compat.lightgbm(), compat.mlflow()
 
     if not (model_dir / MODEL_FILE).is_file():
         raise FileNotFoundError(f"{model_dir / MODEL_FILE} must be written before the MLmodel")
-    model = Model(run_id=run_id, artifact_path="model")
+    model = compat.mlflow("models").Model(run_id=run_id, artifact_path="model")
     model.add_flavor(
         "lightgbm",
         lgb_version=lightgbm.__version__,

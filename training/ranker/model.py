@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys.core import compat
 from recsys.core.errors import ModelNotReadyError
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,7 @@ class RankerModel:
     @classmethod
     def load(cls, directory: Path | str) -> RankerModel:
         """Load ``ranker.txt`` and ``features.json`` from a model directory."""
-        import lightgbm as lgb
-
+        lgb = compat.lightgbm()
         path = Path(directory)
         model_file, spec_file = path / MODEL_FILE, path / SPEC_FILE
         if not model_file.is_file() or not spec_file.is_file():

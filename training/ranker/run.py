@@ -14,7 +14,7 @@ import pandas as pd
 
 from feature_store.splits import ensure_split
 from feature_store.task import apply_task
-from recsys.core import rules
+from recsys.core import compat, rules
 from recsys.core.config import Settings
 from training import promotion, registry
 from training.ranker import dataset
@@ -232,11 +232,7 @@ def _log_artifacts(
 
 
 def _importance_plot(result: FitResult, path: Path, title: str, top: int = 25) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = compat.pyplot()
     imp = result.importance.head(top).reverse()
     fig, ax = plt.subplots(figsize=(7, max(3.0, 0.28 * imp.height)))
     ax.barh(imp["feature"].to_list(), imp["gain"].to_list(), color="#4477aa")

@@ -26,7 +26,7 @@ import polars as pl
 from recsys.algorithms.candidates import candidate_limits, candidate_weights
 from recsys.algorithms.metrics import ndcg_at_k
 from recsys.algorithms.ranking import feature_matrix, feature_names
-from recsys.core import rules
+from recsys.core import compat, rules
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
 from training.ranker.model import RankerModel
@@ -80,8 +80,7 @@ def split_users(users: list[str], holdout: float, seed: int) -> set[str]:
 def _dataset(x: np.ndarray, frame: pl.DataFrame, names: list[str]) -> Any:
     """A LightGBM Dataset of ``x`` (rows of ``frame``, grouped by user); LightGBM bins it and
     drops its reference to the raw matrix (``free_raw_data``)."""
-    import lightgbm as lgb
-
+    lgb = compat.lightgbm()
     groups = frame.group_by(group_columns(frame), maintain_order=True).len()["len"].to_numpy()
     return lgb.Dataset(
         x, label=frame["label"].to_numpy(), group=groups, feature_name=names, free_raw_data=True
@@ -114,8 +113,7 @@ def fit(
     spec: dict[str, Any],
 ) -> FitResult:
     """Early-stopped LambdaRank on ``frame`` (groups with >= 1 positive label), then refit."""
-    import lightgbm as lgb
-
+    lgb = compat.lightgbm()
     started = time.perf_counter()
     r, seed = settings.ranker, settings.seed
     useful = frame.filter((pl.col("label").max().over(group_columns(frame))) > 0)

@@ -9,9 +9,11 @@ pooling and the training temperature; LoRA adapters are merged before saving.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
+import random
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from recsys.core import compat
 from recsys.core.config import Settings
 from recsys.core.errors import ConfigError, NotFoundError
 
@@ -81,8 +85,6 @@ def resolve_device(requested: str) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Fixed seeds for Python, numpy and torch (CPU and CUDA)."""
-    import random
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -134,8 +136,6 @@ class TwoTowerEncoder(nn.Module):
         desc: str = "encoding",
     ) -> np.ndarray:
         """L2-normalized float32 embeddings, batched; texts are length-sorted to cut padding."""
-        from tqdm.auto import tqdm
-
         was_training = self.training
         self.eval()
         order = np.argsort([-len(t) for t in texts], kind="stable")
@@ -158,8 +158,6 @@ def _autocast(device: torch.device) -> Any:
     """bf16 autocast on CUDA; a no-op context on CPU (CPU bf16 is slower on most hosts)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    import contextlib
-
     return contextlib.nullcontext()
 
 
@@ -168,9 +166,9 @@ autocast = _autocast
 
 def load_encoder(path: Path, device: torch.device) -> TwoTowerEncoder:
     """Load a base checkpoint or a saved text model directory onto ``device``."""
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
+    transformers = compat.transformers()
+    AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
+    hf_logging = compat.transformers("utils.logging")
     check_model_dir(path)
     hf_logging.set_verbosity_error()  # "some weights were not used" is expected for pooler heads
     hf_logging.disable_progress_bar()
@@ -181,9 +179,8 @@ def load_encoder(path: Path, device: torch.device) -> TwoTowerEncoder:
 
 def apply_lora(encoder: TwoTowerEncoder, rank: int) -> None:
     """Swap the backbone for a LoRA-wrapped one (attention query/value), training only adapters."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
+    peft = compat.peft()
+    config = peft.LoraConfig(
         r=rank, lora_alpha=2 * rank, lora_dropout=0.1, target_modules=["query", "value"]
     )
     with warnings.catch_warnings():
@@ -191,7 +188,7 @@ def apply_lora(encoder: TwoTowerEncoder, rank: int) -> None:
         warnings.filterwarnings(
             "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
         )
-        encoder.backbone = get_peft_model(encoder.backbone, config)
+        encoder.backbone = peft.get_peft_model(encoder.backbone, config)
 
 
 def merge_lora(encoder: TwoTowerEncoder) -> None:

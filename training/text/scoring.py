@@ -24,14 +24,18 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
 
 from feature_store.db import transaction
 from feature_store.splits import ensure_split
 from feature_store.task import apply_task
+from recsys.algorithms.text_index import TextIndex
 from recsys.core.config import Settings
 from recsys.core.errors import ConfigError
 from recsys.core.rules import LIVE_SCOPE, SCOPES
 from training.text import model as tm
+from training.text import tower as tw
 from training.text.item_vectors import load_item_vectors
 from training.text.texts import item_summaries, item_texts, user_histories
 
@@ -217,8 +221,6 @@ def _tower_users(
     item_matrix: np.ndarray,
 ) -> tuple[list[str], np.ndarray]:
     """User vectors of the history tower: the user tower over their last liked items."""
-    from training.text import tower as tw
-
     row = {i: k for k, i in enumerate(item_ids)}
     histories = {u: [row[i] for _, i in h.liked if i in row] for u, h in sorted(hists.items())}
     users = [u for u, h in histories.items() if h]
@@ -344,8 +346,6 @@ def refresh_user_embeddings(
 ) -> int:
     """Re-encode only ``user_ids`` (after new events) and rewrite their embeddings and top-N
     scores against the stored item embeddings of ``model_version``.  Returns users updated."""
-    from recsys.algorithms.text_index import TextIndex
-
     if not user_ids:
         return 0
     index = TextIndex.load(con, model_version, scope=scope, users=False)
@@ -369,15 +369,11 @@ def refresh_user_embeddings(
 @functools.lru_cache(maxsize=2)
 def _cached_encoder(model_dir: str, model_version: str, device: str) -> tm.TwoTowerEncoder:
     """The serving writer refreshes users every few seconds: load each model version once."""
-    import torch
-
     return load_scoring_encoder(Path(model_dir), torch.device(device)).eval()
 
 
 def load_scoring_encoder(model_dir: Path, device: object) -> tm.TwoTowerEncoder:
     """The saved encoder; a history-tower model also gets ``item_proj`` and ``user_tower``."""
-    from training.text import tower as tw
-
     encoder = tm.load_encoder(model_dir, device)  # type: ignore[arg-type]
     if (model_dir / "towers.safetensors").is_file():
         item_proj, user_tower = tw.load_towers(model_dir, encoder.dim)
@@ -427,10 +423,6 @@ def encode_catalog(
 ) -> np.ndarray:
     """Item vectors; a history-tower model encodes through int8 Linear layers on CPU when
     ``quantize`` (``text.quantize_scoring``), fp32 otherwise."""
-    from tqdm.auto import tqdm
-
-    from training.text import tower as tw
-
     if meta.get("architecture") != "history_tower":
         return encoder.encode(
             texts, int(meta["max_item_tokens"]), batch_size, progress, desc="items"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import duckdb
+import pyarrow as pa
 
 from feature_store.rules_sql import positive_sql
 from recsys.core.rules import HISTORY_LENGTH
@@ -112,7 +113,6 @@ def _item_rows(con: duckdb.DuckDBPyConnection, item_ids: Sequence[str] | None) -
 
 
 def _ids_table(ids: Sequence[str]) -> object:
-    import pyarrow as pa
 
     return pa.table({"id": pa.array([str(i) for i in ids], type=pa.string())})
 

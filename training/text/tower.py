@@ -22,12 +22,17 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
+
+from recsys.core import compat
 
 log = logging.getLogger(__name__)
 
@@ -170,15 +175,13 @@ def quantize(module: nn.Module) -> nn.Module:
     BERT-family module (including the partial forward of the lower-layer cache), and int8
     weights with per-batch activation scales keep cosine scores within ~1e-2 of fp32.
     """
-    import warnings
-
     with warnings.catch_warnings():
         # torch 2.x marks torch.ao.quantization deprecated in favour of torchao (not installed);
         # the API works through torch 2.9+, and this is the one place that calls it.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)  # quantized tensor creation, same story
-        from torch.ao.quantization import quantize_dynamic
-
+        # imported here: importing it is what warns
+        quantize_dynamic = compat.torch("ao.quantization").quantize_dynamic
         return quantize_dynamic(copy.deepcopy(module).eval(), {nn.Linear}, dtype=torch.qint8)
 
 
@@ -215,10 +218,6 @@ def encode_items(
 
 def load_towers(path: object, dim: int) -> tuple[nn.Linear, UserTower]:
     """The item projection and the user tower saved next to a history-tower model."""
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
     tensors = load_file(str(Path(str(path)) / "towers.safetensors"))
     item_proj = nn.Linear(dim, dim)
     item_proj.load_state_dict(

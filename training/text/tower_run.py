@@ -17,20 +17,27 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from feature_store.splits import ensure_split
 from feature_store.task import apply_task
-from recsys.core import rules
+from recsys.core import compat, rules
 from recsys.core.config import Settings
+from recsys.core.errors import TrainingError
+from training import promotion, registry
 from training.text import model as tm
 from training.text import tower as tw
-from training.text.evaluate import EvalSet, metrics_from_vectors
+from training.text.baselines import tfidf_metrics
+from training.text.evaluate import EvalSet, build_eval_set, metrics_from_vectors
 from training.text.item_vectors import save_item_vectors
+from training.text.results import TextTrainResult, evaluation_table, save_and_log
+from training.text.texts import item_summaries, item_texts
 from training.text.tower_train import (
     HeadScale,
     TowerConfig,
     TowerExamples,
     TowerPlan,
+    build_examples,
     fit_towers,
     pooled_table,
     steps_per_epoch,
@@ -257,8 +264,6 @@ def train_towers(
 
 
 def save_towers(path: Path, item_tower: tw.ItemTower, user_tower: tw.UserTower) -> None:
-    from safetensors.torch import save_file
-
     tensors = {
         "item_proj.weight": item_tower.proj.weight.detach().cpu().contiguous(),
         "item_proj.bias": item_tower.proj.bias.detach().cpu().contiguous(),
@@ -279,19 +284,7 @@ def train_tower_model(
     on_plan: Callable[[TowerPlan], object] | None = None,
 ) -> Any:
     """The history-tower run: data, plan, fit, save, MLflow run, register, promote."""
-    import mlflow
-
-    from training import promotion, registry
-    from training.text.baselines import tfidf_metrics
-    from training.text.evaluate import build_eval_set
-    from training.text.texts import item_summaries, item_texts
-    from training.text.tower_train import build_examples
-    from training.text.train import (
-        TextTrainResult,
-        _evaluation_table,
-        _save_and_log,
-    )
-
+    mlflow = compat.mlflow()
     device = tm.resolve_device(settings.device)
     base = tm.resolve_base_model(settings)
     tm.seed_everything(settings.seed)
@@ -299,8 +292,6 @@ def train_tower_model(
     ensure_split(con, settings.split)
     item_text = item_texts(con)
     if not item_text:
-        from recsys.core.errors import TrainingError
-
         raise TrainingError("the store has no items; run `recsys ingest` first")
     item_ids = sorted(item_text)
     item_row = {i: k for k, i in enumerate(item_ids)}
@@ -350,13 +341,13 @@ def train_tower_model(
             "best_epoch": best["epoch"],
         }
         mlflow.log_metrics(rules.mlflow_metrics(metrics), step=int(history[-1]["epoch"]))
-        mlflow.log_table(_evaluation_table(metrics), artifact_file="evaluation.json")
+        mlflow.log_table(evaluation_table(metrics), artifact_file="evaluation.json")
         meta.update(extra, best_epoch=int(best["epoch"]), data_fingerprint=fingerprint)
         model_dir = settings.artifacts_dir / "text-scorer" / run.info.run_id
         model_dir.mkdir(parents=True, exist_ok=True)
         save_towers(model_dir, item_tower, user_tower)
         save_item_vectors(model_dir, item_ids, [item_text[i] for i in item_ids], item_vectors)
-        model_dir = _save_and_log(encoder, settings, run.info.run_id, meta)
+        model_dir = save_and_log(encoder, settings, run.info.run_id, meta)
         run_id = run.info.run_id
     ref = registry.register(settings, registry.TEXT_MODEL_NAME, run_id, "model")
     decision = promotion.gate_text_model(settings, ref, metrics, promote=promote, force=force)

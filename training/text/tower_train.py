@@ -20,6 +20,7 @@ import duckdb
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from feature_store.task import stored_task
 from recsys.core.errors import TrainingError
@@ -313,8 +314,6 @@ def fit_towers(
 ) -> tuple[list[dict[str, float]], HeadScale, torch.Tensor]:
     """Train in place; keeps the best epoch by ``val_ndcg@10``.  Returns (per-epoch metrics,
     label head, the pooled item table of the kept weights)."""
-    from tqdm.auto import tqdm
-
     rng = np.random.default_rng(cfg.seed)
     head = HeadScale(cfg.temperature).to(item_tower.proj.weight.device)
     groups = parameter_groups(item_tower, user_tower, head, cfg.lr, cfg.bert_lr)

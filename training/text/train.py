@@ -21,18 +21,17 @@ import copy
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from feature_store.splits import ensure_split
 from feature_store.task import apply_task
-from recsys.core import rules
+from recsys.core import compat, rules
 from recsys.core.config import Settings
 from recsys.core.errors import ConfigError, TrainingError
 from training import promotion, registry
@@ -40,22 +39,11 @@ from training.text import model as tm
 from training.text.baselines import tfidf_metrics
 from training.text.evaluate import EvalSet, build_eval_set, evaluate_encoder
 from training.text.pairs import PairSet, build_training_pairs
+from training.text.results import TextTrainResult, evaluation_table, save_and_log
 from training.text.texts import item_summaries, item_texts
+from training.text.tower_run import train_tower_model
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TextTrainResult:
-    """What a training run produced."""
-
-    run_id: str
-    model_version: str
-    metrics: dict[str, float]
-    promoted: bool
-    model_dir: Path
-    history: list[dict[str, float]] = field(default_factory=list)
-    promotion_reason: str = ""  # why it was or was not promoted (training.promotion)
 
 
 class LabelHead(nn.Module):
@@ -167,9 +155,7 @@ def fit(
     on_epoch: Any = None,
 ) -> list[dict[str, float]]:
     """Fine-tune in place; leaves the best epoch's weights loaded.  Returns per-epoch metrics."""
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
-
+    get_linear_schedule_with_warmup = compat.transformers().get_linear_schedule_with_warmup
     cfg = settings.text
     rng = np.random.default_rng(settings.seed)
     head = LabelHead(cfg.temperature).to(encoder.device)
@@ -234,11 +220,8 @@ def train_text_model(
     on_plan: Any = None,
 ) -> TextTrainResult:
     """Train, evaluate, log, register and (when better) promote the text scorer."""
-    import mlflow
-
+    mlflow = compat.mlflow()
     if settings.text.model == "tower":
-        from training.text.tower_run import train_tower_model
-
         return train_tower_model(
             settings, con, progress=progress, promote=promote, force=force, on_plan=on_plan
         )
@@ -311,8 +294,8 @@ def train_text_model(
         # At the last epoch's step, so the run's latest value is the kept (best) epoch's, not
         # the last epoch's curve point.
         mlflow.log_metrics(rules.mlflow_metrics(metrics), step=int(history[-1]["epoch"]))
-        mlflow.log_table(_evaluation_table(metrics), artifact_file="evaluation.json")
-        model_dir = _save_and_log(
+        mlflow.log_table(evaluation_table(metrics), artifact_file="evaluation.json")
+        model_dir = save_and_log(
             encoder, settings, run.info.run_id, {**meta, "data_fingerprint": fingerprint}
         )
         run_id = run.info.run_id
@@ -336,31 +319,3 @@ def _prepare_data(
     pairs = build_training_pairs(con, settings, max_pairs=max_pairs, summaries=summaries)
     eval_set = build_eval_set(con, settings, summaries=summaries)
     return item_text, pairs, eval_set, registry.data_fingerprint(con)
-
-
-def _save_and_log(
-    encoder: tm.TwoTowerEncoder, settings: Settings, run_id: str, meta: dict[str, Any]
-) -> Path:
-    """Save the model (safetensors) with its settings and log the directory as ``model``."""
-    import mlflow
-
-    model_dir = tm.save_model(
-        encoder, settings.artifacts_dir / rules.TEXT_MODEL_NAME / run_id, meta
-    )
-    (model_dir / "settings.json").write_text(settings.to_json(), encoding="utf-8")
-    mlflow.log_artifacts(str(model_dir), "model")
-    return model_dir
-
-
-def _evaluation_table(metrics: dict[str, float]) -> dict[str, list[Any]]:
-    rows = [
-        ("fine-tuned", "val_"),
-        ("zero-shot base model", "zeroshot_val_"),
-        ("TF-IDF cosine", "tfidf_val_"),
-    ]
-    return {
-        "model": [name for name, _ in rows],
-        "auc": [metrics[f"{p}auc"] for _, p in rows],
-        "ndcg@10": [metrics[f"{p}ndcg@10"] for _, p in rows],
-        "users": [metrics[f"{p}users"] for _, p in rows],
-    }
