@@ -15,6 +15,7 @@ runs the chosen number of rounds on the cluster.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,11 @@ class DaskBoosting:
         model = lgb_dask.DaskLGBMRanker(
             client=self.client, n_estimators=rounds, **sklearn_params(params)
         )
-        model.fit(x, y, group=group)
+        with warnings.catch_warnings():
+            # the scikit-learn interface always carries n_jobs; lightgbm.dask sets the threads
+            # per worker itself and warns that it drops it, whatever the caller passed
+            warnings.filterwarnings("ignore", "Parameter n_jobs will be ignored", UserWarning)
+            model.fit(x, y, group=group, feature_name=part.names)
         booster = model.to_local().booster_
         log.info(
             "boosted %d rounds on %d Dask partitions (%d rows)",

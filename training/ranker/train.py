@@ -99,7 +99,9 @@ class Part:
     def groups(self) -> np.ndarray:
         """Rows per query group, in frame order."""
         cols = group_columns(self.frame)
-        return self.frame.group_by(cols, maintain_order=True).len()["len"].to_numpy()
+        return (
+            self.frame.group_by(cols, maintain_order=True).len()["len"].to_numpy().astype(np.int64)
+        )
 
 
 @dataclass

@@ -137,7 +137,7 @@ def encode_on_cluster(
         model_version=model_version,
         device=device,
         meta=meta,
-        batch_size=batch_size,
+        encode_batch=batch_size,  # not batch_size: Client.map has an argument of that name
         quantize=quantize,
         key=[f"encode-items-{model_version}-{s}" for s in starts],
         pure=False,
@@ -156,10 +156,10 @@ def _encode_chunk(
     model_version: str,
     device: str,
     meta: dict,
-    batch_size: int,
+    encode_batch: int,
     quantize: bool,
 ) -> np.ndarray:
     """On a worker: the process's cached encoder over one chunk."""
     resolved = str(tm.resolve_device(device))
     encoder = cached_encoder(model_dir, model_version, resolved)
-    return encode_catalog(encoder, meta, texts, batch_size, False, quantize)
+    return encode_catalog(encoder, meta, texts, encode_batch, False, quantize)
