@@ -3,10 +3,15 @@
 A real ``distributed.LocalCluster`` runs in this process (2 workers of 1 thread) on a seeded
 store built here: 160 users who each prefer one genre (tests/factories.py).
 
-- Ranker: ``DaskLGBMRanker`` is data-parallel LambdaRank: each worker bins and bags its own
-  partition and the histograms are summed over the network, so the trees are not bit-identical
-  to one-process ``lightgbm.train``.  The distributed ranker's holdout NDCG@10 must be within
-  ``NDCG_TOLERANCE`` (0.03 absolute) of the embedded one; both must beat the candidate order.
+- Ranker: on one partition ``DaskLGBMRanker`` builds exactly the trees ``lightgbm.train``
+  builds with the same parameters (same predictions).  On two it is data-parallel LambdaRank:
+  each worker samples bins and bags its own rows and the histograms are summed over the
+  network, so the trees differ and the early-stopping round moves.  Its holdout NDCG@10 must be
+  within ``NDCG_TOLERANCE`` (0.05 absolute) of the embedded one.  Why 0.05: on stores like this
+  one (3 data seeds x 2 seeds, docs/scale.md) the embedded ranker's own holdout NDCG@10 moves by
+  up to 0.1 between seeds 42 and 7, and embedded vs Dask differed by at most 0.05 (mean about
+  0); a broken partitioning (groups cut or misaligned) falls to the candidate order's NDCG,
+  which both must beat.
 - Text scoring: the catalog encoded in item chunks on the workers equals the embedded
   encoding (``np.allclose``, atol 1e-5: the same float32 model, batches cut differently).
 - A scheduler that is not there fails fast with a ``ConfigError`` naming the address.
@@ -26,6 +31,7 @@ from feature_store.db import connect
 from feature_store.embeddings import read_embeddings
 from feature_store.splits import materialize_protocol_split
 from recsys.algorithms.ranking import feature_matrix, feature_names
+from recsys.core import rules
 from recsys.core.config import Settings, load_settings
 from recsys.core.errors import ConfigError
 from tests.factories import load_into_store, make_catalog, make_events
@@ -34,7 +40,7 @@ from training import cluster
 from training.ranker import dataset
 from training.ranker.distributed import DaskBoosting, early_stopping_best, user_cuts
 from training.ranker.model import RankerModel
-from training.ranker.train import fit, protocol_ndcg
+from training.ranker.train import EmbeddedBoosting, Part, fit, lgb_params, protocol_ndcg
 from training.text.scoring import score_store
 from training.text.texts import item_summaries, item_texts
 
@@ -43,7 +49,7 @@ pytestmark = pytest.mark.integration
 distributed = pytest.importorskip("distributed")
 
 N_ITEMS = 48
-NDCG_TOLERANCE = 0.03
+NDCG_TOLERANCE = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +118,20 @@ def test_distributed_ranker_matches_embedded_quality(
     np.testing.assert_allclose(model.predict(x), on_dask.model.predict(x), rtol=1e-6)
 
 
+def test_one_partition_builds_the_embedded_trees(
+    home: tuple[Settings, duckdb.DuckDBPyConnection], client: object
+) -> None:
+    settings, con = home
+    frame, gens = dataset.build_frame(con, settings, dataset.FIT, text_index=None)
+    names = feature_names(gens, with_text=False)
+    part = Part(feature_matrix(frame, names), frame, names)
+    params = lgb_params(settings)
+    embedded = EmbeddedBoosting().refit(params, part, 10)
+    one = DaskBoosting(client, partitions=1).refit(params, part, 10)
+    np.testing.assert_array_equal(one.predict(part.x), embedded.predict(part.x))
+    assert one.feature_name() == names
+
+
 def test_user_partitions_never_split_a_user() -> None:
     sizes = np.array([3, 2, 4, 1, 5, 5])
     users = np.array(["a", "a", "b", "c", "c", "d"])  # "a" and "c" have two groups each
@@ -162,3 +182,22 @@ def test_a_bad_address_fails_fast_with_a_clear_error(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 30
     with cluster.connect(settings.replace(**{"distributed.address": ""})) as none:
         assert none is None  # embedded: no client, Dask not needed
+
+
+def test_recsys_train_ranker_on_the_cluster_registers_a_plain_booster(
+    home: tuple[Settings, duckdb.DuckDBPyConnection], client: object
+) -> None:
+    from training import registry
+    from training.ranker.run import train_and_log
+
+    settings, con = home
+    scheduler = client.scheduler.address  # type: ignore[attr-defined]
+    on_dask = settings.replace(**{"distributed.address": scheduler})
+    summary = train_and_log(on_dask, con, promote=False)
+    run = registry.client(on_dask).get_run(summary["run_id"])
+    # LightGBM's own record of the job: data-parallel over the two workers
+    assert run.data.params["lgb.tree_learner"] == "data"
+    assert run.data.params["lgb.num_machines"] == "2"
+    _, path = registry.download(on_dask, rules.RANKER_MODEL_NAME, summary["version"])
+    model = RankerModel.load(path)
+    assert not model.uses_text and model.booster.current_iteration() >= 1

@@ -38,10 +38,13 @@ _DROPPED = {"num_threads", "eval_at"}
 
 
 class DaskBoosting:
-    """``training.ranker.train.Boosting`` on the workers of ``client``."""
+    """``training.ranker.train.Boosting`` on the workers of ``client``, the frame cut into
+    ``partitions`` blocks (None: one per worker; 1 trains on one worker, tree for tree what
+    ``lightgbm.train`` builds)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, partitions: int | None = None) -> None:
         self.client = client
+        self.partitions = partitions
 
     def early_stopped(
         self, params: dict[str, Any], train: Part, valid: Part, rounds: int, patience: int
@@ -57,7 +60,8 @@ class DaskBoosting:
 
     def _boost(self, params: dict[str, Any], part: Part, rounds: int) -> Any:
         lgb_dask = cluster.lightgbm_dask()
-        x, y, group = partitioned(part, cluster.worker_count(self.client))
+        n_parts = self.partitions or cluster.worker_count(self.client)
+        x, y, group = partitioned(self.client, part, n_parts)
         model = lgb_dask.DaskLGBMRanker(
             client=self.client, n_estimators=rounds, **sklearn_params(params)
         )
@@ -65,7 +69,9 @@ class DaskBoosting:
             # the scikit-learn interface always carries n_jobs; lightgbm.dask sets the threads
             # per worker itself and warns that it drops it, whatever the caller passed
             warnings.filterwarnings("ignore", "Parameter n_jobs will be ignored", UserWarning)
-            model.fit(x, y, group=group, feature_name=part.names)
+            model.fit(
+                x, y, group=group, feature_name=part.names, eval_at=params.get("eval_at", [10])
+            )
         booster = model.to_local().booster_
         log.info(
             "boosted %d rounds on %d Dask partitions (%d rows)",
@@ -83,21 +89,30 @@ def sklearn_params(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def partitioned(part: Part, n_parts: int) -> tuple[Any, Any, Any]:
+def partitioned(client: Any, part: Part, n_parts: int) -> tuple[Any, Any, Any]:
     """Dask arrays (features, labels, group sizes) in about ``n_parts`` row blocks of similar
-    size, cut only where the user changes, so each user's groups stay in one block."""
+    size, cut only where the user changes, so each user's groups stay in one block.  Block k
+    is scattered to worker k (round robin): left to the scheduler, small blocks may all land on
+    one worker, and LightGBM then trains on one machine."""
     da = cluster.dask_array()
     sizes = part.groups()
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     users = part.frame["user_id"].to_numpy()[starts]
-    cuts = user_cuts(sizes, users, n_parts)
-    bounds = np.concatenate([[0], cuts, [len(sizes)]])
-    group_chunks = tuple(int(b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
-    row_chunks = tuple(int(sizes[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
-    x = da.from_array(part.x, chunks=(row_chunks, part.x.shape[1]))
-    y = da.from_array(part.frame["label"].to_numpy(), chunks=(row_chunks,))
-    group = da.from_array(sizes, chunks=(group_chunks,))
-    return x, y, group
+    bounds = np.concatenate([[0], user_cuts(sizes, users, n_parts), [len(sizes)]])
+    rows = np.concatenate([[0], np.cumsum(sizes)])[bounds]
+    labels = part.frame["label"].to_numpy()
+    workers = sorted(client.scheduler_info()["workers"])
+    xs, ys, gs = [], [], []
+    for k in range(len(bounds) - 1):
+        lo, hi, g_lo, g_hi = int(rows[k]), int(rows[k + 1]), int(bounds[k]), int(bounds[k + 1])
+        where = [workers[k % len(workers)]]
+        x_k, y_k, g_k = client.scatter(
+            [part.x[lo:hi], labels[lo:hi], sizes[g_lo:g_hi]], workers=where
+        )
+        xs.append(da.from_delayed(x_k, shape=(hi - lo, part.x.shape[1]), dtype=part.x.dtype))
+        ys.append(da.from_delayed(y_k, shape=(hi - lo,), dtype=labels.dtype))
+        gs.append(da.from_delayed(g_k, shape=(g_hi - g_lo,), dtype=sizes.dtype))
+    return da.concatenate(xs), da.concatenate(ys), da.concatenate(gs)
 
 
 def user_cuts(sizes: np.ndarray, users: np.ndarray, n_parts: int) -> np.ndarray:
