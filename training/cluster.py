@@ -95,10 +95,3 @@ def connect(settings: Settings) -> Iterator[Any | None]:
 def worker_count(client: Any) -> int:
     """Workers the scheduler knows now (at least 1; a job waits for none)."""
     return max(1, len(client.scheduler_info().get("workers", {})))
-
-
-def attach(settings: Settings, client: Any | None) -> contextlib.AbstractContextManager[Any]:
-    """``client`` as given (a caller that already holds one), else ``connect(settings)``."""
-    if client is not None:
-        return contextlib.nullcontext(client)
-    return connect(settings)

@@ -53,7 +53,9 @@ class DaskBoosting:
         k = int(params.get("eval_at", [10])[0])
         curve = ndcg_curve(booster, valid.x, valid.frame["label"].to_numpy(), valid.groups(), k)
         best, score = early_stopping_best(curve, patience)
-        return EarlyStopped(booster, best, score, {f"holdout_ndcg@{k}": curve[:best].tolist()})
+        # recorded up to where lightgbm.early_stopping would have stopped, like the embedded run
+        seen = curve[: best + patience] if patience else curve
+        return EarlyStopped(booster, best, score, {f"holdout_ndcg@{k}": seen.tolist()})
 
     def refit(self, params: dict[str, Any], full: Part, rounds: int) -> Any:
         return self._boost(params, full, rounds)
