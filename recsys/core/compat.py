@@ -21,6 +21,8 @@ from recsys.core.errors import MissingDependencyError
 
 # import name -> what to install (pyproject.toml's ranges)
 _PACKAGES = {
+    "dask": "the distributed extra: pip install 'recsys-text[distributed]'",
+    "distributed": "the distributed extra: pip install 'recsys-text[distributed]'",
     "implicit": "implicit>=0.7",
     "lightgbm": "lightgbm>=4.3",
     "matplotlib": "matplotlib>=3.8",
@@ -41,6 +43,16 @@ def _load(package: str, submodule: str) -> ModuleType:
             f"{name} cannot be imported ({exc}); install {_PACKAGES[package]!r} "
             "(`pip install -e .` installs every dependency)"
         ) from exc
+
+
+def dask(submodule: str = "") -> ModuleType:
+    """``dask.<submodule>`` (``array``, ``dataframe``): the optional cluster engine."""
+    return _load("dask", submodule)
+
+
+def distributed() -> ModuleType:
+    """``distributed`` (Client, LocalCluster): the optional cluster engine's scheduler client."""
+    return _load("distributed", "")
 
 
 def implicit(submodule: str = "") -> ModuleType:

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -205,6 +206,43 @@ class ServingSettings:
 
 SPLIT_KINDS = ("user_time", "global_time")
 
+LOCAL_CLUSTER = "local"
+# a Dask scheduler address: tcp://host:8786, tls://host:8786, host:8786, inproc://...
+_ADDRESS = re.compile(r"^((tcp|tls|ucx|inproc|ws|wss)://)?[A-Za-z0-9_.\-\[\]:/]+(:\d{1,5})?$")
+
+
+@dataclass(frozen=True)
+class DistributedSettings:
+    """Where the batch jobs that grow with data run (docs/scale.md "Past one machine").
+
+    ``address``: empty runs everything in this process (the default; Dask is not imported);
+    ``local`` starts a Dask ``LocalCluster`` sized to this machine for the job; anything else
+    is the address of a running Dask scheduler (``tcp://scheduler:8786``).  Ranker training
+    (``lightgbm.dask``) and catalog text scoring then run on its workers.
+    """
+
+    address: str = ""
+    # how long to wait for the scheduler (and its workers) before failing the job
+    connect_timeout_seconds: PositiveFloat = 30.0
+    # ``local`` only: worker processes (0: one per core) and threads per worker
+    local_workers: NonNegativeInt = 0
+    local_threads_per_worker: PositiveInt = 1
+    # items per text-scoring task (a multiple of the scoring batch, so batches match the
+    # embedded path's exactly)
+    score_chunk_items: PositiveInt = 4096
+
+    def __post_init__(self) -> None:
+        address = self.address.strip()
+        if address not in ("", LOCAL_CLUSTER) and not _ADDRESS.match(address):
+            raise ConfigError(
+                f"distributed.address must be empty (embedded), {LOCAL_CLUSTER!r} or a Dask "
+                f"scheduler address such as tcp://scheduler:8786; got {self.address!r}"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address.strip())
+
 
 @dataclass(frozen=True)
 class SplitSettings:
@@ -295,6 +333,7 @@ class Settings:
     serving: ServingSettings = field(default_factory=ServingSettings)
     split: SplitSettings = field(default_factory=SplitSettings)
     task: TaskSettings = field(default_factory=TaskSettings)
+    distributed: DistributedSettings = field(default_factory=DistributedSettings)
 
     def __post_init__(self) -> None:
         if self.device not in {"auto", "cpu", "cuda"}:

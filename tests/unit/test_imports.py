@@ -24,6 +24,8 @@ COMPAT_IMPORTS = {
 DYNAMIC_IMPORTERS = ("recsys/core/compat.py", "recsys/cli/__init__.py")
 # heavy libraries: imported at a module's top only by these (else through recsys.core.compat)
 HEAVY_AT_TOP = {
+    "dask": (),
+    "distributed": (),
     "implicit": (),
     "lightgbm": (),
     "matplotlib": (),

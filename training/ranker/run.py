@@ -16,10 +16,11 @@ from feature_store.splits import ensure_split
 from feature_store.task import apply_task
 from recsys.core import compat, rules
 from recsys.core.config import Settings
-from training import promotion, registry
+from training import cluster, promotion, registry
 from training.ranker import dataset
 from training.ranker import state as serving_state
 from training.ranker.baselines import holdout_baselines
+from training.ranker.distributed import DaskBoosting
 from training.ranker.mlflow_model import input_example, write_mlmodel
 from training.ranker.train import FitResult, train_both
 from training.registry import load_text_index
@@ -72,7 +73,11 @@ def train_and_log(
             recall,
         )
         example = frame.select("user_id", "item_id").head(5)
-        product, ablation = train_both(frame, generators, settings, truth, text_version)
+        with cluster.connect(settings) as client:
+            boosting = None if client is None else DaskBoosting(client)
+            product, ablation = train_both(
+                frame, generators, settings, truth, text_version, boosting
+            )
         del frame  # the serving state below is fitted on every event; keep the peak down
         candidate, text_reason = choose_candidate(product, ablation, text_version, force=force)
         baselines = holdout_baselines(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -87,6 +87,74 @@ def _dataset(x: np.ndarray, frame: pl.DataFrame, names: list[str]) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Part:
+    """Rows of the training frame and their feature matrix (groups contiguous)."""
+
+    x: np.ndarray
+    frame: pl.DataFrame
+    names: list[str]
+
+    def groups(self) -> np.ndarray:
+        """Rows per query group, in frame order."""
+        cols = group_columns(self.frame)
+        return (
+            self.frame.group_by(cols, maintain_order=True).len()["len"].to_numpy().astype(np.int64)
+        )
+
+
+@dataclass
+class EarlyStopped:
+    """The early-stopping fit: its booster, best round, holdout NDCG@10 there, curves."""
+
+    booster: Any
+    best_iteration: int
+    best_score: float
+    curves: dict[str, list[float]]
+
+
+class Boosting(Protocol):
+    """Where LambdaRank boosting runs: this process, or a cluster."""
+
+    def early_stopped(
+        self, params: dict[str, Any], train: Part, valid: Part, rounds: int, patience: int
+    ) -> EarlyStopped: ...
+
+    def refit(self, params: dict[str, Any], full: Part, rounds: int) -> Any: ...
+
+
+class EmbeddedBoosting:
+    """``lightgbm.train`` in this process (the default)."""
+
+    def early_stopped(
+        self, params: dict[str, Any], train: Part, valid: Part, rounds: int, patience: int
+    ) -> EarlyStopped:
+        lgb = compat.lightgbm()
+        evals: dict[str, Any] = {}
+        booster = lgb.train(
+            params,
+            _dataset(train.x, train.frame, train.names),
+            num_boost_round=rounds,
+            valid_sets=[_dataset(valid.x, valid.frame, valid.names)],
+            valid_names=["holdout"],
+            callbacks=[
+                lgb.early_stopping(patience, verbose=False),
+                lgb.record_evaluation(evals),
+            ],
+        )
+        curves = {
+            f"{name}_{metric}": [float(v) for v in values]
+            for name, by_metric in evals.items()
+            for metric, values in by_metric.items()
+        }
+        best = int(booster.best_iteration or booster.current_iteration())
+        return EarlyStopped(booster, best, float(booster.best_score["holdout"]["ndcg@10"]), curves)
+
+    def refit(self, params: dict[str, Any], full: Part, rounds: int) -> Any:
+        lgb = compat.lightgbm()
+        return lgb.train(params, _dataset(full.x, full.frame, full.names), num_boost_round=rounds)
+
+
 def protocol_ndcg(
     frame: pl.DataFrame, scores: np.ndarray, truth: pl.DataFrame, k: int = 10
 ) -> float:
@@ -111,9 +179,11 @@ def fit(
     settings: Settings,
     truth: pl.DataFrame,
     spec: dict[str, Any],
+    boosting: Boosting | None = None,
 ) -> FitResult:
-    """Early-stopped LambdaRank on ``frame`` (groups with >= 1 positive label), then refit."""
-    lgb = compat.lightgbm()
+    """Early-stopped LambdaRank on ``frame`` (groups with >= 1 positive label), then refit;
+    the boosting runs in this process unless ``boosting`` says otherwise (a Dask cluster:
+    ``training.ranker.distributed``)."""
     started = time.perf_counter()
     r, seed = settings.ranker, settings.seed
     useful = frame.filter((pl.col("label").max().over(group_columns(frame))) > 0)
@@ -124,28 +194,15 @@ def fit(
     x = feature_matrix(useful, names)  # float32, built once; row subsets below
     valid = useful.filter(pl.Series(mask))
     params = lgb_params(settings)
-    dtrain = _dataset(x[~mask], useful.filter(pl.Series(~mask)), names)
-    dvalid = _dataset(x[mask], valid, names)
-    evals: dict[str, Any] = {}
-    booster = lgb.train(
+    engine = boosting or EmbeddedBoosting()
+    stopped = engine.early_stopped(
         params,
-        dtrain,
-        num_boost_round=r.num_boost_round,
-        valid_sets=[dvalid],
-        valid_names=["holdout"],
-        callbacks=[
-            lgb.early_stopping(r.early_stopping_rounds, verbose=False),
-            lgb.record_evaluation(evals),
-        ],
+        Part(x[~mask], useful.filter(pl.Series(~mask)), names),
+        Part(x[mask], valid, names),
+        r.num_boost_round,
+        r.early_stopping_rounds,
     )
-    del dtrain, dvalid
-    curves = {
-        f"{name}_{metric}": [float(v) for v in values]
-        for name, by_metric in evals.items()
-        for metric, values in by_metric.items()
-    }
-    best = int(booster.best_iteration or booster.current_iteration())
-    lgb_ndcg = float(booster.best_score["holdout"]["ndcg@10"])
+    booster, best, lgb_ndcg = stopped.booster, stopped.best_iteration, stopped.best_score
     # the protocol's view of the held-out users: every val positive counts, not only candidates
     held_scores = np.asarray(booster.predict(x[mask], num_iteration=best))
     # the candidate groups only (what the product ranks), of the users whose candidate group
@@ -155,7 +212,7 @@ def fit(
         valid, held_scores = valid.filter(proposed), held_scores[proposed.to_numpy()]
     held_users = valid["user_id"].unique().to_list()
     val_ndcg = protocol_ndcg(valid, held_scores, truth.filter(pl.col("user_id").is_in(held_users)))
-    full = lgb.train(params, _dataset(x, useful, names), num_boost_round=best)
+    full = engine.refit(params, Part(x, useful, names), best)
     del x
     importance = pl.DataFrame(
         {
@@ -184,7 +241,7 @@ def fit(
         metrics,
         importance,
         sorted(map(str, held)),
-        curves,
+        stopped.curves,
     )
 
 
@@ -194,8 +251,10 @@ def train_both(
     settings: Settings,
     truth: pl.DataFrame,
     text_version: str | None,
+    boosting: Boosting | None = None,
 ) -> tuple[FitResult, FitResult]:
-    """The product ranker (text features when a text model is given) and the no-text ablation."""
+    """The product ranker (text features when a text model is given) and the no-text ablation
+    (both boosted by ``boosting``: this process when None)."""
     base = {
         "generators": generators,
         "num_candidates": settings.ranker.num_candidates,
@@ -210,6 +269,7 @@ def train_both(
         settings,
         truth,
         {**base, "uses_text": with_text, "text_model_version": text_version},
+        boosting,
     )
     ablation = fit(
         frame,
@@ -217,5 +277,6 @@ def train_both(
         settings,
         truth,
         {**base, "uses_text": False, "text_model_version": None},
+        boosting,
     )
     return product, ablation

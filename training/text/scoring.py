@@ -1,5 +1,9 @@
 """Batch scoring: embed the catalog and every user, write embeddings and top-N text scores.
 
+The catalog is encoded here, or in item chunks on a Dask cluster when ``distributed.address``
+is set (``training.text.catalog``); users are encoded here (from the item vectors, for the
+history tower).
+
 Tables written (schema in feature_store/schema.sql), each replacing earlier rows of the same
 ``model_version`` (and ``scope``):
 
@@ -17,15 +21,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
-import torch
-from tqdm.auto import tqdm
 
 from feature_store.db import transaction
 from feature_store.splits import ensure_split
@@ -34,9 +36,16 @@ from recsys.algorithms.text_index import TextIndex
 from recsys.core.config import Settings
 from recsys.core.errors import ConfigError
 from recsys.core.rules import LIVE_SCOPE, SCOPES
+from training import cluster
 from training.text import model as tm
 from training.text import tower as tw
-from training.text.item_vectors import load_item_vectors
+from training.text.catalog import (
+    cached_encoder,
+    catalog_vectors,
+    encode_catalog,
+    encode_on_cluster,
+    load_scoring_encoder,
+)
 from training.text.texts import item_summaries, item_texts, user_histories
 
 log = logging.getLogger(__name__)
@@ -307,17 +316,33 @@ def score_store(
     texts = item_texts(con)
     item_ids = sorted(texts)
     log.info("embedding %d items with model %s on %s", len(item_ids), model_version, device)
-    item_matrix = catalog_vectors(
-        encoder,
-        meta,
-        model_dir,
-        item_ids,
-        [texts[i] for i in item_ids],
-        batch,
-        progress,
-        settings.text.quantize_scoring,
-        reuse=settings.text.reuse_item_vectors,
-    )
+    ordered = [texts[i] for i in item_ids]
+    quantize = settings.text.quantize_scoring
+    with cluster.connect(settings) as client:
+        encode: Callable[[list[str]], np.ndarray]
+        if client is None:
+            encode = functools.partial(
+                encode_catalog,
+                encoder,
+                meta,
+                batch_size=batch,
+                progress=progress,
+                quantize=quantize,
+            )
+        else:
+            encode = functools.partial(
+                encode_on_cluster,
+                client,
+                model_dir,
+                model_version,
+                settings.device,
+                meta,
+                batch_size=batch,
+                quantize=quantize,
+                chunk_items=settings.distributed.score_chunk_items,
+            )
+        reuse = settings.text.reuse_item_vectors
+        item_matrix = catalog_vectors(encode, model_dir, item_ids, ordered, reuse=reuse)
     write_item_embeddings(con, model_version, item_ids, item_matrix)
     users, scores = {}, {}
     for scope in scopes:
@@ -350,7 +375,7 @@ def refresh_user_embeddings(
         return 0
     index = TextIndex.load(con, model_version, scope=scope, users=False)
     device = str(tm.resolve_device(settings.device))
-    encoder = _cached_encoder(str(model_dir), model_version, device)
+    encoder = cached_encoder(str(model_dir), model_version, device)
     meta = tm.read_meta(model_dir, settings)
     updated, _ = score_users(
         con,
@@ -364,85 +389,3 @@ def refresh_user_embeddings(
         user_ids=list(dict.fromkeys(user_ids)),
     )
     return updated
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_encoder(model_dir: str, model_version: str, device: str) -> tm.TwoTowerEncoder:
-    """The serving writer refreshes users every few seconds: load each model version once."""
-    return load_scoring_encoder(Path(model_dir), torch.device(device)).eval()
-
-
-def load_scoring_encoder(model_dir: Path, device: object) -> tm.TwoTowerEncoder:
-    """The saved encoder; a history-tower model also gets ``item_proj`` and ``user_tower``."""
-    encoder = tm.load_encoder(model_dir, device)  # type: ignore[arg-type]
-    if (model_dir / "towers.safetensors").is_file():
-        item_proj, user_tower = tw.load_towers(model_dir, encoder.dim)
-        encoder.item_proj = item_proj.to(encoder.device)
-        encoder.user_tower = user_tower.to(encoder.device)
-    return encoder
-
-
-def catalog_vectors(
-    encoder: tm.TwoTowerEncoder,
-    meta: dict,
-    model_dir: Path,
-    item_ids: Sequence[str],
-    texts: list[str],
-    batch_size: int,
-    progress: bool,
-    quantize: bool,
-    *,
-    reuse: bool = True,
-) -> np.ndarray:
-    """Item vectors: those saved with a history-tower model for items whose text did not
-    change (``reuse``, ``text.reuse_item_vectors``), the others encoded here."""
-    saved = load_item_vectors(model_dir, item_ids, texts) if reuse else None
-    if saved is None:
-        return encode_catalog(encoder, meta, texts, batch_size, progress, quantize)
-    matrix, reusable = saved
-    log.info(
-        "item vectors: %d reused from the model's training, %d encoded",
-        int(reusable.sum()),
-        int((~reusable).sum()),
-    )
-    missing = np.flatnonzero(~reusable)
-    if len(missing):
-        matrix[missing] = encode_catalog(
-            encoder, meta, [texts[k] for k in missing], batch_size, progress, quantize
-        )
-    return matrix
-
-
-def encode_catalog(
-    encoder: tm.TwoTowerEncoder,
-    meta: dict,
-    texts: list[str],
-    batch_size: int,
-    progress: bool,
-    quantize: bool,
-) -> np.ndarray:
-    """Item vectors; a history-tower model encodes through int8 Linear layers on CPU when
-    ``quantize`` (``text.quantize_scoring``), fp32 otherwise."""
-    if meta.get("architecture") != "history_tower":
-        return encoder.encode(
-            texts, int(meta["max_item_tokens"]), batch_size, progress, desc="items"
-        )
-    batch = encoder.tokenizer(
-        [t or " " for t in texts],
-        max_length=int(meta["max_item_tokens"]),
-        truncation=True,
-        padding="max_length",
-        return_tensors="pt",
-    )
-    backbone = encoder.backbone
-    if quantize and encoder.device.type == "cpu":
-        backbone = tw.quantize(backbone)
-    with tqdm(total=len(texts), desc="items", disable=not progress, unit="item") as bar:
-        return tw.encode_items(
-            backbone,
-            encoder.item_proj,  # type: ignore[arg-type]
-            batch["input_ids"].to(encoder.device),
-            batch["attention_mask"].to(encoder.device),
-            batch_size,
-            on_batch=bar.update,
-        )
