@@ -22,6 +22,7 @@ from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError
 from serving.errors import ReloadRefusedError
+from serving.memory import release_memory
 from serving.metrics import Metrics
 from serving.modelcheck import ModelRefusedError, ModelVerifier
 from serving.snapshot import SnapshotReader, close_snapshot, open_snapshot, serving_dir
@@ -173,6 +174,8 @@ class ModelHolder:
             self.loaded_at = time.time()
         versions = self.model_versions
         self.metrics.set_model_versions(versions)
+        if previous:
+            release_memory()  # the replaced recommender's frames, once requests let go of it
         log.info("serving models %s (loaded in %.2f s)", versions, time.perf_counter() - started)
         return {"model_versions": versions, "previous_model_versions": previous}
 
@@ -251,11 +254,14 @@ class ModelHolder:
                     close_snapshot(con, path)
                 else:
                     keep.append((since, con, path))
+            closed = len(self._retired) - len(keep)
             self._retired = keep
             if everything and self._con is not None and self.snapshot_path is not None:
                 close_snapshot(self._con, self.snapshot_path)
                 self.recommender, self._con = None, None
                 self.pair = (None, None)
+        if closed:
+            release_memory()  # the replaced models' heap goes back to the system
 
 
 class Watcher:

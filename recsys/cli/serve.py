@@ -100,6 +100,7 @@ def _serve_gunicorn(settings: Settings, stop: threading.Event) -> int:
         Child,
         Supervisor,
     )
+    from serving.memory import arena_env
     from serving.writer import ensure_snapshot
 
     ensure_snapshot(settings)  # a first run: workers boot with the store; never drains the log
@@ -107,6 +108,7 @@ def _serve_gunicorn(settings: Settings, stop: threading.Event) -> int:
     s = settings.serving
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     env.update(settings_env(settings))
+    env.update(arena_env(os.environ))  # bounded glibc arenas: flat worker RSS (serving/memory.py)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(_fresh_dir(settings.home / "serving" / "prometheus"))
     gunicorn = [
         sys.executable,
