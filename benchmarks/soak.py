@@ -2,7 +2,8 @@
 
 Every ``--sample-seconds`` it records each gunicorn worker's RSS, the CPU the writer (the
 ``recsys serve`` process) and the workers used, descriptors held to deleted snapshot files, the
-snapshots on disk and the event-log backlog.  The report compares worker RSS early in the run
+snapshots and deltas on disk and the workers' open descriptors.  The report compares worker RSS
+early in the run
 (after ``--warmup-seconds``) with its end: the issue 9 target is growth < 10% over 30 minutes.
 
     python benchmarks/soak.py --home /path/to/trained/home                 # 30 minutes
@@ -115,10 +116,18 @@ def _deleted_snapshot_fds(proc: psutil.Process) -> int:
                 target = os.readlink(f"/proc/{proc.pid}/fd/{fd}")
             except OSError:
                 continue
-            n += "store-" in target and target.endswith("(deleted)")
+            snapshot = "store-" in target or "delta-" in target
+            n += snapshot and target.endswith("(deleted)")
     except OSError:
         pass
     return n
+
+
+def _fds(proc: psutil.Process) -> int:
+    try:
+        return int(proc.num_fds())
+    except psutil.Error:
+        return 0
 
 
 def _cpu(proc: psutil.Process) -> float:
@@ -151,6 +160,8 @@ def _sample(serve: psutil.Process, home: Path, t0: float, last: dict[str, Any]) 
         ),
         "deleted_snapshot_fds": sum(_deleted_snapshot_fds(w) for w in workers),
         "snapshots_on_disk": len(list((home / "serving" / "snapshots").glob("store-*.duckdb"))),
+        "deltas_on_disk": len(list((home / "serving" / "deltas").glob("delta-*.duckdb"))),
+        "worker_fds": sum(_fds(w) for w in workers),
     }
     last.update({"at": now, "writer_cpu": writer_cpu, "worker_cpu": worker_cpu})
     return sample
@@ -225,6 +236,8 @@ def _write(
         ),
         "max_deleted_snapshot_fds": max(s["deleted_snapshot_fds"] for s in samples),
         "max_snapshots_on_disk": max(s["snapshots_on_disk"] for s in samples),
+        "max_deltas_on_disk": max(s.get("deltas_on_disk", 0) for s in samples),
+        "worker_fds_early_late": [steady[0]["worker_fds"], steady[-1]["worker_fds"]],
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
