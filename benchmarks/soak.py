@@ -141,7 +141,10 @@ def _cpu(proc: psutil.Process) -> float:
 def _sample(serve: psutil.Process, home: Path, t0: float, last: dict[str, Any]) -> dict[str, Any]:
     workers = _workers(serve)
     now = time.monotonic()
-    writer_cpu = _cpu(serve)
+    # the writer is ``recsys serve --writer-only``, a child of the supervising ``recsys serve``
+    writer_cpu = _cpu(serve) + sum(
+        _cpu(c) for c in serve.children() if "--writer-only" in " ".join(c.cmdline())
+    )
     worker_cpu = {w.pid: _cpu(w) for w in workers}
     dt = max(1e-6, now - last.get("at", t0))
     rss = {}
