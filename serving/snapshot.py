@@ -32,7 +32,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,6 +324,24 @@ class _Open:
             for _, path, _ in self.deltas:
                 leases.release(path)
             self.deltas.clear()
+
+
+@contextlib.contextmanager
+def published_cursor(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A cursor on what is published now (base + delta), for tools and tests; closed after."""
+    reader = SnapshotReader(settings, threads=1)
+    try:
+        if not reader.refresh():
+            raise FileNotFoundError(f"no store snapshot is published under {serving_dir(settings)}")
+        cur = reader.cursor()
+        if cur is None:
+            raise FileNotFoundError("the published snapshot could not be opened")
+        try:
+            yield cur
+        finally:
+            cur.close()
+    finally:
+        reader.close()
 
 
 class SnapshotReader:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import pytest
 
@@ -25,7 +24,7 @@ from recsys.core.config import Settings, load_settings
 from serving.client import ApiError, RecsysClient
 from serving.contract import Event
 from serving.eventlog import EventLog
-from serving.snapshot import read_pointer
+from serving.snapshot import published_cursor, read_pointer
 
 pytestmark = pytest.mark.integration
 
@@ -81,15 +80,10 @@ class RunningServer:
 
     def api_event_counts(self) -> dict[str, int]:
         """event_id -> how many times it is in the published snapshot (API events only)."""
-        info = read_pointer(self.settings)
-        assert info is not None, "no snapshot published"
-        con = duckdb.connect(info.path, read_only=True)
-        try:
-            rows = con.execute(
+        with published_cursor(self.settings) as cur:  # the base and its delta
+            rows = cur.execute(
                 "SELECT event_id, count(*) FROM events WHERE source = 'api' GROUP BY event_id"
             ).fetchall()
-        finally:
-            con.close()
         return {str(eid): int(n) for eid, n in rows}
 
 
