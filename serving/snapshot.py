@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -299,6 +300,52 @@ def open_snapshot(path: str, *, threads: int | None = None) -> duckdb.DuckDBPyCo
         raise
 
 
+# Connections to one file in one process share a DuckDB instance, and ATTACH names are the
+# instance's: every attached delta gets a name no other connection of the process uses.
+_alias_serial = itertools.count(1)
+_published_aliases: dict[int, str] = {}
+
+
+def _delta_alias() -> str:
+    return f"recsys_delta_{os.getpid()}_{next(_alias_serial)}"
+
+
+def open_published(
+    path: str, delta: str | None, *, threads: int | None = None
+) -> duckdb.DuckDBPyConnection:
+    """``open_snapshot`` of the base ``path`` with ``delta`` attached and overlaid on the
+    connection itself (its own cursors read the base alone); close with ``close_published``."""
+    con = open_snapshot(path, threads=threads)
+    if delta is None:
+        return con
+    try:
+        if not leases.acquire(delta):
+            raise FileNotFoundError(f"delta {delta} was deleted before it could be opened")
+        try:
+            alias = _delta_alias()
+            apply_overlay(con, attach_delta(con, delta, alias))
+            _published_aliases[id(con)] = alias
+        except BaseException:
+            leases.release(delta)
+            raise
+    except BaseException:
+        close_snapshot(con, path)
+        raise
+    return con
+
+
+def close_published(con: duckdb.DuckDBPyConnection, path: str, delta: str | None) -> None:
+    """Close a connection from ``open_published`` and drop its leases."""
+    alias = _published_aliases.pop(id(con), None)
+    try:
+        if alias is not None:  # the database instance is shared with this process's others
+            detach_delta(con, alias)
+        close_snapshot(con, path)
+    finally:
+        if delta is not None:
+            leases.release(delta)
+
+
 def close_snapshot(con: duckdb.DuckDBPyConnection, path: str) -> None:
     """Close a connection from ``open_snapshot`` and drop its lease."""
     try:
@@ -319,6 +366,9 @@ class _Open:
 
     def close(self) -> None:
         try:
+            for alias, _, _ in self.deltas:  # the instance may outlive this connection
+                with contextlib.suppress(duckdb.Error):
+                    detach_delta(self.con, alias)
             close_snapshot(self.con, self.path)
         finally:
             for _, path, _ in self.deltas:
@@ -360,7 +410,6 @@ class SnapshotReader:
         self._info: SnapshotInfo | None = None
         self._open: _Open | None = None
         self._retired: list[tuple[float, _Open]] = []
-        self._serial = 0
 
     @property
     def info(self) -> SnapshotInfo | None:
@@ -411,8 +460,7 @@ class SnapshotReader:
             return
         if not leases.acquire(delta):
             raise FileNotFoundError(f"delta {delta} was deleted before it could be opened")
-        self._serial += 1
-        alias = f"recsys_delta_{self._serial}"
+        alias = _delta_alias()
         try:
             views = attach_delta(opened.con, delta, alias)
         except BaseException:

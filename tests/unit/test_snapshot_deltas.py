@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from feature_store.db import connect
@@ -147,37 +148,45 @@ class _Models:
     model_versions = {"ranker": "1"}
 
 
-def test_models_are_rebuilt_on_a_new_base_only(home: Settings) -> None:
-    settings = home.replace(**{"serving.store_refresh_seconds": 0.0})
-    writer = EventWriter(settings, refresh_embeddings=False)
+def test_models_rebuild_on_new_events_only_and_at_most_every_refresh_interval(
+    home: Settings,
+) -> None:
+    writer = EventWriter(home, refresh_embeddings=False)
     writer.flush()
-    loads: list[str] = []
+    loads: list[int] = []  # events each load saw on its connection
 
-    def loader(_settings: Settings, _con: object) -> _Models:
-        loads.append("load")
+    def loader(_settings: Settings, con: duckdb.DuckDBPyConnection) -> _Models:
+        row = con.execute("SELECT count(*) FROM events").fetchone()
+        loads.append(int(row[0]) if row else -1)
         return _Models()
 
-    reader = SnapshotReader(settings)
-    holder = ModelHolder(settings, Metrics(), loader)
-    watcher = Watcher(settings, reader, holder)
-    try:
-        watcher.tick()
-        assert loads == ["load"]
-        EventLog(settings.event_log_dir).append([click("m1")])
-        assert writer.flush().snapshot is not None
-        watcher.tick()
-        assert reader.info is not None and reader.info.delta is not None
-        assert loads == ["load"], "a delta made the worker rebuild its models"
+    def run(settings: Settings) -> tuple[Watcher, SnapshotReader, ModelHolder]:
+        reader = SnapshotReader(settings)
+        holder = ModelHolder(settings, Metrics(), loader)
+        return Watcher(settings, reader, holder), reader, holder
 
-        writer.publisher._full = True  # as when a batch job wrote the store: a new base
-        EventLog(settings.event_log_dir).append([click("m2")])
-        full = writer.flush().snapshot
-        assert full is not None and full.delta is None
-        watcher.tick()
-        assert loads == ["load", "load"]
+    log = EventLog(home.event_log_dir)
+    slow, slow_reader, slow_holder = run(home.replace(**{"serving.store_refresh_seconds": 3600}))
+    fast, fast_reader, fast_holder = run(home.replace(**{"serving.store_refresh_seconds": 0}))
+    try:
+        slow.tick()
+        fast.tick()
+        base_events = loads[0]
+        assert loads == [base_events, base_events]
+        log.append([click("m1")])
+        assert writer.flush().snapshot is not None  # a delta
+        slow.tick()
+        assert len(loads) == 2, "rebuilt before store_refresh_seconds"
+        fast.tick()
+        assert loads[2:] == [base_events + 1], "the rebuilt models did not see the delta"
+        log.mark_ingested(0)  # a re-delivered event is a duplicate: nothing is published
+        assert writer.flush().snapshot is None
+        fast.tick()
+        assert len(loads) == 3, "rebuilt although nothing changed"
     finally:
-        holder.close_retired(everything=True)
-        reader.close()
+        for reader, holder in ((slow_reader, slow_holder), (fast_reader, fast_holder)):
+            holder.close_retired(everything=True)
+            reader.close()
 
 
 def test_compaction_removes_old_files_only_once_readers_let_go(
