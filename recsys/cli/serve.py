@@ -94,13 +94,13 @@ def run_writer(settings: Settings, stop: threading.Event, *, supervised: bool = 
 
 
 def _serve_gunicorn(settings: Settings, stop: threading.Event) -> int:
+    from serving.memory import arena_env
     from serving.supervisor import (
         GUNICORN_STOP_SECONDS,
         WRITER_STOP_SECONDS,
         Child,
         Supervisor,
     )
-    from serving.memory import arena_env
     from serving.writer import ensure_snapshot
 
     ensure_snapshot(settings)  # a first run: workers boot with the store; never drains the log
