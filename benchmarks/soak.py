@@ -225,6 +225,10 @@ def _write(
     early = statistics.median(s["worker_rss_mb_total"] for s in steady[:k])
     late = statistics.median(s["worker_rss_mb_total"] for s in steady[-k:])
     growth = (late - early) / early if early else None
+    # a worker's RSS swings while it rebuilds its models (old and new side by side for a few
+    # seconds); the troughs show what stays behind
+    low_early = min(s["worker_rss_mb_total"] for s in steady[: max(k, len(steady) // 3)])
+    low_late = min(s["worker_rss_mb_total"] for s in steady[-max(k, len(steady) // 3) :])
     summary = {
         "minutes": round(elapsed / 60, 2),
         "events_per_second_acked": round(counts["events_accepted"] / elapsed, 2),
@@ -233,6 +237,10 @@ def _write(
         "worker_rss_mb_early": early,
         "worker_rss_mb_late": late,
         "worker_rss_growth": None if growth is None else round(growth, 4),
+        "worker_rss_mb_trough_first_third": low_early,
+        "worker_rss_mb_trough_last_third": low_late,
+        "worker_rss_trough_growth": round((low_late - low_early) / low_early, 4),
+        "worker_rss_mb_max": max(s["worker_rss_mb_total"] for s in steady),
         "writer_cpu_cores_mean": round(statistics.fmean(s["writer_cpu_cores"] for s in steady), 3),
         "workers_cpu_cores_mean": round(
             statistics.fmean(s["workers_cpu_cores"] for s in steady), 3
