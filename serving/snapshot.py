@@ -381,7 +381,8 @@ def published_cursor(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
     """A cursor on what is published now (base + delta), for tools and tests; closed after."""
     reader = SnapshotReader(settings, threads=1)
     try:
-        if not reader.refresh():
+        # a publish may prune the delta just read from the pointer: read the new pointer then
+        if not any(reader.refresh() for _ in range(3)):
             raise FileNotFoundError(f"no store snapshot is published under {serving_dir(settings)}")
         cur = reader.cursor()
         if cur is None:
