@@ -367,10 +367,12 @@ def test_writer_blocked_by_a_batch_job(server: RunningServer) -> None:
         [
             sys.executable,
             "-c",
-            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
-            "time.sleep(4); c.close()",
+            # holds the store until told to let go (a fixed hold raced a slow POST under load)
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+            "sys.stdin.readline(); c.close()",
             str(server.settings.db_path),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -382,9 +384,7 @@ def test_writer_blocked_by_a_batch_job(server: RunningServer) -> None:
         time.sleep(1.5)
         assert "during-job" not in server.api_event_counts()  # cannot have landed yet
     finally:
-        holder.wait(timeout=60)
-        if holder.stdout is not None:
-            holder.stdout.close()
+        holder.communicate("\n", timeout=60)  # the batch job ends
     server.wait_landed()
     assert server.api_event_counts()["during-job"] == 1
 
