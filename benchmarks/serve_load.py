@@ -8,6 +8,17 @@ shows up (no coordinated omission).  Per step: p50/p95/p99 latency, throughput a
     python benchmarks/serve_load.py --home /path/to/trained/home            # 60-s steps
     python benchmarks/serve_load.py --home ... --step-seconds 10 --rates 50,100   # quick look
 
+Overload (issue 9: load shedding), one command, about 3 minutes with the server's boot:
+
+    python benchmarks/serve_load.py --overload --home /path/to/trained/home
+
+measures the capacity (closed loop, 15 s, twice as many clients as gunicorn threads), then
+offers 0.5, 1, 1.5, 2, 2.5 and 3 times it open loop (12-s steps) and prints each step: goodput
+(200 answers/s), shed (503 + Retry-After), errors, latency, and the generator's own CPU.  The
+generator is one asyncio/aiohttp process at the caller's priority (run it at nice 0; it used
+under 0.1 of a core at 3x), so it does not starve the server it measures.  Writes
+serve_overload.json/.md.
+
 Writes benchmarks/results/serve_load.json and .md.  Needs a home with the MovieLens store and
 champion models (``recsys ingest movielens``, ``recsys train text``, ``recsys score``,
 ``recsys train ranker``).  Only loopback addresses are used.
@@ -95,7 +106,13 @@ async def _generate(url: str, rate: float, seconds: float, bodies: list[bytes]) 
         ]
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
-    return _summary(results, elapsed, offered_rate=rate, seconds=seconds)
+    return _summary(results, elapsed, offered_rate=rate, seconds=seconds, **_own_cpu())
+
+
+def _own_cpu() -> dict[str, float]:
+    """CPU seconds this generator process used: it shares the machine with the server."""
+    t = os.times()
+    return {"generator_cpu_s": round(t.user + t.system, 2)}
 
 
 def _summary(results: list[tuple[float, int]], elapsed: float, **extra: Any) -> dict[str, Any]:
@@ -294,7 +311,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("RECSYS_HOME", ".recsys")))
     parser.add_argument("--rates", default="25,50,100,150,200", help="Requests/s per step.")
-    parser.add_argument("--step-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--step-seconds", type=float, help="Seconds per step (default 60; --overload: 12)."
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--candidates", type=int, default=300)
     parser.add_argument("--k", type=int, default=10)
@@ -311,11 +330,13 @@ def main() -> None:
         "and shed requests (writes serve_overload.json/.md).",
     )
     parser.add_argument("--multiples", default="0.5,1,1.5,2,2.5,3")
-    parser.add_argument("--calibrate-seconds", type=float, default=30.0)
+    parser.add_argument("--calibrate-seconds", type=float, default=15.0)
     parser.add_argument(
         "--deadline-ms", type=float, help="serving.queue_deadline_ms for the server (0: off)."
     )
     args = parser.parse_args()
+    if args.step_seconds is None:
+        args.step_seconds = 12.0 if args.overload else 60.0
     if args.generate:
         bodies = [json.dumps(p).encode() for p in json.loads(args.payloads.read_text())]
         if args.concurrency:
@@ -434,7 +455,9 @@ def overload_main(args: argparse.Namespace) -> None:
         url = f"http://{LOOPBACK}:{port}/v1/rank"
         print(f"recsys serve on {LOOPBACK}:{port} (home {home})", flush=True)
         with _recsys_server(home, port, args.workers, env):
-            concurrency = args.workers * 4  # gunicorn threads per worker (serving/gunicorn_conf)
+            # twice the threads (4 per worker, serving/gunicorn_conf): every worker stays busy
+            # although connections reach the workers unevenly, so this is the most it answers
+            concurrency = args.workers * 4 * 2
             cal = _generator(
                 url,
                 payload_file,

@@ -2,7 +2,8 @@
 
 Every ``--sample-seconds`` it records each gunicorn worker's RSS, the CPU the writer (the
 ``recsys serve`` process) and the workers used, descriptors held to deleted snapshot files, the
-snapshots on disk and the event-log backlog.  The report compares worker RSS early in the run
+snapshots and deltas on disk and the workers' open descriptors.  The report compares worker RSS
+early in the run
 (after ``--warmup-seconds``) with its end: the issue 9 target is growth < 10% over 30 minutes.
 
     python benchmarks/soak.py --home /path/to/trained/home                 # 30 minutes
@@ -115,10 +116,18 @@ def _deleted_snapshot_fds(proc: psutil.Process) -> int:
                 target = os.readlink(f"/proc/{proc.pid}/fd/{fd}")
             except OSError:
                 continue
-            n += "store-" in target and target.endswith("(deleted)")
+            snapshot = "store-" in target or "delta-" in target
+            n += snapshot and target.endswith("(deleted)")
     except OSError:
         pass
     return n
+
+
+def _fds(proc: psutil.Process) -> int:
+    try:
+        return int(proc.num_fds())
+    except psutil.Error:
+        return 0
 
 
 def _cpu(proc: psutil.Process) -> float:
@@ -132,7 +141,10 @@ def _cpu(proc: psutil.Process) -> float:
 def _sample(serve: psutil.Process, home: Path, t0: float, last: dict[str, Any]) -> dict[str, Any]:
     workers = _workers(serve)
     now = time.monotonic()
-    writer_cpu = _cpu(serve)
+    # the writer is ``recsys serve --writer-only``, a child of the supervising ``recsys serve``
+    writer_cpu = _cpu(serve) + sum(
+        _cpu(c) for c in serve.children() if "--writer-only" in " ".join(c.cmdline())
+    )
     worker_cpu = {w.pid: _cpu(w) for w in workers}
     dt = max(1e-6, now - last.get("at", t0))
     rss = {}
@@ -151,6 +163,8 @@ def _sample(serve: psutil.Process, home: Path, t0: float, last: dict[str, Any]) 
         ),
         "deleted_snapshot_fds": sum(_deleted_snapshot_fds(w) for w in workers),
         "snapshots_on_disk": len(list((home / "serving" / "snapshots").glob("store-*.duckdb"))),
+        "deltas_on_disk": len(list((home / "serving" / "deltas").glob("delta-*.duckdb"))),
+        "worker_fds": sum(_fds(w) for w in workers),
     }
     last.update({"at": now, "writer_cpu": writer_cpu, "worker_cpu": worker_cpu})
     return sample
@@ -211,6 +225,10 @@ def _write(
     early = statistics.median(s["worker_rss_mb_total"] for s in steady[:k])
     late = statistics.median(s["worker_rss_mb_total"] for s in steady[-k:])
     growth = (late - early) / early if early else None
+    # a worker's RSS swings while it rebuilds its models (old and new side by side for a few
+    # seconds); the troughs show what stays behind
+    low_early = min(s["worker_rss_mb_total"] for s in steady[: max(k, len(steady) // 3)])
+    low_late = min(s["worker_rss_mb_total"] for s in steady[-max(k, len(steady) // 3) :])
     summary = {
         "minutes": round(elapsed / 60, 2),
         "events_per_second_acked": round(counts["events_accepted"] / elapsed, 2),
@@ -219,12 +237,18 @@ def _write(
         "worker_rss_mb_early": early,
         "worker_rss_mb_late": late,
         "worker_rss_growth": None if growth is None else round(growth, 4),
+        "worker_rss_mb_trough_first_third": low_early,
+        "worker_rss_mb_trough_last_third": low_late,
+        "worker_rss_trough_growth": round((low_late - low_early) / low_early, 4),
+        "worker_rss_mb_max": max(s["worker_rss_mb_total"] for s in steady),
         "writer_cpu_cores_mean": round(statistics.fmean(s["writer_cpu_cores"] for s in steady), 3),
         "workers_cpu_cores_mean": round(
             statistics.fmean(s["workers_cpu_cores"] for s in steady), 3
         ),
         "max_deleted_snapshot_fds": max(s["deleted_snapshot_fds"] for s in samples),
         "max_snapshots_on_disk": max(s["snapshots_on_disk"] for s in samples),
+        "max_deltas_on_disk": max(s.get("deltas_on_disk", 0) for s in samples),
+        "worker_fds_early_late": [steady[0]["worker_fds"], steady[-1]["worker_fds"]],
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),

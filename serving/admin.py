@@ -25,7 +25,7 @@ def reload_models() -> ResponseReturnValue:
     if info is None:
         raise StoreNotReadyError("no store snapshot is published yet; models load on top of one")
     # a refused champion raises ReloadRefusedError (409) and the old models keep serving
-    outcome = st.models.load(info.path, fallback=False)
+    outcome = st.models.load(info.path, delta=info.delta, fallback=False)
     st.watcher.signal_reload()  # the other workers follow
     result = ReloadResult.model_validate({"reloaded": True, **outcome})
     return jsonify(result.model_dump(mode="json", exclude_unset=True))

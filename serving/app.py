@@ -93,7 +93,7 @@ def _load_initial(state: ServingState) -> None:
         return
     state.metrics.snapshot_published.set(info.published_at)
     try:
-        state.models.load(info.path)
+        state.models.load(info.path, delta=info.delta)
     except ReloadRefusedError:
         log.warning("starting without models: %s", state.models.error)
 

@@ -23,9 +23,16 @@ from recsys.core.config import Settings
 from recsys.core.errors import MissingDependencyError, ModelNotReadyError
 from recsys.pipeline import loader
 from serving.errors import ReloadRefusedError
+from serving.memory import release_memory
 from serving.metrics import Metrics
 from serving.modelcheck import ModelRefusedError, ModelVerifier
-from serving.snapshot import SnapshotReader, close_snapshot, open_snapshot, serving_dir
+from serving.snapshot import (
+    SnapshotInfo,
+    SnapshotReader,
+    close_published,
+    open_published,
+    serving_dir,
+)
 from training import registry
 
 log = logging.getLogger(__name__)
@@ -97,8 +104,9 @@ class ModelHolder:
         self.error: str | None = "models not loaded yet"
         self.loaded_at: float | None = None
         self.snapshot_path: str | None = None
+        self.snapshot_delta: str | None = None  # the delta the models were built with
         self._con: Any | None = None
-        self._retired: list[tuple[float, Any, str]] = []
+        self._retired: list[tuple[float, Any, str, str | None]] = []
         self._lock = threading.Lock()
 
     @property
@@ -126,8 +134,11 @@ class ModelHolder:
         challenger = self.pair[1]
         return dict(challenger.model_versions) if challenger is not None else {}
 
-    def load(self, snapshot_path: str, *, fallback: bool = True) -> dict[str, Any]:
-        """Load the champion models on the snapshot; on failure keep what serves and raise 409.
+    def load(
+        self, snapshot_path: str, *, delta: str | None = None, fallback: bool = True
+    ) -> dict[str, Any]:
+        """Load the champion models on the snapshot (base ``snapshot_path`` and its ``delta``);
+        on failure keep what serves and raise 409.
 
         With a verifier, a champion that fails verification is replaced by the last verified
         version when ``fallback`` (boot, snapshot refreshes) and refused otherwise (a reload).
@@ -138,7 +149,7 @@ class ModelHolder:
             con = None
             try:
                 ranker, note = self._choose_ranker(fallback)
-                con = open_snapshot(snapshot_path, threads=self.threads)
+                con = open_published(snapshot_path, delta, threads=self.threads)
                 if ranker is None:
                     new = self.loader(self.settings, con)
                 else:
@@ -146,7 +157,7 @@ class ModelHolder:
                 challenger = self._load_challenger(con, new)
             except Exception as exc:
                 if con is not None:
-                    close_snapshot(con, snapshot_path)
+                    close_published(con, snapshot_path, delta)
                 message = f"{type(exc).__name__}: {exc}"
                 if self.recommender is None:
                     repeated, self.error = self.error == message, message
@@ -165,13 +176,17 @@ class ModelHolder:
             self.pair = (new, challenger)  # the atomic swap
             self.recommender = new
             if self._con is not None and self.snapshot_path is not None:
-                self._retired.append((time.monotonic(), self._con, self.snapshot_path))
-            self._con, self.snapshot_path = con, snapshot_path
+                self._retired.append(
+                    (time.monotonic(), self._con, self.snapshot_path, self.snapshot_delta)
+                )
+            self._con, self.snapshot_path, self.snapshot_delta = con, snapshot_path, delta
             self.error = None
             self.fallback = note
             self.loaded_at = time.time()
         versions = self.model_versions
         self.metrics.set_model_versions(versions)
+        if previous:
+            release_memory()  # the replaced recommender's frames, once requests let go of it
         log.info("serving models %s (loaded in %.2f s)", versions, time.perf_counter() - started)
         return {"model_versions": versions, "previous_model_versions": previous}
 
@@ -243,16 +258,19 @@ class ModelHolder:
         with self._lock:
             now = time.monotonic()
             keep = []
-            for since, con, path in self._retired:
+            for since, con, path, delta in self._retired:
                 if everything or now - since >= _RETIRE_AFTER_SECONDS:
-                    close_snapshot(con, path)
+                    close_published(con, path, delta)
                 else:
-                    keep.append((since, con, path))
+                    keep.append((since, con, path, delta))
+            closed = len(self._retired) - len(keep)
             self._retired = keep
             if everything and self._con is not None and self.snapshot_path is not None:
-                close_snapshot(self._con, self.snapshot_path)
+                close_published(self._con, self.snapshot_path, self.snapshot_delta)
                 self.recommender, self._con = None, None
                 self.pair = (None, None)
+        if closed:
+            release_memory()  # the replaced models' heap goes back to the system
 
 
 class Watcher:
@@ -311,20 +329,20 @@ class Watcher:
         self.models.close_retired()
         now = time.monotonic()
         signal = _read_signal(self.signal_path)
-        reason = self._reload_reason(now, signal, info.path, first=switched and not had_snapshot)
+        reason = self._reload_reason(now, signal, info, first=switched and not had_snapshot)
         self._seen_signal = signal
         if reason is None:
             return
         log.debug("loading models: %s", reason)
         try:
-            self.models.load(info.path)
+            self.models.load(info.path, delta=info.delta)
         except ReloadRefusedError:
             pass  # logged by load(); the old models keep serving
         finally:
             self._last_load = time.monotonic()  # the refresh interval counts from the end
 
     def _reload_reason(
-        self, now: float, signal: str | None, path: str, *, first: bool
+        self, now: float, signal: str | None, info: SnapshotInfo, *, first: bool
     ) -> str | None:
         if self.models.recommender is None:
             if first or now - self._last_retry >= _RETRY_UNREADY_SECONDS:
@@ -335,8 +353,11 @@ class Watcher:
             return "reload signalled by another worker"
         if self._poll_due(now) and self._champions_changed():
             return "a new champion was registered"
+        # the models' in-memory features and clock come from the events they were built on, so
+        # a new delta (accepted events) counts too - at most every store_refresh_seconds
         refresh = self.settings.serving.store_refresh_seconds
-        if self.models.snapshot_path != path and now - self._last_load >= refresh:
+        built_on = (self.models.snapshot_path, self.models.snapshot_delta)
+        if built_on != (info.path, info.delta) and now - self._last_load >= refresh:
             return "a newer store snapshot"
         return None
 

@@ -9,7 +9,8 @@
    event id) and commits;
 3. refreshes the live text vectors of the users whose history changed, when a text model is
    registered (no full rescoring);
-4. publishes a snapshot for the API workers (serving/snapshot.py) and closes the store;
+4. publishes for the API workers (serving/snapshot.py) - a small delta with what changed since
+   the last full snapshot, or now and then a full snapshot - and closes the store;
 5. only then moves the log checkpoint, so a crash anywhere before re-delivers the same events to
    an idempotent ingest: every acknowledged event lands exactly once.
 
@@ -162,6 +163,7 @@ class EventWriter:
         counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
         done: list[LoggedEvent] = []
         refreshed = 0
+        users: set[str] = set()  # whose events arrived: their rows go into the next delta
         con = connect(self.settings.db_path)  # waits for a batch job that holds the store
         try:
             for start in range(0, len(pending), FLUSH_CHUNK):
@@ -177,6 +179,7 @@ class EventWriter:
                     }
                 )
                 refreshed += self._refresh_users(con, changed, text_model)
+                users.update(changed)
                 done.extend(chunk)
                 if stop is not None and stop.is_set():
                     break
@@ -184,7 +187,9 @@ class EventWriter:
             seq = done[-1].seq if done else self.event_log.checkpoint()
             # what workers read changed: new events, refreshed vectors, a batch job's writes
             news = bool(counts["accepted"] or refreshed or store_changed)
-            info = self.publisher.maybe_publish(con, log_seq=seq, changed=news)
+            info = self.publisher.maybe_publish(
+                con, log_seq=seq, changed=news, users=users, external=store_changed
+            )
         finally:
             con.close()
         self._store_stat = _stat(self.settings.db_path)

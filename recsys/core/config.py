@@ -184,8 +184,14 @@ class ServingSettings:
     # workers rebuild their recommender (known users, generators, clock) on a newer store
     # snapshot at most this often; a rebuild costs seconds of CPU
     store_refresh_seconds: NonNegativeFloat = 60.0
-    # the writer copies the store into a new snapshot only after a change, at most this often
-    snapshot_min_seconds: NonNegativeFloat = 30.0
+    # the writer publishes what changed (a small delta file beside the last full snapshot)
+    # only after a change, at most this often (serving/delta.py)
+    snapshot_min_seconds: NonNegativeFloat = 5.0
+    # a full snapshot (a copy of the store; workers then rebuild their models) replaces the
+    # base and its delta this long after the last one (0: every publish is a full copy) ...
+    snapshot_compact_seconds: NonNegativeFloat = 600.0
+    # ... or once the delta holds this many events
+    snapshot_compact_events: PositiveInt = 50_000
     # a request that waited longer in the queue is answered 503 + Retry-After (0: never shed)
     queue_deadline_ms: NonNegativeFloat = 500.0
     # a gunicorn worker may take this long to build its app (load models, fit generators) before

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import psutil
 import pytest
@@ -34,7 +33,7 @@ from recsys.core.config import Settings, load_settings
 from serving.client import ApiError, RecsysClient
 from serving.contract import Event
 from serving.eventlog import EventLog
-from serving.snapshot import read_pointer
+from serving.snapshot import published_cursor, read_pointer
 
 pytestmark = pytest.mark.integration
 
@@ -88,15 +87,10 @@ class RunningServer:
 
     def api_event_counts(self) -> dict[str, int]:
         """event_id -> how many times it is in the published snapshot (API events only)."""
-        info = read_pointer(self.settings)
-        assert info is not None, "no snapshot published"
-        con = duckdb.connect(info.path, read_only=True)
-        try:
-            rows = con.execute(
+        with published_cursor(self.settings) as cur:  # the base and its delta
+            rows = cur.execute(
                 "SELECT event_id, count(*) FROM events WHERE source = 'api' GROUP BY event_id"
             ).fetchall()
-        finally:
-            con.close()
         return {str(eid): int(n) for eid, n in rows}
 
 
@@ -380,10 +374,12 @@ def test_writer_blocked_by_a_batch_job(server: RunningServer) -> None:
         [
             sys.executable,
             "-c",
-            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
-            "time.sleep(4); c.close()",
+            # holds the store until told to let go (a fixed hold raced a slow POST under load)
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+            "sys.stdin.readline(); c.close()",
             str(server.settings.db_path),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -395,9 +391,7 @@ def test_writer_blocked_by_a_batch_job(server: RunningServer) -> None:
         time.sleep(1.5)
         assert "during-job" not in server.api_event_counts()  # cannot have landed yet
     finally:
-        holder.wait(timeout=60)
-        if holder.stdout is not None:
-            holder.stdout.close()
+        holder.communicate("\n", timeout=60)  # the batch job ends
     server.wait_landed()
     assert server.api_event_counts()["during-job"] == 1
 

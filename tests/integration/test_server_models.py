@@ -16,12 +16,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import duckdb
 import httpx
 import pytest
 
 from serving.client import RecsysClient
-from serving.snapshot import read_pointer
+from serving.snapshot import published_cursor
 from tests.integration.test_server import (
     KEY,
     RunningServer,
@@ -179,10 +178,5 @@ def test_schemathesis_on_every_operation_with_models(model_server: RunningServer
 
 
 def _snapshot_rows(server: RunningServer, sql: str) -> list[tuple]:
-    info = read_pointer(server.settings)
-    assert info is not None
-    con = duckdb.connect(info.path, read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+    with published_cursor(server.settings) as cur:  # the base and its delta
+        return cur.execute(sql).fetchall()

@@ -1,0 +1,54 @@
+"""Give freed heap back to the operating system after a worker drops a whole model set.
+
+A worker rebuilds its ``Recommender`` (candidate frames, vectors, a LightGBM booster: hundreds
+of MB) when a new champion or store snapshot arrives; the old one is dropped a little later.
+glibc keeps freed memory in its arenas, one per thread that ever allocated (up to 8 x cores), so
+a gthread worker whose request threads each touched big frames shows an RSS that only climbs,
+although nothing is live (issue 9's soak: +18% in 3 minutes).  Two things keep it flat:
+
+* ``MALLOC_ARENA_MAX`` (``ARENA_MAX``) in the workers' environment bounds the arenas; ``recsys
+  serve`` sets it for its children unless the operator set it (``arena_env``);
+* ``release_memory()`` after a model set is closed: a garbage collection, then glibc's
+  ``malloc_trim(0)``, which returns the free pages at the top of every arena and the unused
+  middle pages (``madvise``) to the system.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+import sys
+from collections.abc import Callable, Mapping
+
+log = logging.getLogger(__name__)
+
+ARENA_MAX = "2"
+ARENA_ENV = "MALLOC_ARENA_MAX"
+
+
+def arena_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``{MALLOC_ARENA_MAX: 2}`` unless ``environ`` already sets it (then ``{}``)."""
+    return {} if ARENA_ENV in environ else {ARENA_ENV: ARENA_MAX}
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # musl and others have no malloc_trim
+        return None
+
+
+_TRIM = _libc_trim()
+
+
+def release_memory() -> bool:
+    """Collect garbage and return free heap pages to the system; True if glibc trimmed any."""
+    gc.collect()
+    if _TRIM is None:
+        return False
+    return bool(_TRIM(0))
