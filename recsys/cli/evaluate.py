@@ -84,9 +84,9 @@ def evaluate(
         raise click.UsageError("--since and --json go with --online")
     from feature_store.db import connect
     from recsys.core.errors import EvaluationError
-    from recsys.evaluation.protocol import PROTOCOL, SYSTEMS, check_systems, run_protocol
+    from recsys.evaluation.protocol import SYSTEMS, check_systems, run_protocol
     from recsys.evaluation.provenance import provenance
-    from recsys.evaluation.report import log_to_mlflow, write_report
+    from recsys.evaluation.report import REPLAY_ONLY, log_to_mlflow, write_report
     from training import registry
 
     settings = settings_from(ctx)
@@ -101,7 +101,7 @@ def evaluate(
             f"nothing to evaluate: there is no store at {settings.db_path} (home "
             f"{settings.home}); run `recsys ingest ...` first, or point --home at a trained home"
         )
-    report: dict[str, Any] = {"protocol": PROTOCOL, "systems": {}, "skipped": {}}
+    report: dict[str, Any] = {"protocol": REPLAY_ONLY, "systems": {}, "skipped": {}}
     con = connect(settings.db_path)
     try:
         fingerprint = registry.data_fingerprint(con)
