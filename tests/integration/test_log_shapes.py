@@ -145,7 +145,7 @@ def test_click_log_end_to_end(tmp_path: Path) -> None:
     _run(home, env, "ingest", "items", str(items))
     out = _run(home, env, "ingest", "events", str(events))
     assert "quarantined 0" in out
-    assert "task events: positive = purchase, click" in out
+    assert "task events: positive = click, like, share, purchase" in out
     _check_item_text(home / "recsys.duckdb", items)
     report = _job(home, env, tmp_path / "report")
     assert "impressions" not in report  # no served lists: full ranking only
