@@ -41,7 +41,6 @@ from recsys.core.rules import FIT_SCOPE, TRAIN_SCOPE
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = "movielens-v1"
 TEST_PERCENT = 20
 DEFAULT_VAL_PERCENT = 20
 
@@ -184,6 +183,31 @@ def _build_user_time_views(con: duckdb.DuckDBPyConnection) -> None:
               AND ({start} IS NULL OR e.ts < {start})
             """
         )
+
+
+def describe_split(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """The materialized split in words: ``kind``, ``description`` and, for a global cut, the
+    ``val_start`` / ``test_start`` times (ISO); empty when no split is materialized."""
+    if _current_spec(con) is None:
+        return {}
+    row = con.execute("SELECT spec, kind, val_start, test_start FROM split_v1_spec").fetchone()
+    if row is None:
+        return {}
+    spec, kind, val_start, test_start = json.loads(row[0]), str(row[1]), row[2], row[3]
+    if kind == "global_time":
+        return {
+            "kind": kind,
+            "description": f"global cut-off {test_start:%Y-%m-%d %H:%M} (test from it, "
+            f"validation from {val_start:%Y-%m-%d %H:%M}, train before)",
+            "val_start": val_start.isoformat(),
+            "test_start": test_start.isoformat(),
+        }
+    return {
+        "kind": kind,
+        "test_percent": str(spec["test_percent"]),
+        "description": f"per-user time split (each user's last {spec['test_percent']}% of "
+        "events are test)",
+    }
 
 
 def _global_cuts(con: duckdb.DuckDBPyConnection, spec: SplitSettings) -> tuple[datetime, datetime]:

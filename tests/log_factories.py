@@ -9,7 +9,11 @@ Every user has one favourite topic; items are news-like texts whose words name t
   ``purchase`` events on items of the user's topic, a few off-topic ones) plus the items CSV
   (title, description, category) -- the column contract of docs/ingest.md.
 
-Both are written as files, so the CLI ingests them as a user would.
+Both are written as files, so the CLI ingests them as a user would.  They are small on
+purpose (unit tests read exact answers off them).  For logs of realistic shape -- hundreds of
+users, thousands of served lists, clicks that follow category interests -- use
+``realistic_mind`` / ``realistic_events`` (``recsys.cli.example_logs``, the generator behind
+``recsys ingest example``), generated at test time like these.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+
+from recsys.cli import example_logs
 
 TOPICS: dict[str, tuple[str, ...]] = {
     "sports": ("match", "goal", "league", "coach", "striker"),
@@ -147,3 +153,23 @@ def write_event_log(
                 when = T0 + timedelta(hours=j, minutes=u)
                 out.writerow([f"V{u}", f"N{k}", event_type, when.isoformat() + "Z"])
     return items, events
+
+
+# Realistic shape at test size: ~200 users, ~1,300 lists of 5-15 news (~13,000 impressions).
+REALISTIC = {"n_users": 200, "n_items": 300, "seed": 3}
+
+
+def realistic_mind(directory: Path) -> Path:
+    """A MIND-format log of realistic shape (``recsys.cli.example_logs.write_mind``)."""
+    return example_logs.write_mind(directory, n_days=5, **REALISTIC)
+
+
+def realistic_events(directory: Path) -> tuple[Path, Path]:
+    """items.csv (title, description, category, tags) + a click/purchase events.csv."""
+    return example_logs.write_events(directory, n_days=20, **REALISTIC)
+
+
+def realistic_texts() -> list[str]:
+    """Every word the realistic items use (for a tiny BERT's vocabulary)."""
+    world = example_logs.make_world(REALISTIC["n_users"], REALISTIC["n_items"], REALISTIC["seed"])
+    return [" ".join(row.values()) for row in world.items]

@@ -23,10 +23,10 @@ from recsys.evaluation.online import (
     win_rate_text,
     write_online_report,
 )
-from recsys.evaluation.protocol import PROTOCOL, SYSTEMS, check_systems, run_protocol
+from recsys.evaluation.protocol import SYSTEMS, check_systems, run_protocol
 from recsys.evaluation.provenance import provenance
 from recsys.evaluation.replay import HistoryText, ranker_scorer, replay, systems_for
-from recsys.evaluation.report import log_to_mlflow, write_report
+from recsys.evaluation.report import REPLAY_ONLY, log_to_mlflow, write_report
 from recsys.evaluation.uncertainty import DEFAULT_RESAMPLES
 from training import registry
 from training.ranker.model import RankerModel
@@ -112,7 +112,7 @@ def evaluate(
             f"nothing to evaluate: there is no store at {settings.db_path} (home "
             f"{settings.home}); run `recsys ingest ...` first, or point --home at a trained home"
         )
-    report: dict[str, Any] = {"protocol": PROTOCOL, "systems": {}, "skipped": {}}
+    report: dict[str, Any] = {"protocol": REPLAY_ONLY, "systems": {}, "skipped": {}}
     con = connect(settings.db_path)
     try:
         fingerprint = registry.data_fingerprint(con)

@@ -1,4 +1,5 @@
-"""``recsys ingest events|items|movielens|mind``: load source files into the store.
+"""``recsys ingest events|items|movielens|mind``: load source files into the store
+(``recsys ingest example``: write a synthetic example log to ingest).
 
 Exit codes: 0 everything was written; 1 the input could not be ingested (missing or malformed
 file, or ``--strict`` and a bad row): nothing was written; 2 bad command-line usage; 3 the batch
@@ -108,6 +109,32 @@ def mind(ctx: click.Context, directory: Path) -> None:
             f"{summary.history_events:,} history-click events written"
         )
         _report(ctx, con, summary.results, started)
+
+
+@ingest.command("example")
+@click.argument("shape", type=click.Choice(("mind", "events")))
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--users", type=click.IntRange(min=1), help="Default: 300 (mind), 400 (events).")
+@click.option("--items", "n_items", type=click.IntRange(min=8), help="Default: 600 / 800.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def example(shape: str, directory: Path, users: int | None, n_items: int | None, seed: int) -> None:
+    """Write a seeded synthetic log to DIRECTORY (nothing is ingested): SHAPE ``mind`` is a
+    MIND-style impression log (news.tsv, behaviors.tsv), ``events`` a click/purchase CSV with
+    items.csv; clicks follow each user's category interests (docs/ingest.md)."""
+    from recsys.cli import example_logs
+
+    sizes = {k: v for k, v in (("n_users", users), ("n_items", n_items)) if v is not None}
+    if shape == "mind":
+        example_logs.write_mind(directory, seed=seed, **sizes)
+        click.echo(
+            f"wrote {directory}/news.tsv and behaviors.tsv; next: recsys ingest mind {directory}"
+        )
+    else:
+        items_csv, events_csv = example_logs.write_events(directory, seed=seed, **sizes)
+        click.echo(
+            f"wrote {items_csv} and {events_csv}; next: recsys ingest items {items_csv}"
+            f" && recsys ingest events {events_csv}"
+        )
 
 
 @contextmanager

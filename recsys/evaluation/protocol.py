@@ -40,7 +40,6 @@ from recsys.evaluation.uncertainty import (
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = "movielens-v1"
 SYSTEMS: tuple[str, ...] = (
     "popularity",
     "item_knn",
@@ -120,7 +119,12 @@ def run_protocol(
     """
     check_systems(systems)
     data = load_protocol(con, settings)
-    report: dict[str, Any] = {"protocol": PROTOCOL, "systems": {}, "skipped": {}, "timings_s": {}}
+    report: dict[str, Any] = {
+        "protocol": data.extra["protocol"],
+        "systems": {},
+        "skipped": {},
+        "timings_s": {},
+    }
     builders = _builders(settings, con, data, report)
     per_user: dict[str, PerUser] = {}
     for name in systems:

@@ -10,7 +10,7 @@ import duckdb
 
 from feature_store.interactions import Interactions
 from feature_store.rules_sql import positive_sql
-from feature_store.splits import ensure_split
+from feature_store.splits import describe_split, ensure_split
 from feature_store.task import apply_task, stored_task
 from recsys.core import rules
 from recsys.core.config import Settings
@@ -75,8 +75,29 @@ def load_protocol(con: duckdb.DuckDBPyConnection, settings: Settings | None = No
         len(cold),
         train.n_items,
     )
-    extra: dict[str, Any] = {"task": stored_task(con).describe(), **sampled}
+    task = stored_task(con)
+    split = describe_split(con)
+    extra: dict[str, Any] = {
+        "protocol": evaluation_name(task, split),
+        "task": task.describe(),
+        "task_preset": task.preset,
+        "split": split,
+        **sampled,
+    }
     return ProtocolData(train, users, truth, cold, history, train.n_items, extra)
+
+
+def evaluation_name(task: rules.Task, split: dict[str, str]) -> str:
+    """What a report is headed with: the task preset and the split actually used, plus
+    "protocol v1" when that is the instance (ratings >= 4.0, per-user time split, last 20%)."""
+    name = f"task {task.preset}, {split.get('description', 'no split')}"
+    v1 = (
+        task.preset == "ratings"
+        and task.positive_rating == rules.POSITIVE_RATING
+        and split.get("kind") == "user_time"
+        and split.get("test_percent") == "20"
+    )
+    return name + (" = protocol v1" if v1 else "")
 
 
 def _no_users_reason(con: duckdb.DuckDBPyConnection) -> str:

@@ -22,6 +22,8 @@ from training import registry
 
 log = logging.getLogger(__name__)
 
+REPLAY_ONLY = "logged-click replay only"  # the heading when no split was evaluated
+
 HELDOUT_LISTS_TITLE = "Per-impression metrics on held-out served lists"
 METRICS: tuple[str, ...] = (
     "ndcg@10",
@@ -57,7 +59,7 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
 
 def markdown(report: dict[str, Any]) -> str:
     """A human-readable report: the metric table, skipped systems, replay results."""
-    lines = [f"# Offline evaluation ({report.get('protocol', 'replay')})", ""]
+    lines = [f"# Offline evaluation: {report.get('protocol', REPLAY_ONLY)}", ""]
     lines += provenance_md(report)
     systems = report.get("systems", {})
     if systems:
@@ -162,7 +164,10 @@ def _plot_metrics(report: dict[str, Any], path: Path) -> Path:
     for k, name in enumerate(names):
         ax.bar(x + k * width, [systems[name][m] for m in METRICS], width, label=name)
     ax.set_xticks(x + width * (len(names) - 1) / 2, METRICS)
-    ax.set_title(f"{report.get('protocol')}: metrics per system")
+    ax.set_title(
+        f"{report.get('task_preset', 'replay')} / "
+        f"{(report.get('split') or {}).get('kind', '-')}: metrics per system"
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -219,12 +224,13 @@ def log_to_mlflow(
     With ``counts`` the store is logged as the run's evaluation input (digest ``fingerprint``).
     """
 
-    with registry.start_run(
-        settings,
-        "evaluate",
-        data_fingerprint=fingerprint,
-        tags={"protocol": str(report.get("protocol", "replay"))},
-    ) as run:
+    split = report.get("split") or {}
+    tags = {"protocol": str(report.get("protocol", REPLAY_ONLY))}
+    if "task_preset" in report:
+        tags.update(task=str(report["task_preset"]), split=str(split.get("kind", "")))
+    # the run keeps the stable name "evaluate" (queries and notebooks select on it); its tags
+    # name the task and split
+    with registry.start_run(settings, "evaluate", data_fingerprint=fingerprint, tags=tags) as run:
         if fingerprint and counts is not None:
             registry.log_store_input(settings, fingerprint, "evaluation", counts)
         metrics = {}

@@ -245,7 +245,10 @@ def test_evaluate_cli_writes_report(trained: tuple, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
-    assert report["protocol"] == "movielens-v1"
+    assert report["protocol"].endswith(
+        "per-user time split (each user's last 20% of events are test) = protocol v1"
+    )
+    assert report["task_preset"] == "ratings"
     assert set(report["systems"]) == {
         "popularity",
         "item_knn",
