@@ -29,6 +29,7 @@ from typing import Any
 
 import duckdb
 
+from recsys.algorithms.ann import VectorSearch
 from recsys.algorithms.text_index import TextIndex
 from recsys.core import compat
 from recsys.core.config import Settings
@@ -575,7 +576,9 @@ def load_text_index(
             return None
         version = ref.version
     try:
-        index = TextIndex.load(con, model_version=version, scope=scope)
+        index = TextIndex.load(
+            con, model_version=version, scope=scope, search=VectorSearch.of(settings)
+        )
     except ModelNotReadyError as exc:
         log.warning("text features skipped: %s", exc)
         return None

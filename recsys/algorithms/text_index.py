@@ -1,7 +1,9 @@
 """Numpy-only access to text embeddings for the request path and the ranker.
 
 Imports neither torch nor transformers: serving loads a ``TextIndex`` from the store and scores
-candidates with a dot product (embeddings are L2-normalized, so scores are cosines).
+candidates with a dot product (embeddings are L2-normalized, so scores are cosines).  Top-k
+retrieval (``nearest``, ``similar_items``) goes through a ``VectorIndex``
+(recsys.algorithms.ann): an exact scan, or an HNSW graph for large catalogs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 from feature_store.embeddings import read_embeddings
 from feature_store.interactions import Interactions
+from recsys.algorithms.ann import VectorIndex, VectorSearch, vector_index
 from recsys.core.rules import HISTORY_LENGTH, LIVE_SCOPE
 
 
@@ -51,12 +54,18 @@ class TextIndex:
         user_ids: Sequence[str] = (),
         user_matrix: np.ndarray | None = None,
         scope: str = LIVE_SCOPE.name,
+        search: VectorSearch | None = None,
     ) -> None:
         self.model_version = model_version
         self.scope = scope
         self.item_ids = list(item_ids)
         self.item_matrix = np.ascontiguousarray(item_matrix, dtype=np.float32)
         self.dim = int(self.item_matrix.shape[1]) if self.item_matrix.size else 0
+        self._ids = np.array(self.item_ids, dtype=object)
+        # built here, once per load (a worker's start), never per request
+        self.vectors: VectorIndex = vector_index(
+            self.item_matrix.reshape(len(self.item_ids), self.dim), search
+        )
         self._item_row = {i: k for k, i in enumerate(self.item_ids)}
         self._user_row = {u: k for k, u in enumerate(user_ids)}
         self._user_matrix = (
@@ -73,13 +82,17 @@ class TextIndex:
         scope: str = LIVE_SCOPE.name,
         *,
         users: bool = True,
+        search: VectorSearch | None = None,
     ) -> TextIndex:
         """Read embeddings from the store; ``None`` picks the newest ``model_version`` present.
 
-        Raises ``ModelNotReadyError`` when no embeddings were written (run `recsys score`).
+        ``search`` picks exact or HNSW retrieval (default exact).  Raises
+        ``ModelNotReadyError`` when no embeddings were written (run `recsys score`).
         """
         e = read_embeddings(con, model_version, scope, users=users)
-        return cls(e.model_version, e.item_ids, e.item_matrix, e.user_ids, e.user_matrix, scope)
+        return cls(
+            e.model_version, e.item_ids, e.item_matrix, e.user_ids, e.user_matrix, scope, search
+        )
 
     @property
     def user_ids(self) -> list[str]:
@@ -121,12 +134,15 @@ class TextIndex:
         """``(item ids, scores)`` of the ``n`` best items, best first, skipping ``exclude``."""
         if n <= 0 or not self.item_ids:
             return np.array([], dtype=object), np.array([], dtype=np.float32)
-        scores = self.item_matrix @ np.asarray(user_vec, dtype=np.float32)
         skip = [self._item_row[i] for i in exclude if i in self._item_row]
-        scores[skip] = -np.inf
-        k = min(n, len(self.item_ids) - len(set(skip)))
-        if k <= 0:
+        rows, scores = self.vectors.search(np.asarray(user_vec), n, exclude=[skip])[0]
+        return self._ids[rows], scores
+
+    def similar_items(self, item_id: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(item ids, cosines)`` of the ``n`` items whose text is nearest ``item_id``'s,
+        itself left out; empty for an unknown item."""
+        row = self._item_row.get(str(item_id))
+        if row is None or n <= 0:
             return np.array([], dtype=object), np.array([], dtype=np.float32)
-        best = np.argpartition(-scores, k - 1)[:k]
-        best = best[np.argsort(-scores[best], kind="stable")]
-        return np.array(self.item_ids, dtype=object)[best], scores[best]
+        rows, scores = self.vectors.search(self.item_matrix[row], n, exclude=[[row]])[0]
+        return self._ids[rows], scores

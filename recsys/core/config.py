@@ -201,6 +201,12 @@ class ServingSettings:
     # also loads that version and serves team-draft interleaved lists of the champion and it
     # (``recsys evaluate --online``); empty: off
     interleave_challenger: Annotated[str, Field(pattern=r"^([A-Za-z_][A-Za-z0-9_-]{0,63})?$")] = ""
+    # text retrieval over item vectors (recsys.algorithms.ann): "exact" scans every item,
+    # "hnsw" searches a faiss HNSW graph built when the text index loads, "auto" uses HNSW
+    # from vector_index_min_items items, where exact search stops fitting the request budget
+    # (benchmarks/results/ann.md, docs/scale.md).  Training and serving load the same choice.
+    vector_index: Annotated[str, OneOf("auto", "exact", "hnsw")] = "auto"
+    vector_index_min_items: PositiveInt = 50_000
 
     def __post_init__(self) -> None:
         if self.interleave_challenger == CHAMPION_ALIAS:

@@ -20,6 +20,7 @@ import duckdb
 from feature_store.embeddings import user_embedding_times
 from feature_store.features import FeatureSnapshot
 from feature_store.interactions import Interactions, item_titles, newest_event, recent_positives
+from recsys.algorithms.ann import VectorSearch
 from recsys.algorithms.candidates import Blender, default_generators
 from recsys.algorithms.ranking import TextFeatures
 from recsys.algorithms.state import restore_generators
@@ -72,7 +73,12 @@ def load_recommender(
     embedded_at: dict[str, datetime] = {}
     if model.uses_text:
         scope = rules.LIVE_SCOPE.name
-        index = TextIndex.load(con, model_version=model.text_model_version, scope=scope)
+        index = TextIndex.load(
+            con,
+            model_version=model.text_model_version,
+            scope=scope,
+            search=VectorSearch.of(settings),
+        )
         text = TextFeatures(index, data)
         versions[rules.TEXT_MODEL_NAME] = str(model.text_model_version)
         embedded_at = user_embedding_times(con, index.model_version, scope)
