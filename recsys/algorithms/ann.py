@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -30,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from recsys.core import compat
 from recsys.core.config import Settings
-from recsys.core.errors import ConfigError, ModelNotReadyError
+from recsys.core.errors import ConfigError, MissingDependencyError, ModelNotReadyError
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ _FORMAT = "recsys-faiss-hnsw/1"
 def faiss_module() -> ModuleType | None:
     """``faiss`` when the optional ``faiss-cpu`` package is installed, else ``None``."""
     try:
-        return importlib.import_module("faiss")
-    except ImportError:
+        return compat.faiss()
+    except MissingDependencyError:
         return None
 
 

@@ -21,7 +21,7 @@ from feature_store.adapters.movielens import ingest_movielens
 from feature_store.db import connect
 from feature_store.ingest import ingest_events_file, ingest_items_file
 from feature_store.task import apply_task
-from recsys.cli import settings_from
+from recsys.cli import example_logs, settings_from
 
 EXIT_QUARANTINED = 3
 _SHOW_BAD_ROWS = 5
@@ -121,8 +121,6 @@ def example(shape: str, directory: Path, users: int | None, n_items: int | None,
     """Write a seeded synthetic log to DIRECTORY (nothing is ingested): SHAPE ``mind`` is a
     MIND-style impression log (news.tsv, behaviors.tsv), ``events`` a click/purchase CSV with
     items.csv; clicks follow each user's category interests (docs/ingest.md)."""
-    from recsys.cli import example_logs
-
     sizes = {k: v for k, v in (("n_users", users), ("n_items", n_items)) if v is not None}
     if shape == "mind":
         example_logs.write_mind(directory, seed=seed, **sizes)

@@ -21,6 +21,7 @@ from recsys.core.errors import MissingDependencyError
 
 # import name -> what to install (pyproject.toml's ranges)
 _PACKAGES = {
+    "faiss": "faiss-cpu>=1.8 (the ann extra: pip install 'recsys-text[ann]')",
     "dask": "the distributed extra: pip install 'recsys-text[distributed]'",
     "distributed": "the distributed extra: pip install 'recsys-text[distributed]'",
     "implicit": "implicit>=0.7",
@@ -53,6 +54,11 @@ def dask(submodule: str = "") -> ModuleType:
 def distributed() -> ModuleType:
     """``distributed`` (Client, LocalCluster): the optional cluster engine's scheduler client."""
     return _load("distributed", "")
+
+
+def faiss() -> ModuleType:
+    """``faiss`` (optional ``faiss-cpu``): the HNSW graph for large catalogs."""
+    return _load("faiss", "")
 
 
 def implicit(submodule: str = "") -> ModuleType:

@@ -22,6 +22,7 @@ from training.text import tower as tw
 from training.text.item_vectors import load_item_vectors
 from training.text.scoring import encode_catalog, load_scoring_encoder, score_store
 from training.text.texts import item_summaries, item_texts
+from training.text.tower_run import padded_tokens
 from training.text.tower_train import (
     HeadScale,
     LowerCache,
@@ -236,3 +237,10 @@ def test_auto_epochs_follow_the_budget(tiny_store, tiny_settings) -> None:
     result = train_text_model(auto, tiny_store, progress=False, on_plan=plans.append, force=True)
     assert plans[0].epochs == 3 and plans[0].budget_seconds == 1e6
     assert len(result.history) == 3  # the run trained the planned epochs
+
+
+def test_padded_tokens_counts_what_the_cache_computes() -> None:
+    # lengths 3, 1, 2 sorted longest first; batches of 2: [3, 2] padded to 3, [1] -> 6 + 1
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]])
+    assert padded_tokens(mask, batch_size=2) == 7
+    assert padded_tokens(mask, batch_size=3) == 9

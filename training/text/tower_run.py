@@ -94,6 +94,19 @@ def lower_backbone(encoder: tm.TwoTowerEncoder, quantize: bool) -> torch.nn.Modu
     return encoder.backbone
 
 
+def padded_tokens(mask: torch.Tensor, batch_size: int = 128) -> int:
+    """Token positions ``tw.build_lower_cache`` computes: items sorted by length, each batch
+    padded to its longest item.  The probe's one batch is padded to its longest item too, so
+    scaling by item count overstated the cache 2x on MovieLens (many short texts)."""
+    lengths = torch.sort(mask.sum(1).clamp(min=1), descending=True).values
+    return int(
+        sum(
+            int(lengths[k]) * len(lengths[k : k + batch_size])
+            for k in range(0, len(lengths), batch_size)
+        )
+    )
+
+
 def plan_run(
     encoder: tm.TwoTowerEncoder,
     ids: torch.Tensor,
@@ -170,7 +183,7 @@ def plan_run(
         top_layers=top,
         total_layers=n_layers,
         device=str(encoder.device),
-        cache_seconds=cache_s * scale,
+        cache_seconds=cache_s * padded_tokens(mask) / padded_tokens(mask[:probe]),
         step_seconds=step_s + softmax_s,
         table_seconds=table_s * scale if cfg.bert_items > 0 else 0.0,
         slowdown=max(1.0, sum(walls) / max(sum(idles), 1e-9)),
