@@ -5,8 +5,8 @@ trained store with ``--store``) it measures, with 2 threads: build time, saved i
 RSS growth, single-query top-100 latency p50/p99, and recall@100 against exact search.  Queries
 look like user vectors: the normalized mean of a few items of one cluster plus noise.
 
-    nice -n 15 python benchmarks/ann.py                       # 1e4, 1e5 (all), 1e6 (exact)
-    nice -n 15 python benchmarks/ann.py --sizes 10000 --store .recsys/recsys.duckdb
+    nice -n 15 python -m benchmarks.ann                       # 1e4, 1e5 (all), 1e6 (exact)
+    nice -n 15 python -m benchmarks.ann --sizes 10000 --store .recsys/recsys.duckdb
 
 Writes benchmarks/results/ann.{json,md} with the load average of the run.
 """

@@ -7,8 +7,8 @@ Parquet; ingest them with ``feature_store.ingest`` into a fresh store; compute f
 candidates at as_of=now on MovieLens-small through a ``con.cursor()``.  Writes
 benchmarks/results/feature_store.json and .md.
 
-    python benchmarks/feature_store.py                 # all sizes (the 1e7 run takes minutes)
-    python benchmarks/feature_store.py --sizes 1e5,1e6 --requests 20000
+    python -m benchmarks.feature_store                 # all sizes (the 1e7 run takes minutes)
+    python -m benchmarks.feature_store --sizes 1e5,1e6 --requests 20000
 """
 
 from __future__ import annotations
@@ -36,10 +36,6 @@ from feature_store.features import FeatureSnapshot, compute_features
 from feature_store.ingest import ingest_events_file, ingest_items_file
 
 ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the
-# feature_store package; the project root takes its place.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(ROOT)
 RESULTS = ROOT / "benchmarks" / "results"
 TARGETS = {"ingest_1e7_s": 60.0, "features_1e7_s": 30.0, "peak_rss_gib": 4.0}
 START = datetime(2022, 1, 1)
@@ -250,7 +246,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_step(step: str, **kw: object) -> dict:
-    cmd = [sys.executable, __file__, "--worker", step]
+    cmd = [sys.executable, "-m", "benchmarks.feature_store", "--worker", step]
     for key, value in kw.items():
         cmd += [f"--{key}", str(value)]
     log.info("running %s", " ".join(cmd[2:]))

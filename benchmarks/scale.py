@@ -16,8 +16,8 @@ random known users at a fixed rate (open loop, latency from the scheduled send t
 reports p50 / p90 / p99 and the status counts.  Writes benchmarks/results/scale.json and .md
 with how each figure grows from one size to the next.
 
-    python benchmarks/scale.py --sizes 1e5                  # a few minutes
-    python benchmarks/scale.py --sizes 1e5,1e6 --rate 20 --load-seconds 60
+    python -m benchmarks.scale --sizes 1e5                  # a few minutes
+    python -m benchmarks.scale --sizes 1e5,1e6 --rate 20 --load-seconds 60
 """
 
 from __future__ import annotations

@@ -5,12 +5,12 @@ An open-loop generator in another process (aiohttp) sends requests at a fixed ra
 step, whatever the server's speed; latency counts from the scheduled send time, so queueing
 shows up (no coordinated omission).  Per step: p50/p95/p99 latency, throughput and errors.
 
-    python benchmarks/serve_load.py --home /path/to/trained/home            # 60-s steps
-    python benchmarks/serve_load.py --home ... --step-seconds 10 --rates 50,100   # quick look
+    python -m benchmarks.serve_load --home /path/to/trained/home            # 60-s steps
+    python -m benchmarks.serve_load --home ... --step-seconds 10 --rates 50,100   # quick look
 
 Overload (issue 9: load shedding), one command, about 3 minutes with the server's boot:
 
-    python benchmarks/serve_load.py --overload --home /path/to/trained/home
+    python -m benchmarks.serve_load --overload --home /path/to/trained/home
 
 measures the capacity (closed loop, 15 s, twice as many clients as gunicorn threads), then
 offers 0.5, 1, 1.5, 2, 2.5 and 3 times it open loop (12-s steps) and prints each step: goodput
@@ -288,8 +288,18 @@ def _run_steps(
 
 def _generator(url: str, payload_file: Path, args: list[str]) -> dict[str, Any]:
     """Run the load generator in its own process (so it does not share the GIL with us)."""
-    cmd = [sys.executable, __file__, "--generate", "--url", url, "--payloads", str(payload_file)]
-    out = subprocess.run(cmd + args, check=True, capture_output=True, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.serve_load",
+        "--generate",
+        "--url",
+        url,
+        "--payloads",
+        str(payload_file),
+    ]
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(cmd + args, check=True, capture_output=True, text=True, cwd=root)
     return dict(json.loads(out.stdout))
 
 

@@ -6,8 +6,8 @@ snapshots and deltas on disk and the workers' open descriptors.  The report comp
 early in the run
 (after ``--warmup-seconds``) with its end: the issue 9 target is growth < 10% over 30 minutes.
 
-    python benchmarks/soak.py --home /path/to/trained/home                 # 30 minutes
-    python benchmarks/soak.py --home ... --minutes 3 --warmup-seconds 30   # a quick check
+    python -m benchmarks.soak --home /path/to/trained/home                 # 30 minutes
+    python -m benchmarks.soak --home ... --minutes 3 --warmup-seconds 30   # a quick check
 
 Writes benchmarks/results/soak.json and .md (``--out`` elsewhere).  Needs a home with the
 MovieLens store and champion models (see benchmarks/serve_load.py).  Loopback only.

@@ -5,7 +5,7 @@ MovieLens-small (wall time, fine-tuned vs zero-shot vs TF-IDF on the validation 
 On CUDA it also reports the achieved fraction of the H100's dense bf16 peak (989 TFLOP/s):
 model FLOPs (2 x non-embedding parameters x tokens + attention, x3 for training) / time / peak.
 
-Usage:  .venv/bin/python benchmarks/text_model.py [--device auto|cpu|cuda] [--quality 384]
+Usage:  .venv/bin/python -m benchmarks.text_model [--device auto|cpu|cuda] [--quality 384]
 Writes benchmarks/results/text_model.json and text_model.md.
 """
 
