@@ -88,7 +88,7 @@ class TextSettings:
     max_auto_epochs: PositiveInt = 8
     # seconds `recsys train text` plans for the lower-layer cache + training when it picks the
     # epochs (issue 12's budget: train text + score within 10 minutes on a 2-core CPU; model
-    # loading, validation and saving come on top, ~40 s)
+    # loading, validation and saving come on top, ~40-70 s)
     time_budget_seconds: PositiveFloat = 420.0
     tower_batch_size: PositiveInt = 1024
     # target items per step run through the top layers with grad
@@ -185,7 +185,7 @@ class ServingSettings:
     # snapshot at most this often; a rebuild costs seconds of CPU
     store_refresh_seconds: NonNegativeFloat = 60.0
     # the writer publishes what changed (a small delta file beside the last full snapshot)
-    # only after a change, at most this often (serving/delta.py)
+    # only after a change, at most this often (feature_store/deltas.py)
     snapshot_min_seconds: NonNegativeFloat = 5.0
     # a full snapshot (a copy of the store; workers then rebuild their models) replaces the
     # base and its delta this long after the last one (0: every publish is a full copy) ...
