@@ -47,10 +47,6 @@ import polars as pl
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this folder comes first on sys.path and feature_store.py would shadow the
-# feature_store package; the project root takes its place.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(ROOT)
 RESULTS = ROOT / "benchmarks" / "results"
 TARGETS = {
     "train_ranker_peak_rss_gb": 8.0,

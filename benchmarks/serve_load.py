@@ -254,7 +254,6 @@ def _noop_server(port: int, workers: int) -> contextlib.AbstractContextManager[N
 
 
 def _payloads(home: Path, n_candidates: int, k: int, count: int = 200) -> list[dict[str, Any]]:
-    sys.path.insert(0, str(ROOT))
     settings = load_settings(overrides={"home": str(home)}, environ={})
     info = read_pointer(settings)
     con = duckdb.connect(info.path if info else str(settings.db_path), read_only=True)

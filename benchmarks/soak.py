@@ -20,7 +20,6 @@ import json
 import os
 import random
 import statistics
-import sys
 import threading
 import time
 import uuid
@@ -30,8 +29,7 @@ from typing import Any
 import httpx
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import LOOPBACK, RESULTS, _free_port, _payloads, _recsys_server  # noqa: E402
+from benchmarks.serve_load import LOOPBACK, RESULTS, _free_port, _payloads, _recsys_server
 
 API_KEY = "soak-benchmark-key"
 
@@ -170,6 +168,15 @@ def _sample(serve: psutil.Process, home: Path, t0: float, last: dict[str, Any]) 
     return sample
 
 
+def dump_compact(result: dict[str, Any]) -> str:
+    """JSON with one line per sample: the time series stays readable and diffable without
+    costing a line per number."""
+    head = {k: v for k, v in result.items() if k != "samples"}
+    text = json.dumps(head, indent=2)[:-2]
+    samples = ",\n    ".join(json.dumps(x) for x in result.get("samples", []))
+    return f'{text},\n  "samples": [\n    {samples}\n  ]\n}}\n'
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("RECSYS_HOME", ".recsys")))
@@ -260,7 +267,7 @@ def _write(
         "summary": summary,
         "samples": samples,
     }
-    (args.out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "soak.json").write_text(dump_compact(result))
     lines = [
         f"# soak: {summary['minutes']} min, {args.events_per_second:g} events/s + "
         f"{args.rank_per_second:g} rank req/s, gunicorn {args.workers} workers",

@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,9 +43,6 @@ from training.text.tower_train import (
 )
 from training.text.train import LabelHead, _batches, _train_step, train_text_model
 
-# Run as a script, this folder comes first on sys.path, and benchmarks/feature_store.py would
-# shadow the feature_store package: import the packages from the installed project instead.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

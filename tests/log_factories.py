@@ -99,23 +99,7 @@ def impression_lines(
 def write_mind(directory: Path, *, n_users: int = 12, n_items: int = 40, **kw: int) -> Path:
     """news.tsv and behaviors.tsv of ``impression_lines`` under ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "news.tsv").open("w", encoding="utf-8") as f:
-        for row in item_rows(n_items):
-            f.write(
-                "\t".join(
-                    [
-                        row["item_id"],
-                        row["category"],
-                        f"{row['category']}-news",
-                        row["title"],
-                        row["description"],
-                        f"https://example.com/{row['item_id']}",
-                        "[]",
-                        "[]",
-                    ]
-                )
-                + "\n"
-            )
+    example_logs.write_news(directory / "news.tsv", item_rows(n_items))
     with (directory / "behaviors.tsv").open("w", encoding="utf-8") as f:
         for imp, user, when, hist, shown in impression_lines(n_users, n_items, **kw):
             listed = " ".join(f"{n}-{c}" for n, c in shown)

@@ -24,6 +24,7 @@ them followed by a ``purchase``), no ratings and no served lists.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -126,6 +127,24 @@ def _item(k: int, names: list[str], cat: int, rng: np.random.Generator) -> dict[
     }
 
 
+def write_news(path: Path, items: Iterable[Mapping[str, str]]) -> None:
+    """MIND's ``news.tsv``: id, category, subcategory (default ``<category>-news``), title,
+    abstract, url and two empty entity lists per item."""
+    with path.open("w", encoding="utf-8") as f:
+        for row in items:
+            fields = [
+                row["item_id"],
+                row["category"],
+                row.get("subcategory") or f"{row['category']}-news",
+                row["title"],
+                row["description"],
+                f"https://example.com/{row['item_id']}",
+                "[]",
+                "[]",
+            ]
+            f.write("\t".join(fields) + "\n")
+
+
 def write_mind(
     directory: Path,
     *,
@@ -138,23 +157,7 @@ def write_mind(
     world = make_world(n_users, n_items, seed)
     rng = np.random.default_rng(seed + 1)
     directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "news.tsv").open("w", encoding="utf-8") as f:
-        for row in world.items:
-            f.write(
-                "\t".join(
-                    [
-                        row["item_id"],
-                        row["category"],
-                        row["subcategory"],
-                        row["title"],
-                        row["description"],
-                        f"https://example.com/{row['item_id']}",
-                        "[]",
-                        "[]",
-                    ]
-                )
-                + "\n"
-            )
+    write_news(directory / "news.tsv", world.items)
     history = [_prior_clicks(world, u, rng) for u in range(n_users)]
     shown_p = world.popularity / world.popularity.sum()
     lines = []
