@@ -8,8 +8,10 @@ sampled every 0.2 s):
 
     ingest -> train text -> score -> train ranker -> evaluate -> serve
 
-``train text`` and ``score`` run only with ``--text`` (BERT on a 2-core CPU takes hours at
-1e6); without it the ranker trains without text features and the report says "skipped".
+``train text`` and ``score`` run only with ``--text``, with the text model's defaults: its plan
+fits ``text.time_budget_seconds`` and, on a log too large for one epoch, trains on a seeded
+sample of the examples (the plan line in the log says how many); without ``--text`` the ranker
+trains without text features and the report says "skipped".
 ``serve`` starts ``recsys serve`` (gunicorn, 2 workers), records the time until /readyz
 answers 200 and each process's RSS / PSS, then sends GET /v1/users/<id>/recommendations for
 random known users at a fixed rate (open loop, latency from the scheduled send time) and
@@ -323,7 +325,8 @@ def run_size(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, A
     if args.text:
         steps["train text"] = run_step(
             "train text",
-            ["train", "text", "--max-pairs", str(args.text_max_pairs), "--epochs", "1"],
+            ["train", "text"]
+            + (["--max-pairs", str(args.text_max_pairs)] if args.text_max_pairs else []),
             home,
             logs,
         )
@@ -447,7 +450,12 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="1e5,1e6", help="Comma-separated event counts.")
     parser.add_argument("--text", action="store_true", help="Also train and score the text model.")
-    parser.add_argument("--text-max-pairs", type=int, default=2000)
+    parser.add_argument(
+        "--text-max-pairs",
+        type=int,
+        default=0,
+        help="Cap on text training examples (0: the plan fits text.time_budget_seconds).",
+    )
     parser.add_argument("--skip-evaluate", action="store_true", help="Do not run `evaluate`.")
     parser.add_argument("--rate", type=float, default=20.0, help="Requests per second.")
     parser.add_argument("--load-seconds", type=float, default=60.0)

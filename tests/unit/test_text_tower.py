@@ -24,6 +24,7 @@ from training.text.scoring import encode_catalog, load_scoring_encoder, score_st
 from training.text.texts import item_summaries, item_texts
 from training.text.tower_run import padded_tokens
 from training.text.tower_train import (
+    MIN_BUDGET_STEPS,
     HeadScale,
     LowerCache,
     TowerConfig,
@@ -227,6 +228,21 @@ def test_plan_fits_epochs_to_the_budget() -> None:
     busy = _plan(slowdown=3.0)
     assert busy.fit_budget(200.0, max_epochs=8).epochs == 5
     assert "busy (3.0x slower while planning): expect about 660 s" in busy.describe()
+
+
+def test_plan_samples_examples_when_one_epoch_does_not_fit() -> None:
+    # 10,000 steps of 2 s do not fit 500 s: one epoch over a sample, (500 - 40 - 10) / 2 steps
+    big = _plan(examples=1_000_000, steps_per_epoch=10_000)
+    fitted = big.fit_budget(500.0, max_epochs=8)
+    assert (fitted.epochs, fitted.steps_per_epoch) == (1, 225)
+    assert (fitted.examples, fitted.sampled_from) == (22_500, 1_000_000)
+    assert fitted.estimate_seconds == 500.0
+    assert "a seeded sample of 1,000,000 examples" in fitted.describe()
+    # never fewer than MIN_BUDGET_STEPS steps, even when the cache alone is over budget
+    floor = big.fit_budget(30.0, max_epochs=8)
+    assert (floor.steps_per_epoch, floor.examples) == (MIN_BUDGET_STEPS, MIN_BUDGET_STEPS * 100)
+    # a log whose epoch fits is never sampled
+    assert _plan().fit_budget(50.0, max_epochs=8).sampled_from == 0
 
 
 def test_auto_epochs_follow_the_budget(tiny_store, tiny_settings) -> None:

@@ -225,6 +225,9 @@ def train_towers(
     )
     plan = plan_run(encoder, ids, mask, ex, settings, cfg)
     cfg = replace(cfg, epochs=plan.epochs)
+    if plan.sampled_from:
+        rows = np.random.default_rng(settings.seed).choice(len(ex), plan.examples, replace=False)
+        ex = ex.subset(rows)
     log.info("%s", plan.describe())
     if on_plan is not None:
         on_plan(plan)
@@ -270,6 +273,7 @@ def train_towers(
         "top_layers": plan.top_layers,
         "calibration": {"scale": float(head.scale.detach()), "bias": float(head.bias.detach())},
         "plan_estimate_seconds": plan.estimate_seconds,
+        "examples_trained": plan.examples,
         "zeroshot": zeroshot,
         "item_vectors": vectors,
     }

@@ -88,6 +88,10 @@ def build_examples(
     )
 
 
+# the fewest steps a budget-fitted run takes, however large the log (TowerPlan.fit_budget)
+MIN_BUDGET_STEPS = 50
+
+
 @dataclass(frozen=True)
 class TowerPlan:
     """What one training run will do, with a time estimate from measured steps."""
@@ -109,6 +113,9 @@ class TowerPlan:
     # set when the epochs were chosen to fit a time budget (``text.tower_epochs = 0``)
     budget_seconds: float | None = None
     max_epochs: int = 0
+    # set when one epoch over every example did not fit the budget: ``examples`` is a seeded
+    # sample of this many
+    sampled_from: int = 0
 
     @property
     def epoch_seconds(self) -> float:
@@ -126,10 +133,24 @@ class TowerPlan:
 
     def fit_budget(self, budget_seconds: float, max_epochs: int) -> TowerPlan:
         """The plan with as many epochs as fit ``budget_seconds`` (at least 1, at most
-        ``max_epochs``)."""
+        ``max_epochs``).  When not even one epoch over every example fits (a large log), one
+        epoch over a seeded sample of the examples that fits, at least ``MIN_BUDGET_STEPS``
+        steps: ``examples`` then says how many the run trains on."""
         room = (budget_seconds - self.fixed_seconds) / max(self.epoch_seconds, 1e-9)
         epochs = int(min(max_epochs, max(1, math.floor(room))))
-        return replace(self, epochs=epochs, budget_seconds=budget_seconds, max_epochs=max_epochs)
+        plan = replace(self, epochs=epochs, budget_seconds=budget_seconds, max_epochs=max_epochs)
+        if room >= 1 or self.steps_per_epoch <= MIN_BUDGET_STEPS:
+            return plan
+        left = budget_seconds - self.fixed_seconds - self.table_seconds
+        steps = max(MIN_BUDGET_STEPS, math.floor(left / max(self.step_seconds, 1e-9)))
+        if steps >= self.steps_per_epoch:
+            return plan
+        return replace(
+            plan,
+            steps_per_epoch=steps,
+            examples=steps * self.batch_size,
+            sampled_from=self.examples,
+        )
 
     def describe(self) -> str:
         trained = (
@@ -142,9 +163,15 @@ class TowerPlan:
             if self.budget_seconds is not None
             else ""
         )
+        scope = (
+            f"a seeded sample of {self.sampled_from:,} examples (one epoch over all of them "
+            "does not fit the budget)"
+            if self.sampled_from
+            else "every fit-period positive and explicit negative with history"
+        )
         return (
-            f"plan: {self.examples:,} examples (every fit-period positive and explicit negative "
-            f"with history), {self.items:,} items, {self.epochs} epoch(s){chosen} x "
+            f"plan: {self.examples:,} examples ({scope}), {self.items:,} items, "
+            f"{self.epochs} epoch(s){chosen} x "
             f"{self.steps_per_epoch} steps of {self.batch_size} on {self.device}; trained: "
             f"{trained}; lower {self.total_layers - self.top_layers} layers cached once.\n"
             f"estimate: {self.estimate_seconds:.0f} s of caching and training on this "
