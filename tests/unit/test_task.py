@@ -11,6 +11,7 @@ from feature_store.task import apply_task, detect_preset, stored_task
 from recsys.core import rules
 from recsys.core.config import TaskSettings
 from recsys.core.errors import ConfigError
+from training.text.tower_train import build_examples
 
 EVENTS = [
     ("rate", 7.5),
@@ -117,3 +118,24 @@ def test_settings_override_the_preset_and_the_store_follows() -> None:
 def test_bad_task_settings_say_what_to_fix(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         TaskSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_text_examples_leave_out_events_on_an_item_already_liked() -> None:
+    # click a, click b, purchase b (after its click), click c, click a again
+    con = duckdb.connect()
+    init_schema(con)
+    for k, (etype, item) in enumerate(
+        [("click", "a"), ("click", "b"), ("purchase", "b"), ("click", "c"), ("click", "a")]
+    ):
+        con.execute(
+            "INSERT INTO events (event_id, user_id, item_id, event_type, ts, source, batch_id) "
+            "VALUES (?, 'u', ?, ?, TIMESTAMP '2020-01-01' + to_seconds(?), 'test', 'b')",
+            [f"e{k}", item, etype, k],
+        )
+    apply_task(con, TaskSettings())
+    rows = {"a": 0, "b": 1, "c": 2}
+    ex = build_examples(con, rows, max_history=5, relation="events")
+    # b after [a], c after [a, b, b]; the purchase of b and the second click of a are repeats
+    assert ex.target.tolist() == [1, 2]
+    assert ex.history.tolist() == [[0, -1, -1, -1, -1], [0, 1, 1, -1, -1]]
+    assert ex.kinds["positive"] == 2

@@ -61,24 +61,38 @@ def build_examples(
     max_history: int,
     relation: str = FIT_RELATION,
 ) -> TowerExamples:
-    """Every labelled event of ``relation`` with a non-empty liked history before it."""
+    """Every labelled event of ``relation`` with a non-empty liked history before it, except
+    events on an item the user already liked (a purchase after its click, a second click):
+    the text model learns which *new* items match a user's interests (what validation and
+    serving ask of it: items already seen are never candidates); repeat behaviour is the
+    ranker's, through its behavioural features.  MovieLens has no repeats (one rating per
+    item): protocol v1's 42,054 examples are unchanged."""
     # each user's liked items as (times, rows), in time order: the history before an event is
     # a prefix found by bisection (a scan per event was quadratic in the user's history)
-    liked: dict[str, tuple[list[Any], list[int]]] = {}
+    liked: dict[str, tuple[list[Any], list[int], dict[int, Any]]] = {}
     for user_id, hist in user_histories(con, relation).items():
         kept = [(t, item_row[i]) for t, i in hist.liked if i in item_row]
-        liked[user_id] = ([t for t, _ in kept], [row for _, row in kept])
+        first: dict[int, Any] = {}
+        for t, row in kept:
+            first.setdefault(row, t)
+        liked[user_id] = ([t for t, _ in kept], [row for _, row in kept], first)
     rows_h: list[list[int]] = []
     targets, labels, kinds = [], [], {"positive": 0, "low_rating": 0, "not_clicked": 0}
+    repeats = 0
     for r in _labelled_events(con, relation):
-        times_rows = liked.get(r.user_id)
-        if r.item_id not in item_row or times_rows is None:
+        user = liked.get(r.user_id)
+        if r.item_id not in item_row or user is None:
             continue
-        end = bisect.bisect_left(times_rows[0], r.ts)  # liked strictly before the event
+        times, rows, first = user
+        end = bisect.bisect_left(times, r.ts)  # liked strictly before the event
         if not end:
             continue
-        rows_h.append(times_rows[1][max(0, end - max_history) : end])
-        targets.append(item_row[r.item_id])
+        target = item_row[r.item_id]
+        if target in first and first[target] < r.ts:
+            repeats += 1
+            continue
+        rows_h.append(rows[max(0, end - max_history) : end])
+        targets.append(target)
         labels.append(1.0 if r.kind == "positive" else 0.0)
         kinds[r.kind] = kinds.get(r.kind, 0) + 1
     if not kinds["positive"]:
@@ -89,7 +103,13 @@ def build_examples(
     history = np.full((len(rows_h), max(1, max_history)), -1, dtype=np.int64)
     for k, h in enumerate(rows_h):
         history[k, : len(h)] = h
-    log.info("text training examples from %s: %d (%s)", relation, len(targets), kinds)
+    log.info(
+        "text training examples from %s: %d (%s; %d events on an item already liked left out)",
+        relation,
+        len(targets),
+        kinds,
+        repeats,
+    )
     return TowerExamples(
         history, np.asarray(targets, np.int64), np.asarray(labels, np.float32), kinds
     )
