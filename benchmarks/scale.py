@@ -305,35 +305,53 @@ def serve_step(home: Path, logs: Path, users: list[str], rate: float, seconds: f
 
 
 def run_size(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One size end to end.  Each finished step is recorded in ``work/progress.json``: with
+    ``--resume`` a size whose run stopped (a killed or failed step) goes on from the first step
+    it lacks, in the same home."""
     data, home, logs = work / "data", work / "home", work / "logs"
     for d in (data, home, logs):
         d.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    info = generate(n_events, data, seed=args.seed)
-    info["generate_s"] = round(time.perf_counter() - t, 1)
-    print(f"size {n_events:.0e}: {info}", flush=True)
-    steps: dict[str, Any] = {}
-    ingest_items = run_step(
-        "ingest items", ["ingest", "items", str(data / "items.parquet")], home, logs, ok=(0, 3)
-    )
-    ingest_events = run_step(
-        "ingest events", ["ingest", "events", str(data / "events.parquet")], home, logs, ok=(0, 3)
-    )
-    steps["ingest"] = {
-        k: round(ingest_items[k] + ingest_events[k], 1) for k in ("wall_s", "cpu_s")
-    } | {"peak_rss_gb": max(ingest_items["peak_rss_gb"], ingest_events["peak_rss_gb"])}
-    if args.text:
-        steps["train text"] = run_step(
-            "train text",
-            ["train", "text"]
-            + (["--max-pairs", str(args.text_max_pairs)] if args.text_max_pairs else []),
+    progress = work / "progress.json"
+    saved = json.loads(progress.read_text("utf-8")) if args.resume and progress.is_file() else {}
+    steps: dict[str, Any] = saved.get("steps", {})
+    if "data" in saved:
+        info = saved["data"]
+        print(f"size {n_events:.0e}: resuming after {', '.join(steps) or 'the data'}", flush=True)
+    else:
+        t = time.perf_counter()
+        info = generate(n_events, data, seed=args.seed)
+        info["generate_s"] = round(time.perf_counter() - t, 1)
+        print(f"size {n_events:.0e}: {info}", flush=True)
+
+    def step(name: str, fn: Any) -> None:
+        if name not in steps:
+            steps[name] = fn()
+            progress.write_text(json.dumps({"data": info, "steps": steps}, indent=2), "utf-8")
+
+    def ingest() -> dict[str, Any]:
+        items = run_step(
+            "ingest items", ["ingest", "items", str(data / "items.parquet")], home, logs, ok=(0, 3)
+        )
+        events = run_step(
+            "ingest events",
+            ["ingest", "events", str(data / "events.parquet")],
             home,
             logs,
+            ok=(0, 3),
         )
-        steps["score"] = run_step("score", ["score"], home, logs)
+        return {k: round(items[k] + events[k], 1) for k in ("wall_s", "cpu_s")} | {
+            "peak_rss_gb": max(items["peak_rss_gb"], events["peak_rss_gb"])
+        }
+
+    step("ingest", ingest)
+    if args.text:
+        text_args = ["train", "text"]
+        text_args += ["--max-pairs", str(args.text_max_pairs)] if args.text_max_pairs else []
+        step("train text", lambda: run_step("train text", text_args, home, logs))
+        step("score", lambda: run_step("score", ["score"], home, logs))
     else:
         steps["train text"] = steps["score"] = "skipped (--text not given)"
-    steps["train ranker"] = run_step("train ranker", ["train", "ranker"], home, logs)
+    step("train ranker", lambda: run_step("train ranker", ["train", "ranker"], home, logs))
     report: dict[str, Any] = {}
     if args.skip_evaluate:
         steps["evaluate"] = "skipped (--skip-evaluate)"
@@ -341,7 +359,8 @@ def run_size(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, A
         systems = "popularity,item_knn,als,ranker_no_text,ranker" + (
             ",text_only" if args.text else ""
         )
-        steps["evaluate"] = run_step("evaluate", ["evaluate", "--systems", systems], home, logs)
+        evaluate = ["evaluate", "--systems", systems]
+        step("evaluate", lambda: run_step("evaluate", evaluate, home, logs))
         report = json.loads((home / "reports" / "evaluate" / "report.json").read_text())
     users = (
         pl.read_parquet(data / "events.parquet", columns=["user_id"])["user_id"].unique().to_list()
@@ -464,6 +483,11 @@ def main() -> None:
         "--work", type=Path, default=None, help="Work folder (default: a temp one)."
     )
     parser.add_argument("--keep", action="store_true", help="Keep each size's home and data.")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="With --work: go on from each size's last finished step (its progress.json).",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "scale.json")
     parser.add_argument(
         "--append", action="store_true", help="Keep the other sizes already in --output."

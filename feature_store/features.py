@@ -195,25 +195,23 @@ class FeatureSnapshot:
         """
         relation = resolve_event_relation(con, events)
         name = f"_fs_{uuid.uuid4().hex}"
-        users = con.execute(features_sql.users_sql(relation)).pl().with_row_index("u")
-        items = con.execute(features_sql.items_sql(relation)).pl().with_row_index("i")
+        users_dict, items_dict = features_sql.users_sql(relation), features_sql.items_sql(relation)
+        users = con.execute(f"{users_dict} ORDER BY u").pl()
+        items = con.execute(f"{items_dict} ORDER BY i").pl()
         user_codes, item_codes = _Codes(users["user_id"]), _Codes(items["item_id"])
-        con.register(f"{name}_u", users.to_arrow())
-        con.register(f"{name}_i", items.to_arrow())
         try:
             if requests is None or _reads_everything(con, relation, requests, full_read):
-                sql = features_sql.events_sql(relation, f"{name}_u", f"{name}_i")
+                sql = features_sql.events_sql(relation, f"({users_dict})", f"({items_dict})")
             else:
                 con.register(f"{name}_r", requests.to_arrow())
                 sql = features_sql.restricted_events_sql(
-                    relation, f"{name}_u", f"{name}_i", f"{name}_r"
+                    relation, f"({users_dict})", f"({items_dict})", f"{name}_r"
                 )
             # Sorted in from_frame: cheaper than DuckDB's ORDER BY on a string tie-breaker.
             arrays, times = fs.EventArrays.from_frame(con.execute(sql).pl())
             meta = con.execute(features_sql.item_keys_sql()).pl()
         finally:
-            for suffix in ("_u", "_i", "_r"):
-                con.unregister(name + suffix)
+            con.unregister(name + "_r")
         keys = fs.ItemKeys.build(
             meta.join(items, on="item_id").select("i", "genres", "category"), items.height
         )

@@ -27,13 +27,23 @@ RECENT_ITEMS = 5
 
 
 def users_sql(events: str) -> str:
-    """Every user id of the relation (the user dictionary)."""
-    return f"SELECT DISTINCT user_id FROM {events}"
+    """Every user id of the relation with its code ``u`` (0.., in id order): the user
+    dictionary.  Deterministic, so the events query joins the same SQL as a subquery: joining a
+    registered Arrow copy of it instead hung DuckDB 1.5 (idle in ``WaitForTask``) when the
+    result was materialized at 1e7 events (benchmarks/scale.py)."""
+    return (
+        "SELECT user_id, (row_number() OVER (ORDER BY user_id) - 1)::UINTEGER AS u "
+        f"FROM (SELECT DISTINCT user_id FROM {events})"
+    )
 
 
 def items_sql(events: str) -> str:
-    """Every item id of the catalog and of the relation (the item dictionary)."""
-    return f"SELECT item_id FROM items UNION SELECT item_id FROM {events}"
+    """Every item id of the catalog and of the relation with its code ``i`` (the item
+    dictionary; see ``users_sql``)."""
+    return (
+        "SELECT item_id, (row_number() OVER (ORDER BY item_id) - 1)::UINTEGER AS i "
+        f"FROM (SELECT item_id FROM items UNION SELECT item_id FROM {events})"
+    )
 
 
 def item_keys_sql() -> str:
