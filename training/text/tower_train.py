@@ -191,8 +191,8 @@ class TowerPlan:
             else ""
         )
         scope = (
-            f"a seeded sample of {self.sampled_from:,} examples (one epoch over all of them "
-            "does not fit the budget)"
+            f"a seeded sample of {self.sampled_from:,} examples: one epoch over all of them "
+            "does not fit the budget"
             if self.sampled_from
             else "every fit-period positive and explicit negative with history"
         )
