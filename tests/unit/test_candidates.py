@@ -13,6 +13,7 @@ from feature_store.db import init_schema
 from feature_store.interactions import Interactions
 from recsys.algorithms.baselines import ALS, ItemKNN
 from recsys.algorithms.candidates import (
+    RECENT_POP_CACHE,
     Blender,
     CoVisitation,
     Generator,
@@ -159,6 +160,16 @@ def test_recent_popularity_respects_as_of(data: Interactions) -> None:
     assert len(before[0]) == 0
     later = gen.generate(["u0"], 5, as_of=[datetime(2020, 1, 12, 12)])[0]
     assert len(later[0]) > 0
+
+
+def test_recent_popularity_keeps_a_bounded_cache(data: Interactions) -> None:
+    gen = RecentPopularity(window_days=3650).fit(data)
+    first = gen.counts_at(datetime(2020, 1, 12, 12)).copy()
+    for h in range(3 * RECENT_POP_CACHE):  # one as_of per user, as a per-user split gives
+        gen.counts_at(datetime(2020, 1, 1) + timedelta(hours=h))
+    assert len(gen._cache) == RECENT_POP_CACHE
+    # an evicted moment is recomputed to the same counts
+    assert np.array_equal(gen.counts_at(datetime(2020, 1, 12, 12)), first)
 
 
 def test_top_n_breaks_ties_by_catalog_order() -> None:
