@@ -7,6 +7,7 @@ has tests of its own), so every package's unit tests can start from a populated 
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 
 import duckdb
@@ -89,3 +90,31 @@ def load_into_store(
     )
     con.unregister("_items_df")
     con.unregister("_events_df")
+
+
+def click_record(
+    event_id: str, user: str = "u1", item: str = "i3", **extra: object
+) -> dict[str, object]:
+    """One ``click`` event as the HTTP API and ``ingest_event_records`` take it."""
+    return {
+        "event_id": event_id,
+        "user_id": user,
+        "item_id": item,
+        "event_type": "click",
+        "ts": "2021-01-01T00:00:00Z",
+        **extra,
+    }
+
+
+def deleted_handles(*markers: str) -> list[str]:
+    """Targets of this process's descriptors that point at deleted files whose path holds one
+    of ``markers`` (snapshot files kept open after their replacement)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if any(m in target for m in markers) and target.endswith("(deleted)"):
+            out.append(target)
+    return out

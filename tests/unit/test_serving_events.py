@@ -23,6 +23,7 @@ from serving.app import create_app
 from serving.eventlog import EventLog
 from serving.snapshot import read_pointer
 from serving.writer import EventWriter, WriterBusyError, writer_lock
+from tests.factories import click_record as event
 from tests.factories import load_into_store, make_catalog, make_events
 
 KEY = {"X-API-Key": "s3cret"}
@@ -44,17 +45,6 @@ def app(home: Settings):
     app = create_app(home, start_watcher=False)
     yield app
     app.extensions["recsys"].close()
-
-
-def event(event_id: str, user: str = "u1", item: str = "i3", **extra: object) -> dict[str, object]:
-    return {
-        "event_id": event_id,
-        "user_id": user,
-        "item_id": item,
-        "event_type": "click",
-        "ts": "2021-01-01T00:00:00Z",
-        **extra,
-    }
 
 
 def store_event_ids(settings: Settings) -> list[str]:

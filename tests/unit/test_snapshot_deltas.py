@@ -20,7 +20,8 @@ from serving.metrics import Metrics
 from serving.models import ModelHolder, Watcher
 from serving.snapshot import SnapshotReader, read_pointer
 from serving.writer import EventWriter
-from tests.factories import load_into_store, make_catalog, make_events
+from tests.factories import click_record as click
+from tests.factories import deleted_handles, load_into_store, make_catalog, make_events
 
 
 @pytest.fixture
@@ -29,28 +30,6 @@ def home(settings: Settings) -> Settings:
     load_into_store(con, make_catalog(), make_events())
     con.close()
     return settings.replace(**{"serving.snapshot_min_seconds": 0.0})
-
-
-def click(event_id: str, user: str = "u1", item: str = "i3") -> dict[str, object]:
-    return {
-        "event_id": event_id,
-        "user_id": user,
-        "item_id": item,
-        "event_type": "click",
-        "ts": "2021-01-01T00:00:00Z",
-    }
-
-
-def deleted_handles() -> list[str]:
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if ("store-" in target or "delta-" in target) and target.endswith("(deleted)"):
-            out.append(target)
-    return out
 
 
 def count(reader: SnapshotReader, sql: str) -> int:
@@ -216,7 +195,7 @@ def test_compaction_removes_old_files_only_once_readers_let_go(
         writer.flush()
     assert Path(first.path).is_file() and Path(delta.delta).is_file(), "deleted while read"
     assert count(reader, "SELECT count(*) FROM events") == seen  # the reader's view still works
-    assert deleted_handles() == []
+    assert deleted_handles("store-", "delta-") == []
 
     monkeypatch.setattr(snap, "_RETIRE_AFTER_SECONDS", 0.0)
     assert reader.refresh()  # moves to the newest base; the old one is closed
@@ -226,7 +205,7 @@ def test_compaction_removes_old_files_only_once_readers_let_go(
     snap.prune_snapshots(settings)
     assert not Path(first.path).exists() and not Path(delta.delta).exists()
     assert list((settings.home / "serving" / "deltas").glob("delta-*.duckdb")) == []
-    assert deleted_handles() == []
+    assert deleted_handles("store-", "delta-") == []
     reader.close()
     mine = str(settings.home)
     assert {p: n for p, n in snap.leases.held().items() if p.startswith(mine)} == {}

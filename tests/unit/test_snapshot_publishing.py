@@ -4,7 +4,6 @@ snapshot is ever kept (checked in /proc/self/fd)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from serving.metrics import Metrics
 from serving.models import ModelHolder
 from serving.snapshot import SnapshotPublisher, SnapshotReader, publish_snapshot, read_pointer
 from serving.writer import EventWriter
-from tests.factories import load_into_store, make_catalog, make_events
+from tests.factories import deleted_handles, load_into_store, make_catalog, make_events
 
 
 @pytest.fixture
@@ -30,19 +29,6 @@ def home(settings: Settings) -> Settings:
 
 class _Models:
     model_versions = {"ranker": "1"}
-
-
-def deleted_snapshot_handles() -> list[str]:
-    """Targets of this process's descriptors that point at deleted snapshot files."""
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if "store-" in target and target.endswith("(deleted)"):
-            out.append(target)
-    return out
 
 
 def click(event_id: str) -> dict[str, object]:
@@ -111,7 +97,7 @@ def test_open_snapshots_are_not_deleted_and_no_deleted_handle_stays(
             publish()
         assert first.is_file(), "a snapshot in use was deleted"
         assert not second.exists(), "an unused old snapshot was kept"
-        assert deleted_snapshot_handles() == []
+        assert deleted_handles("store-") == []
 
         assert reader.refresh()  # moves to the newest; the old connection is closed
         holder.load(reader.info.path if reader.info else "")
@@ -119,7 +105,7 @@ def test_open_snapshots_are_not_deleted_and_no_deleted_handle_stays(
         assert str(first) not in snap.leases.held()
         publish()
         assert not first.exists(), "a snapshot nobody has open was kept"
-        assert deleted_snapshot_handles() == []
+        assert deleted_handles("store-") == []
         kept = sorted((home.home / "serving" / "snapshots").glob("store-*.duckdb"))
         assert len(kept) == snap.KEEP_SNAPSHOTS
         holder.close_retired(everything=True)
