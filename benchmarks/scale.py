@@ -304,6 +304,9 @@ def serve_step(home: Path, logs: Path, users: list[str], rate: float, seconds: f
 # ---------------------------------------------------------------------------------------------
 
 
+STEPS = ("ingest", "train text", "score", "train ranker", "evaluate")
+
+
 def run_size(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One size end to end.  Each finished step is recorded in ``work/progress.json``: with
     ``--resume`` a size whose run stopped (a killed or failed step) goes on from the first step
@@ -314,6 +317,8 @@ def run_size(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, A
     progress = work / "progress.json"
     saved = json.loads(progress.read_text("utf-8")) if args.resume and progress.is_file() else {}
     steps: dict[str, Any] = saved.get("steps", {})
+    for name in args.redo:
+        steps.pop(name, None)  # measured again; the other finished steps are kept
     if "data" in saved:
         info = saved["data"]
         print(f"size {n_events:.0e}: resuming after {', '.join(steps) or 'the data'}", flush=True)
@@ -488,12 +493,22 @@ def main() -> None:
         action="store_true",
         help="With --work: go on from each size's last finished step (its progress.json).",
     )
+    parser.add_argument(
+        "--redo",
+        type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
+        default=[],
+        help="With --resume: run these finished steps again (e.g. 'score' after changing it), "
+        "keeping the others' figures.",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "scale.json")
     parser.add_argument(
         "--append", action="store_true", help="Keep the other sizes already in --output."
     )
     parser.add_argument("--note", default="", help="Free text for the report (e.g. machine busy).")
     args = parser.parse_args()
+    unknown = set(args.redo) - set(STEPS)
+    if unknown or (args.redo and not args.resume):
+        parser.error(f"--redo takes steps of {', '.join(STEPS)} and needs --resume")
     sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
     result: dict[str, Any] = {
         "benchmark": "scale",

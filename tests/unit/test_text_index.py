@@ -67,6 +67,20 @@ def test_top_n_written_excludes_engaged_items_and_replaces_rows(store) -> None:
     assert store.execute("SELECT count(*) FROM item_embeddings").fetchone() == (4,)
 
 
+def test_top_n_skips_engaged_items_and_returns_fewer_when_few_are_left() -> None:
+    users = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    top = top_n(["u1", "u2"], users, ITEMS, ITEM_VECS, {"u1": {"a", "b", "c"}, "u2": {"d"}}, 3)
+    table = top.table().to_pydict()
+    assert list(zip(table["user_id"], table["item_id"], strict=True)) == [
+        ("u1", "d"),
+        ("u2", "b"),
+        ("u2", "c"),
+        ("u2", "a"),
+    ]
+    np.testing.assert_allclose(table["score"], [-1.0, 1.0, 0.8, 0.0], atol=1e-6)
+    assert len(top_n([], users[:0], ITEMS, ITEM_VECS, {}, 3)) == 0
+
+
 def test_newest_version_is_loaded_and_missing_embeddings_are_clear(store) -> None:
     with pytest.raises(ModelNotReadyError, match="recsys score"):
         TextIndex.load(store)

@@ -20,7 +20,12 @@ from training import registry
 from training.text import model as tm
 from training.text import tower as tw
 from training.text.item_vectors import load_item_vectors
-from training.text.scoring import encode_catalog, load_scoring_encoder, score_store
+from training.text.scoring import (
+    encode_catalog,
+    load_scoring_encoder,
+    score_store,
+    score_users,
+)
 from training.text.texts import item_summaries, item_texts
 from training.text.tower_run import padded_tokens
 from training.text.tower_train import (
@@ -193,6 +198,39 @@ def test_train_plan_score_int8_matches_fp32(tiny_store, tiny_settings) -> None:
     # the fp32 encoder agrees with them (training cached the lower layers through int8)
     fp32_sorted = encode_catalog(encoder, meta, [item_text[i] for i in ids], 8, False, False)
     assert np.abs((fp32_sorted * saved_vectors[0]).sum(1) - 1.0).max() < 0.05
+
+    # chunked scoring (5 users at a time) writes the rows of one pass, replacing them
+    def written() -> list[tuple]:
+        return tiny_store.execute(
+            "SELECT user_id, item_id, score FROM text_scores WHERE scope = 'train_v1' "
+            "ORDER BY user_id, item_id"
+        ).fetchall()
+
+    one_pass = written()
+    n_users, n_scores = score_users(
+        tiny_store,
+        tiny_settings,
+        encoder,
+        meta,
+        ref.version,
+        "train_v1",
+        ids,
+        stored.item_matrix,
+        chunk_users=5,
+    )
+    chunked = written()
+    assert (n_users, n_scores) == (summary.users["train_v1"], summary.scores["train_v1"])
+    # per user the same top-N scores (an item may swap with one tied within float error)
+    def by_user(rows: list[tuple]) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for user, _, score in rows:
+            out.setdefault(user, []).append(score)
+        return {u: sorted(v) for u, v in out.items()}
+
+    assert by_user(chunked).keys() == by_user(one_pass).keys()
+    for user, scores in by_user(chunked).items():
+        np.testing.assert_allclose(scores, by_user(one_pass)[user], atol=1e-5)
+    assert len({r[:2] for r in chunked} ^ {r[:2] for r in one_pass}) <= 4
     # an item whose text changed is not reused
     changed = load_item_vectors(local, ids, ["new text"] + [item_text[i] for i in ids[1:]])
     assert changed is not None and not changed[1][0] and changed[1][1:].all()

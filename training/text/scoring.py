@@ -19,9 +19,11 @@ Scopes: ``fit_v1`` (user text from ``events_fit_v1``), ``train_v1`` (``events_tr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +48,12 @@ from training.text.catalog import (
     encode_on_cluster,
     load_scoring_encoder,
 )
-from training.text.texts import item_summaries, item_texts, user_histories
+from training.text.texts import ItemSummaries, item_summaries, item_texts, user_histories
 
 log = logging.getLogger(__name__)
+
+# Users per scoring chunk: about 6M text-score rows (~0.3 GB in flight) at 300 per user.
+SCORE_CHUNK_USERS = 20_000
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,32 @@ def write_item_embeddings(
     return len(item_ids)
 
 
+@dataclass(frozen=True)
+class TopN:
+    """Per user the best-scoring items as flat code columns (no Python string per row):
+    ``user_rows`` index ``user_ids``, ``item_codes`` index ``item_ids``, best first per user."""
+
+    user_ids: Sequence[str]
+    item_ids: Sequence[str]
+    user_rows: np.ndarray
+    item_codes: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def table(self) -> pa.Table:
+        users = pa.array(list(self.user_ids), pa.string())
+        items = pa.array(list(self.item_ids), pa.string())
+        return pa.table(
+            {
+                "user_id": users.take(pa.array(self.user_rows, pa.int32())),
+                "item_id": items.take(pa.array(self.item_codes, pa.int32())),
+                "score": pa.array(self.scores.astype(np.float32), pa.float32()),
+            }
+        )
+
+
 def write_user_rows(
     con: duckdb.DuckDBPyConnection,
     model_version: str,
@@ -98,11 +129,37 @@ def write_user_rows(
     user_ids: Sequence[str],
     as_of: Sequence[object],
     matrix: np.ndarray,
-    top: tuple[np.ndarray, np.ndarray, np.ndarray],
+    top: TopN,
     *,
     replace_all: bool,
 ) -> None:
     """Write user embeddings and their top-N scores; replace the scope (or only these users)."""
+    with transaction(con):
+        if replace_all:
+            delete_scope(con, model_version, scope)
+        insert_user_rows(con, model_version, scope, user_ids, as_of, matrix, top, replace=True)
+
+
+def delete_scope(con: duckdb.DuckDBPyConnection, model_version: str, scope: str) -> None:
+    for table in ("user_embeddings", "text_scores"):
+        con.execute(
+            f"DELETE FROM {table} WHERE model_version = ? AND scope = ?", [model_version, scope]
+        )
+
+
+def insert_user_rows(
+    con: duckdb.DuckDBPyConnection,
+    model_version: str,
+    scope: str,
+    user_ids: Sequence[str],
+    as_of: Sequence[object],
+    matrix: np.ndarray,
+    top: TopN,
+    *,
+    replace: bool,
+) -> None:
+    """Insert the rows of ``user_ids`` (inside the caller's transaction); with ``replace``,
+    first delete what these users had in the scope."""
     users = pa.table(
         {
             "user_id": pa.array(list(user_ids), pa.string()),
@@ -110,23 +167,16 @@ def write_user_rows(
             "embedding": _vectors(matrix),
         }
     )
-    users_col, items_col, scores_col = top
-    scores = pa.table(
-        {
-            "user_id": pa.array(users_col, pa.string()),
-            "item_id": pa.array(items_col, pa.string()),
-            "score": pa.array(scores_col.astype(np.float32), pa.float32()),
-        }
-    )
-    only = "" if replace_all else " AND user_id IN (SELECT user_id FROM _user_emb)"
-    with transaction(con):
-        con.register("_user_emb", users)
-        con.register("_text_sc", scores)
-        for table in ("user_embeddings", "text_scores"):
-            con.execute(
-                f"DELETE FROM {table} WHERE model_version = ? AND scope = ?{only}",
-                [model_version, scope],
-            )
+    con.register("_user_emb", users)
+    con.register("_text_sc", top.table())
+    try:
+        if replace:
+            for table in ("user_embeddings", "text_scores"):
+                con.execute(
+                    f"DELETE FROM {table} WHERE model_version = ? AND scope = ? "
+                    "AND user_id IN (SELECT user_id FROM _user_emb)",
+                    [model_version, scope],
+                )
         con.execute(
             "INSERT INTO user_embeddings SELECT user_id, ?, ?, as_of, embedding FROM _user_emb",
             [model_version, scope],
@@ -135,6 +185,7 @@ def write_user_rows(
             "INSERT INTO text_scores SELECT user_id, item_id, ?, ?, score FROM _text_sc",
             [model_version, scope],
         )
+    finally:
         con.unregister("_user_emb")
         con.unregister("_text_sc")
 
@@ -147,65 +198,97 @@ def top_n(
     engaged: dict[str, set[str]],
     n: int,
     block: int = 256,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per user the ``n`` best-scoring items not in ``engaged[user]`` as flat columns."""
-    ids = np.asarray(item_ids, dtype=object)
+) -> TopN:
+    """Per user the ``n`` best-scoring items not in ``engaged[user]``, best first.
+
+    Works on ``block`` users at a time (a block x catalog score matrix), selecting with one
+    2-D partial sort instead of a Python loop per user."""
     row_of = {i: k for k, i in enumerate(item_ids)}
-    n = min(n, len(ids))
+    n = min(n, len(item_ids))
     out_u, out_i, out_s = [], [], []
-    for start in range(0, len(user_ids), block):
+    for start in range(0, len(user_ids) if n else 0, block):
+        chunk = user_ids[start : start + block]
         scores = user_matrix[start : start + block] @ item_matrix.T
-        for r, user_id in enumerate(user_ids[start : start + block]):
-            row = scores[r]
+        rows: list[int] = []
+        cols: list[int] = []
+        for r, user_id in enumerate(chunk):
             seen = [row_of[i] for i in engaged.get(user_id, ()) if i in row_of]
-            row[seen] = -np.inf
-            k = min(n, len(ids) - len(seen))
-            if k <= 0:
-                continue
-            best = np.argpartition(-row, k - 1)[:k]
-            best = best[np.argsort(-row[best], kind="stable")]
-            out_u.extend([user_id] * k)
-            out_i.extend(ids[best].tolist())
-            out_s.append(row[best])
-    scores_flat = np.concatenate(out_s) if out_s else np.zeros(0, dtype=np.float32)
-    return np.asarray(out_u, dtype=object), np.asarray(out_i, dtype=object), scores_flat
+            rows.extend([r] * len(seen))
+            cols.extend(seen)
+        scores[np.asarray(rows, dtype=np.intp), np.asarray(cols, dtype=np.intp)] = -np.inf
+        if n < scores.shape[1]:
+            best = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        else:
+            best = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+        values = np.take_along_axis(scores, best, axis=1)
+        order = np.argsort(-values, axis=1, kind="stable")
+        best = np.take_along_axis(best, order, axis=1)
+        values = np.take_along_axis(values, order, axis=1)
+        keep = np.isfinite(values)  # fewer unseen items than n: the engaged ones drop out
+        out_u.append((start + np.nonzero(keep)[0]).astype(np.int32))
+        out_i.append(best[keep].astype(np.int32))
+        out_s.append(values[keep].astype(np.float32))
+
+    def flat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    return TopN(
+        user_ids, item_ids, flat(out_u, np.int32), flat(out_i, np.int32), flat(out_s, np.float32)
+    )
+
+
+@contextlib.contextmanager
+def _user_list(con: duckdb.DuckDBPyConnection, user_ids: Sequence[str]) -> Iterator[str]:
+    """Register ``user_ids`` as a one-column relation for the duration; yields its name."""
+    con.register("_score_users", pa.table({"id": pa.array(list(user_ids), pa.string())}))
+    try:
+        yield "_score_users"
+    finally:
+        con.unregister("_score_users")
 
 
 def _engaged(
-    con: duckdb.DuckDBPyConnection, relation: str, user_ids: Sequence[str] | None
+    con: duckdb.DuckDBPyConnection, relation: str, user_ids: Sequence[str]
 ) -> dict[str, set[str]]:
-    sql = f"SELECT DISTINCT user_id, item_id FROM {relation}"
-    if user_ids is not None:
-        con.register("_eng_users", pa.table({"id": pa.array(list(user_ids), pa.string())}))
-        sql += " WHERE user_id IN (SELECT id FROM _eng_users)"
+    with _user_list(con, user_ids) as ids:
+        rows = con.execute(
+            f"SELECT DISTINCT user_id, item_id FROM {relation} "
+            f"WHERE user_id IN (SELECT id FROM {ids})"
+        ).fetchall()
     out: dict[str, set[str]] = {}
-    for u, i in con.execute(sql).fetchall():
+    for u, i in rows:
         out.setdefault(str(u), set()).add(str(i))
-    if user_ids is not None:
-        con.unregister("_eng_users")
     return out
 
 
-def _last_ts(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, object]:
-    return {
-        str(u): ts
-        for u, ts in con.execute(
-            f"SELECT user_id, max(ts) FROM {relation} GROUP BY user_id"
+def _last_ts(
+    con: duckdb.DuckDBPyConnection, relation: str, user_ids: Sequence[str]
+) -> dict[str, object]:
+    with _user_list(con, user_ids) as ids:
+        rows = con.execute(
+            f"SELECT user_id, max(ts) FROM {relation} "
+            f"WHERE user_id IN (SELECT id FROM {ids}) GROUP BY user_id"
         ).fetchall()
-    }
+    return {str(u): ts for u, ts in rows}
+
+
+def _scope_users(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
+    return [
+        str(u)
+        for (u,) in con.execute(f"SELECT DISTINCT user_id FROM {relation} ORDER BY 1").fetchall()
+    ]
 
 
 def _text_users(
-    con: duckdb.DuckDBPyConnection,
     encoder: tm.TwoTowerEncoder,
     meta: dict,
     hists: dict,
+    summaries: ItemSummaries,
     scope: str,
     batch_size: int,
     progress: bool,
 ) -> tuple[list[str], np.ndarray]:
     """User vectors of the per-pair model: the user text through the shared encoder."""
-    summaries = item_summaries(con)
     texts = {
         u: h.text_before(None, summaries, int(meta["user_history_items"]))
         for u, h in sorted(hists.items())
@@ -226,11 +309,10 @@ def _tower_users(
     encoder: tm.TwoTowerEncoder,
     meta: dict,
     hists: dict,
-    item_ids: Sequence[str],
+    row: dict[str, int],
     item_matrix: np.ndarray,
 ) -> tuple[list[str], np.ndarray]:
     """User vectors of the history tower: the user tower over their last liked items."""
-    row = {i: k for k, i in enumerate(item_ids)}
     histories = {u: [row[i] for _, i in h.liked if i in row] for u, h in sorted(hists.items())}
     users = [u for u, h in histories.items() if h]
     width = int(meta["user_history_items"])
@@ -254,43 +336,83 @@ def score_users(
     user_ids: Sequence[str] | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    chunk_users: int = SCORE_CHUNK_USERS,
 ) -> tuple[int, int]:
-    """Encode users of ``scope`` (all, or ``user_ids``) and write their embeddings and top-N."""
+    """Encode users of ``scope`` (all, or ``user_ids``) and write their embeddings and top-N.
+
+    Users go in chunks of ``chunk_users`` (history read, encoding, top-N, insert), so memory
+    stays bounded by one chunk whatever the number of users; all chunks land in one
+    transaction, so readers see the old rows or the new ones, never a mix."""
     relation = SCOPES[check_scopes([scope])[0]].events
-    hists = user_histories(con, relation, user_ids)
+    everyone = user_ids is None
+    wanted = _scope_users(con, relation) if user_ids is None else list(dict.fromkeys(user_ids))
+    encode_users: Callable[[dict], tuple[list[str], np.ndarray]]
     if meta.get("architecture") == "history_tower":
-        users, matrix = _tower_users(encoder, meta, hists, item_ids, item_matrix)
+        row = {i: k for k, i in enumerate(item_ids)}
+        encode_users = functools.partial(
+            _tower_users, encoder, meta, row=row, item_matrix=item_matrix
+        )
     else:
-        users, matrix = _text_users(con, encoder, meta, hists, scope, batch_size, progress)
-    if not users:
-        matrix = np.zeros((0, item_matrix.shape[1]), dtype=np.float32)
-    last = _last_ts(con, relation)
-    top = top_n(
-        users,
-        matrix,
-        item_ids,
-        item_matrix,
-        _engaged(con, relation, user_ids),
-        settings.ranker.num_candidates,
-    )
-    write_user_rows(
-        con,
-        model_version,
-        scope,
-        users,
-        [last.get(u) for u in users],
-        matrix,
-        top,
-        replace_all=user_ids is None,
-    )
+        encode_users = functools.partial(
+            _text_users,
+            encoder,
+            meta,
+            summaries=item_summaries(con),
+            scope=scope,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    n_users = n_scores = 0
+    started = time.monotonic()
+    with transaction(con):
+        if everyone:
+            delete_scope(con, model_version, scope)
+        for start in range(0, len(wanted), chunk_users):
+            chunk = wanted[start : start + chunk_users]
+            users, matrix = encode_users(user_histories(con, relation, chunk))
+            if not users:
+                matrix = np.zeros((0, item_matrix.shape[1]), dtype=np.float32)
+            last = _last_ts(con, relation, users)
+            top = top_n(
+                users,
+                matrix,
+                item_ids,
+                item_matrix,
+                _engaged(con, relation, users),
+                settings.ranker.num_candidates,
+            )
+            insert_user_rows(
+                con,
+                model_version,
+                scope,
+                users,
+                [last.get(u) for u in users],
+                matrix,
+                top,
+                replace=not everyone,
+            )
+            n_users += len(users)
+            n_scores += len(top)
+            done = start + len(chunk)
+            if done < len(wanted):
+                elapsed = time.monotonic() - started
+                log.info(
+                    "scope %s: %d of %d users in %.0f s, about %.0f s left",
+                    scope,
+                    done,
+                    len(wanted),
+                    elapsed,
+                    elapsed / done * (len(wanted) - done),
+                )
     log.info(
-        "scope %s: wrote %d user embeddings and %d text scores (model %s)",
+        "scope %s: wrote %d user embeddings and %d text scores (model %s) in %.0f s",
         scope,
-        len(users),
-        len(top[0]),
+        n_users,
+        n_scores,
         model_version,
+        time.monotonic() - started,
     )
-    return len(users), len(top[0])
+    return n_users, n_scores
 
 
 def score_store(
@@ -386,6 +508,6 @@ def refresh_user_embeddings(
         scope,
         index.item_ids,
         index.item_matrix,
-        user_ids=list(dict.fromkeys(user_ids)),
+        user_ids=user_ids,
     )
     return updated

@@ -163,7 +163,10 @@ def user_vectors(
         return out
     with torch.inference_mode():
         device = user_tower.proj.weight.device
-        means = history_means(torch.from_numpy(np.ascontiguousarray(table)).to(device), pad[has])
+        with warnings.catch_warnings():  # a read-only (stored) table is only read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            rows = torch.from_numpy(np.ascontiguousarray(table))
+        means = history_means(rows.to(device), pad[has])
         out[has] = user_tower(means).float().cpu().numpy()
     return out
 
