@@ -25,7 +25,15 @@ import numpy as np
 import polars as pl
 
 from feature_store.features_sql import FLAG_BITS, RECENT_ITEMS
-from feature_store.features_timeline import RunningSum, Timeline, explode, prefix, search, ticks
+from feature_store.features_timeline import (
+    RunningSum,
+    Timeline,
+    between,
+    explode,
+    prefix,
+    search,
+    ticks,
+)
 
 ITEM_WINDOWS_DAYS: tuple[int, ...] = (7, 30, 365)
 USER_WINDOW_DAYS = 30
@@ -134,10 +142,18 @@ class _Side:
         o = self.tl.order
         self.p_pos = prefix(ev.is_pos[o])
         self.p_rate = prefix(ev.has_rating[o])
-        self.p_click = prefix(ev.is_click[o]) if ev.is_click.size else prefix(np.zeros(o.size))
+        self.p_click = prefix(ev.is_click[o] if ev.is_click.size else np.zeros(o.size, dtype=bool))
         self.s_rate = RunningSum(ev.rating[o], self.tl.starts)
         self.items = ev.i[o]
         self.ticks = ev.tick[o]
+
+    def release_build_state(self, *, keep_items: bool) -> None:
+        """Keep what lookups read (``totals`` reads the row times, ``recent`` the user side's
+        items); drop the rest."""
+        self.tl.release_build_state(keep_ts=True)
+        self.ticks = self.ticks[:0]
+        if not keep_items:
+            self.items = self.items[:0]
 
     def at(self, keys: np.ndarray, t: np.ndarray, tick: np.ndarray) -> tuple[np.ndarray, ...]:
         """(group, lo, hi, pos): the group and its range, and the first row at or after ``t``."""
@@ -155,9 +171,9 @@ class _Side:
         last = np.maximum(pos - 1, 0)
         return {
             "n": n,
-            "pos": self.p_pos[pos] - self.p_pos[lo],
-            "rate": self.p_rate[pos] - self.p_rate[lo],
-            "click": self.p_click[pos] - self.p_click[lo],
+            "pos": between(self.p_pos, lo, pos),
+            "rate": between(self.p_rate, lo, pos),
+            "click": between(self.p_click, lo, pos),
             "s_rate": self.s_rate.between(lo, pos),
             "last_ts": self.tl.ts[last],
             "first_ts": self.tl.ts[np.minimum(lo, last)],
@@ -228,6 +244,10 @@ class FeatureIndex:
             recent = np.zeros(n_items, dtype=bool)
             recent[self.recent(want.u, want.t, self.tick(want.t))[1]] = True
         self.pairs = self._pairs(seq, want, recent)
+        self.item.release_build_state(keep_items=False)
+        self.user.release_build_state(keep_items=True)
+        for tl in (self.impr, self.user_item, self.affinity, self.pairs):
+            tl.release_build_state()  # lookups only count rows: no times needed
 
     def tick(self, t: np.ndarray) -> np.ndarray:
         """How many distinct event times lie strictly before each ``t``."""

@@ -23,7 +23,7 @@ from recsys.core.config import Settings
 from recsys.core.errors import MissingDependencyError, ModelNotReadyError
 from recsys.pipeline import loader
 from serving.errors import ReloadRefusedError
-from serving.memory import release_memory
+from serving.memory import cap_store_cache, release_memory, settle_heap
 from serving.metrics import Metrics
 from serving.modelcheck import ModelRefusedError, ModelVerifier
 from serving.snapshot import (
@@ -155,6 +155,7 @@ class ModelHolder:
                 else:
                     new = self.loader(self.settings, con, ranker=ranker)
                 challenger = self._load_challenger(con, new)
+                cap_store_cache(con, self.settings.serving.store_cache_mb)
             except Exception as exc:
                 if con is not None:
                     close_published(con, snapshot_path, delta)
@@ -187,7 +188,13 @@ class ModelHolder:
         self.metrics.set_model_versions(versions)
         if previous:
             release_memory()  # the replaced recommender's frames, once requests let go of it
-        log.info("serving models %s (loaded in %.2f s)", versions, time.perf_counter() - started)
+        frozen = settle_heap()  # no full collection rescans the models during requests
+        log.info(
+            "serving models %s (loaded in %.2f s; %d objects frozen out of the collector)",
+            versions,
+            time.perf_counter() - started,
+            frozen,
+        )
         return {"model_versions": versions, "previous_model_versions": previous}
 
     def _choose_ranker(self, fallback: bool) -> tuple[Any | None, dict[str, Any] | None]:
@@ -271,6 +278,7 @@ class ModelHolder:
                 self.pair = (None, None)
         if closed:
             release_memory()  # the replaced models' heap goes back to the system
+            settle_heap()
 
 
 class Watcher:

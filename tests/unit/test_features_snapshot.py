@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from feature_store.db import init_schema
 from feature_store.features import FEATURE_COLUMNS, FeatureSnapshot, compute_features
-from feature_store.features_timeline import RunningSum, Timeline, stable_order, ticks
+from feature_store.features_timeline import (
+    RunningSum,
+    Timeline,
+    between,
+    prefix,
+    stable_order,
+    ticks,
+)
 from recsys.core.errors import RecsysError
 from tests.unit.features_reference import reference_features
 
@@ -196,6 +203,9 @@ def test_timeline_counts_strictly_before(width: int | None, codes: int | None) -
     ts = np.array([10, 10, 20, 20])
     times, tick = ticks(ts)
     tl = Timeline(np.array([7, 5, 7, 7]), ts, tick, width or times.size + 1, codes=codes)
+    assert tl.order.tolist() == [1, 0, 2, 3]
+    tl.release_build_state()  # lookups need neither the permutation nor, when packed, the times
+    assert tl.order.size == 0 and len(tl) == 4
     t = np.array([10, 11, 20, 21, 100, 100, 5])
     keys = np.array([7, 7, 7, 7, 5, -1, 7])
     assert tl.count_before(keys, t, np.searchsorted(times, t)).tolist() == [0, 1, 1, 3, 1, 0, 0]
@@ -216,3 +226,11 @@ def test_large_request_sets_map_ids_the_same_way() -> None:
         assert FeatureSnapshot.build(con).compute(big).equals(expected, null_equal=True)
     finally:
         con.close()
+
+
+def test_prefix_counts_are_compact_and_range_sums_int64() -> None:
+    p = prefix(np.array([True, False, True, True]))
+    assert p.dtype == np.int32 and p.tolist() == [0, 1, 1, 2, 3]
+    got = between(p, np.array([0, 1, 4]), np.array([4, 2, 4]))
+    assert got.dtype == np.int64 and got.tolist() == [3, 0, 0]
+    assert prefix(np.array([2**40, 3], dtype=np.int64)).tolist() == [0, 2**40, 2**40 + 3]
