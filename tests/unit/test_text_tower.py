@@ -220,6 +220,7 @@ def test_train_plan_score_int8_matches_fp32(tiny_store, tiny_settings) -> None:
     )
     chunked = written()
     assert (n_users, n_scores) == (summary.users["train_v1"], summary.scores["train_v1"])
+
     # per user the same top-N scores (an item may swap with one tied within float error)
     def by_user(rows: list[tuple]) -> dict[str, list[float]]:
         out: dict[str, list[float]] = {}
