@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from feature_store.db import transaction
 from feature_store.interactions import Interactions
 from recsys.algorithms.ranking import TextFeatures
 from recsys.algorithms.text_index import TextIndex, user_text_vector
@@ -17,7 +18,7 @@ from recsys.core.errors import ModelNotReadyError
 from tests.conftest import REPO_ROOT
 from tests.factories import T0
 from training.text.evaluate import user_auc, user_ndcg
-from training.text.scoring import top_n, write_item_embeddings, write_user_rows
+from training.text.scoring import delete_scope, insert_user_rows, top_n, write_item_embeddings
 
 ITEMS = ["a", "b", "c", "d"]
 ITEM_VECS = np.array([[1, 0], [0, 1], [0.6, 0.8], [-1, 0]], dtype=np.float32)
@@ -27,16 +28,18 @@ def _write(store, version: str = "1") -> None:
     write_item_embeddings(store, version, ITEMS, ITEM_VECS)
     users = np.array([[1, 0], [0, 1]], dtype=np.float32)
     top = top_n(["u1", "u2"], users, ITEMS, ITEM_VECS, {"u1": {"a"}}, n=2)
-    write_user_rows(
-        store,
-        version,
-        "live",
-        ["u1", "u2"],
-        [datetime(2020, 1, 1)] * 2,
-        users,
-        top,
-        replace_all=True,
-    )
+    with transaction(store):
+        delete_scope(store, version, "live")
+        insert_user_rows(
+            store,
+            version,
+            "live",
+            ["u1", "u2"],
+            [datetime(2020, 1, 1)] * 2,
+            users,
+            top,
+            replace=False,
+        )
 
 
 def test_index_scores_nearest_and_fallbacks(store) -> None:

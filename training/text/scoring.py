@@ -122,25 +122,8 @@ class TopN:
         )
 
 
-def write_user_rows(
-    con: duckdb.DuckDBPyConnection,
-    model_version: str,
-    scope: str,
-    user_ids: Sequence[str],
-    as_of: Sequence[object],
-    matrix: np.ndarray,
-    top: TopN,
-    *,
-    replace_all: bool,
-) -> None:
-    """Write user embeddings and their top-N scores; replace the scope (or only these users)."""
-    with transaction(con):
-        if replace_all:
-            delete_scope(con, model_version, scope)
-        insert_user_rows(con, model_version, scope, user_ids, as_of, matrix, top, replace=True)
-
-
 def delete_scope(con: duckdb.DuckDBPyConnection, model_version: str, scope: str) -> None:
+    """Delete every user row of ``scope`` (inside the caller's transaction)."""
     for table in ("user_embeddings", "text_scores"):
         con.execute(
             f"DELETE FROM {table} WHERE model_version = ? AND scope = ?", [model_version, scope]
