@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from feature_store.interactions import Interactions
 from recsys.algorithms.state import Arrays, Maps, csr_arrays, csr_from
-from recsys.algorithms.topk import DenseGenerator
+from recsys.algorithms.topk import DenseGenerator, row_sum
 from recsys.core import compat
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ class ItemKNN(DenseGenerator):
     def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
         if u is None:
             return None
-        scores = np.asarray((self.x[u] @ self.similarity).todense()).ravel()
+        lo, hi = self.x.indptr[u], self.x.indptr[u + 1]
+        scores = row_sum(self.similarity, self.x.indices[lo:hi], self.x.data[lo:hi])
         return np.where(scores > 0, scores, -np.inf)
 
     def state(self) -> dict[str, np.ndarray]:

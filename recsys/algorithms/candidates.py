@@ -22,7 +22,15 @@ from feature_store.interactions import Interactions
 from recsys.algorithms.baselines import ALS, ItemKNN
 from recsys.algorithms.state import Arrays, Maps, csr_arrays, csr_from
 from recsys.algorithms.text_index import user_text_vector
-from recsys.algorithms.topk import EMPTY, DenseGenerator, Scored, top_n
+from recsys.algorithms.topk import (
+    EMPTY,
+    DenseGenerator,
+    Scored,
+    ranked,
+    row_sum,
+    top_n,
+    top_n_ranked,
+)
 from recsys.core.errors import ConfigError
 from recsys.core.rules import COLD_ITEM_MAX_EVENTS, HISTORY_LENGTH, parse_generator_weights
 
@@ -50,10 +58,16 @@ class Popularity(DenseGenerator):
     def fit(self, data: Interactions) -> Popularity:
         self.data = data
         self.counts = np.asarray(data.positives.astype(bool).sum(axis=0)).ravel().astype(np.float64)
+        self._order = ranked(self.counts)
         return self
 
     def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray:
         return self.counts
+
+    def top(self, user_id: str, scores: np.ndarray | None, n: int) -> Scored:
+        """One ordering of the catalog for everyone, sorted once at fit."""
+        seen = self.data.seen_items(user_id)
+        return top_n_ranked(self._order, self.counts, seen, n, self.data.item_ids)
 
     def state(self) -> dict[str, np.ndarray]:
         return {"counts": self.counts}
@@ -61,6 +75,7 @@ class Popularity(DenseGenerator):
     def restore(self, arrays: Arrays, data: Interactions, maps: Maps) -> Popularity:
         self.data = data
         self.counts = maps.items.rows(arrays["counts"], 0.0)
+        self._order = ranked(self.counts)
         return self
 
 
@@ -68,6 +83,23 @@ class Popularity(DenseGenerator):
 # 1.6 GB per 2,000 users at 1e7 events (a per-user split gives each user its own as_of;
 # 100,000 items x 8 bytes each); a global split or serving reuses one moment
 RECENT_POP_CACHE = 16
+
+
+class _Window:
+    """One recent-popularity window: counts, scores (-inf where none) and, from its second
+    use, the scores' ``ranked`` order."""
+
+    def __init__(self, counts: np.ndarray) -> None:
+        self.counts = counts
+        self.scores = np.where(counts > 0, counts, -np.inf)
+        self.uses = 0
+        self._order: np.ndarray | None = None
+
+    def order(self) -> np.ndarray | None:
+        """``ranked(scores)`` once the window has served two users (None before)."""
+        if self._order is None and self.uses >= 2:
+            self._order = ranked(self.scores)
+        return self._order
 
 
 class RecentPopularity(DenseGenerator):
@@ -84,27 +116,43 @@ class RecentPopularity(DenseGenerator):
         order = np.argsort(ev.ts, kind="stable")
         self.ts = ev.ts[order].astype("datetime64[s]")
         self.items = ev.item[order]
-        self._cache: dict[Any, np.ndarray] = {}
+        self._cache: dict[Any, _Window] = {}
         return self
+
+    def _window(self, as_of: datetime | None) -> _Window:
+        end = (self.ts[-1] + np.timedelta64(1, "s")) if as_of is None else np.datetime64(as_of, "s")
+        window = self._cache.pop(end, None)
+        if window is None:
+            lo, hi = np.searchsorted(self.ts, [end - self.window, end], side="left")
+            sel = self.items[lo:hi]
+            window = _Window(np.bincount(sel[sel >= 0], minlength=self.data.n_items).astype(float))
+        self._cache[end] = window  # most recently used last
+        while len(self._cache) > RECENT_POP_CACHE:
+            self._cache.pop(next(iter(self._cache), end), None)  # threads may race here
+        return window
 
     def counts_at(self, as_of: datetime | None) -> np.ndarray:
         """Item counts in [as_of - window, as_of) (the latest window when ``as_of`` is None)."""
-        end = (self.ts[-1] + np.timedelta64(1, "s")) if as_of is None else np.datetime64(as_of, "s")
-        counts = self._cache.pop(end, None)
-        if counts is None:
-            lo, hi = np.searchsorted(self.ts, [end - self.window, end], side="left")
-            sel = self.items[lo:hi]
-            counts = np.bincount(sel[sel >= 0], minlength=self.data.n_items).astype(float)
-        self._cache[end] = counts  # most recently used last
-        while len(self._cache) > RECENT_POP_CACHE:
-            del self._cache[next(iter(self._cache))]
-        return counts
+        return self._window(as_of).counts
 
     def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
         if len(self.ts) == 0:
             return None
-        counts = self.counts_at(as_of)
-        return np.where(counts > 0, counts, -np.inf)
+        window = self._window(as_of)
+        window.uses += 1
+        return window.scores
+
+    def top(self, user_id: str, scores: np.ndarray | None, n: int) -> Scored:
+        """Sorted once per window when a window serves more than one user (a global split's
+        moment, serving's clock); a partial sort per user otherwise."""
+        if scores is None or len(self.ts) == 0:
+            return EMPTY
+        seen = self.data.seen_items(user_id)
+        window = next((w for w in list(self._cache.values()) if w.scores is scores), None)
+        order = None if window is None else window.order()
+        if order is None:
+            return top_n(scores, seen, n, self.data.item_ids)
+        return top_n_ranked(order, scores, seen, n, self.data.item_ids)
 
     def state(self) -> dict[str, np.ndarray]:
         return {"ts": self.ts, "items": self.items}
@@ -190,7 +238,7 @@ class CoVisitation(DenseGenerator):
         recent = self._recent.get(str(self.data.user_ids[u]))
         if recent is None or len(recent) == 0:
             return None
-        scores = np.asarray(self.matrix[recent].sum(axis=0)).ravel()
+        scores = row_sum(self.matrix, recent)
         return np.where(scores > 0, scores, -np.inf)
 
     def state(self) -> dict[str, np.ndarray]:
@@ -233,9 +281,14 @@ class GenreAffinity(DenseGenerator):
         return self
 
     def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
-        if u is None or self.user_genre[u].nnz == 0:
+        if u is None:
             return None
-        affinity = np.asarray((self.item_genre @ self.user_genre[u].T).todense()).ravel()
+        lo, hi = self.user_genre.indptr[u], self.user_genre.indptr[u + 1]
+        if lo == hi:
+            return None
+        liked = np.zeros(self.user_genre.shape[1])
+        liked[self.user_genre.indices[lo:hi]] = self.user_genre.data[lo:hi]
+        affinity = self.item_genre @ liked  # the same sums as the sparse product, densely
         return np.where(affinity > 0, affinity * self.pop_weight, -np.inf)
 
 
@@ -347,33 +400,46 @@ class Blender:
         Built per user with numpy and turned into one DataFrame at the end: the request path
         calls this for a single user, where many small polars operations would dominate.
         """
-        results = [
-            gen.generate(user_ids, self.proposals(gen), as_of=as_of)
-            if self.proposals(gen) > 0
-            else [EMPTY] * len(user_ids)
-            for gen in self.generators
-        ]
+        # dense generators score each user once below: their proposals and the score of
+        # every candidate come from the same catalog vector
+        results = [self._sparse_proposals(gen, user_ids, as_of) for gen in self.generators]
         when = list(as_of) if as_of is not None else [None] * len(user_ids)
         cols: dict[str, list[np.ndarray]] = {"user_id": [], "item_id": [], "blend_rank": []}
         for gen in self.generators:
             cols[f"gen_{gen.name}_score"] = []
             cols[f"gen_{gen.name}_rank"] = []
         for u, user_id in enumerate(user_ids):
-            per_gen = [results[g][u] for g in range(len(self.generators))]
+            full: list[np.ndarray | None] = [None] * len(self.generators)
+            per_gen: list[Scored] = []
+            for g, gen in enumerate(self.generators):
+                found = results[g]
+                if found is not None:
+                    per_gen.append(found[u])
+                    continue
+                assert isinstance(gen, DenseGenerator)  # noqa: S101 - None only for dense ones
+                full[g] = gen.scores_of(user_id, when[u])
+                n = self.proposals(gen)
+                per_gen.append(gen.top(user_id, full[g], n) if n > 0 else EMPTY)
             items = self._blend([ids for ids, _ in per_gen], self._weight_row())
             pos = {item: k for k, item in enumerate(items)}
+            rows: dict[int, np.ndarray] = {}  # catalog rows of the items, per Interactions
             cols["user_id"].append(np.full(len(items), user_id, dtype=object))
             cols["item_id"].append(items)
             cols["blend_rank"].append(np.arange(1, len(items) + 1, dtype=np.int32))
-            for gen, (ids, scores) in zip(self.generators, per_gen, strict=True):
+            for g, (gen, (ids, scores)) in enumerate(zip(self.generators, per_gen, strict=True)):
                 rank = np.full(len(items), -1, dtype=np.int32)
                 score = np.full(len(items), np.nan, dtype=np.float32)
                 for r, (item, sc) in enumerate(zip(ids, scores, strict=True)):
                     k = pos.get(item)
                     if k is not None:
                         rank[k], score[k] = r + 1, sc
-                if isinstance(gen, DenseGenerator):
-                    score = self._dense_scores(gen, user_id, when[u], items, score)
+                vector = full[g]
+                if vector is not None and isinstance(gen, DenseGenerator):
+                    catalog = gen.data
+                    idx = rows.get(id(catalog))
+                    if idx is None:
+                        idx = rows[id(catalog)] = _catalog_rows(catalog, items)
+                    score = _pick(vector, idx)
                 cols[f"gen_{gen.name}_score"].append(score)
                 cols[f"gen_{gen.name}_rank"].append(rank)
         data = {
@@ -393,6 +459,16 @@ class Blender:
             [pl.when(pl.col(c) > 0).then(pl.col(c)).otherwise(None).alias(c) for c in rank_cols]
             + [pl.col(c).fill_nan(None) for c in score_cols]
         )
+
+    def _sparse_proposals(
+        self, gen: Generator, user_ids: Sequence[str], as_of: Sequence[datetime] | None
+    ) -> list[Scored] | None:
+        """A generator's proposals for every user, or None for a dense one (``frame`` scores
+        those per user)."""
+        if isinstance(gen, DenseGenerator):
+            return None
+        n = self.proposals(gen)
+        return gen.generate(user_ids, n, as_of=as_of) if n > 0 else [EMPTY] * len(user_ids)
 
     def item_frame(
         self,
@@ -469,12 +545,10 @@ class Blender:
     ) -> np.ndarray:
         """A dense generator's score for every candidate, not only those it proposed: the
         ranker then compares, say, the ALS score of a co-visitation candidate."""
-        full = gen.user_scores(gen.data.user_index.get(user_id), as_of)
+        full = gen.scores_of(user_id, as_of)
         if full is None:
             return score
-        idx = np.array([gen.data.item_index.get(i, -1) for i in items], dtype=np.int64)
-        vals = np.where(idx >= 0, full[np.maximum(idx, 0)], np.nan)
-        return np.where(np.isfinite(vals), vals, np.nan).astype(np.float32)
+        return _pick(full, _catalog_rows(gen.data, items))
 
     def generate(
         self, user_ids: Sequence[str], n: int, as_of: Sequence[datetime] | None = None
@@ -495,6 +569,18 @@ class Blender:
                 )
             )
         return out
+
+
+def _catalog_rows(data: Interactions, items: np.ndarray) -> np.ndarray:
+    """Catalog row of each item id (-1 for ids the catalog does not have)."""
+    get = data.item_index.get
+    return np.fromiter((get(i, -1) for i in items), dtype=np.int64, count=len(items))
+
+
+def _pick(full: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``full``'s entries at catalog rows ``idx`` as float32, NaN where none (-1, -inf)."""
+    vals = np.where(idx >= 0, full[np.maximum(idx, 0)], np.nan)
+    return np.where(np.isfinite(vals), vals, np.nan).astype(np.float32)
 
 
 def candidate_limits(settings: Any) -> dict[str, int]:

@@ -8,6 +8,7 @@ import duckdb
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 
 from feature_store.db import init_schema
 from feature_store.interactions import Interactions
@@ -25,7 +26,7 @@ from recsys.algorithms.candidates import (
 )
 from recsys.algorithms.text_index import TextIndex
 from recsys.algorithms.tfidf import TfidfProfile
-from recsys.algorithms.topk import top_n
+from recsys.algorithms.topk import ranked, row_sum, top_n, top_n_ranked
 from recsys.core.config import load_settings
 from recsys.core.errors import ConfigError
 from tests.factories import GENRES, T0, load_into_store, make_catalog, make_events
@@ -176,6 +177,65 @@ def test_top_n_breaks_ties_by_catalog_order() -> None:
     ids = np.array(["a", "b", "c", "d"], dtype=object)
     got, _ = top_n(np.array([1.0, 3.0, 3.0, 3.0]), np.array([2]), 2, ids)
     assert list(got) == ["b", "d"]
+
+
+def test_top_n_from_a_sorted_order_equals_the_partial_sort() -> None:
+    rng = np.random.default_rng(3)
+    ids = np.array([f"i{k}" for k in range(200)], dtype=object)
+    for _ in range(50):
+        scores = rng.integers(0, 6, 200).astype(float)  # many ties
+        scores[rng.random(200) < 0.2] = -np.inf
+        exclude = np.unique(rng.integers(0, 200, rng.integers(0, 40)))
+        n = int(rng.integers(0, 60))
+        want, got = (
+            top_n(scores, exclude, n, ids),
+            top_n_ranked(ranked(scores), scores, exclude, n, ids),
+        )
+        assert list(got[0]) == list(want[0])
+        assert np.array_equal(got[1], want[1])
+    # fewer valid items than n, and nothing left
+    assert list(
+        top_n_ranked(
+            ranked(np.array([2.0, -np.inf])),
+            np.array([2.0, -np.inf]),
+            np.array([], dtype=np.int64),
+            5,
+            ids[:2],
+        )[0]
+    ) == ["i0"]
+    assert (
+        len(top_n_ranked(ranked(np.array([1.0])), np.array([1.0]), np.array([0]), 3, ids[:1])[0])
+        == 0
+    )
+
+
+def test_row_sum_gives_the_sparse_products_floats_exactly() -> None:
+    rng = np.random.default_rng(5)
+    m = sp.random(300, 400, density=0.05, format="csr", random_state=7, dtype=np.float64)
+    m.data = rng.random(m.nnz) / 3.0  # values whose sums round differently by order
+    x = sp.random(1, 300, density=0.1, format="csr", random_state=8, dtype=np.float32)
+    x.data[:] = 1.0
+    want = np.asarray((x @ m).todense()).ravel()  # item-kNN's product
+    assert np.array_equal(row_sum(m, x.indices, x.data), want)
+    rows = np.array([5, 17, 5, 299, 0])  # co-visitation's recent items, a repeat included
+    assert np.array_equal(row_sum(m, rows), np.asarray(m[rows].sum(axis=0)).ravel())
+    assert np.array_equal(row_sum(m, np.array([], dtype=np.int64)), np.zeros(400))
+
+
+def test_recent_popularity_sorts_a_shared_window_once_with_the_same_lists(
+    data: Interactions,
+) -> None:
+    at = datetime(2020, 1, 12, 12)
+    people = users(data)
+    fresh = [RecentPopularity(window_days=3650).fit(data) for _ in people]
+    # each user on a generator of their own: one use of the window, a partial sort
+    alone = [gen.generate([u], 7, as_of=[at])[0] for gen, u in zip(fresh, people, strict=True)]
+    shared = RecentPopularity(window_days=3650).fit(data)
+    together = shared.generate(people, 7, as_of=[at] * len(people))
+    assert next(iter(shared._cache.values()))._order is not None  # sorted once, then reused
+    for (a_ids, a_sc), (b_ids, b_sc) in zip(alone, together, strict=True):
+        assert list(a_ids) == list(b_ids)
+        assert np.array_equal(a_sc, b_sc)
 
 
 def test_blender_interleaves_and_reports_each_generator(data: Interactions) -> None:
