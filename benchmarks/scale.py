@@ -214,6 +214,9 @@ def process_memory(pid: int) -> list[dict[str, Any]]:
                 "role": role,
                 "rss_gb": round(full.rss / 1e9, 3),
                 "pss_gb": round(getattr(full, "pss", 0) / 1e9, 3),
+                # private pages only: what one more worker costs (RSS also counts the pages of
+                # shared memory-mapped files, the feature snapshot and generator state)
+                "uss_gb": round(getattr(full, "uss", 0) / 1e9, 3),
             }
         )
     return out
@@ -292,6 +295,7 @@ def serve_step(home: Path, logs: Path, users: list[str], rate: float, seconds: f
         "ready_s": round(ready, 1),
         "worker_rss_gb": max((w["rss_gb"] for w in workers), default=None),
         "worker_pss_gb": max((w["pss_gb"] for w in workers), default=None),
+        "worker_uss_gb": max((w["uss_gb"] for w in workers), default=None),
         "processes": memory,
         **result,
     }
@@ -444,14 +448,15 @@ def write(result: dict[str, Any], path: Path) -> None:
                 lines.append(f"| {run['n_events']:.0e} | {step} | {f} | | |")
     lines += [
         "",
-        "| events | users | items | serve ready s | worker RSS GB | worker PSS GB | rate | p50 ms "
-        "| p90 ms | p99 ms | 5xx | state MB |",
-        "|" + " ---: |" * 12,
+        "| events | users | items | serve ready s | worker RSS GB | worker PSS GB "
+        "| worker private GB | rate | p50 ms | p90 ms | p99 ms | 5xx | state MB |",
+        "|" + " ---: |" * 13,
     ]
     for run in result["runs"]:
         s = run["steps"]["serve"]
         cells = [f"{run['n_events']:.0e}", run["data"]["n_users"], run["data"]["n_items"]]
-        cells += [s[k] for k in ("ready_s", "worker_rss_gb", "worker_pss_gb", "rate")]
+        cells += [s.get(k) for k in ("ready_s", "worker_rss_gb", "worker_pss_gb", "worker_uss_gb")]
+        cells += [s["rate"]]
         cells += [s[k] for k in ("p50_ms", "p90_ms", "p99_ms", "errors_5xx")] + [run["state_mb"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += [

@@ -19,6 +19,7 @@ import duckdb
 
 from feature_store.embeddings import user_embedding_times
 from feature_store.features import FeatureSnapshot
+from feature_store.features_cache import shared_snapshot
 from feature_store.interactions import Interactions, item_titles, newest_event, recent_positives
 from recsys.algorithms.ann import VectorSearch
 from recsys.algorithms.candidates import Blender, default_generators
@@ -96,8 +97,13 @@ def load_recommender(
     newest = newest_event(con, events)
     clock = (newest or datetime.now()) + timedelta(seconds=1)
     # the request path's features from memory (same definitions as compute_features)
-    snapshot = FeatureSnapshot.build(
-        con, events=events, covisit_window_days=settings.ranker.covisit_window_days
+    window = settings.ranker.covisit_window_days
+    snapshot = (
+        shared_snapshot(
+            con, Path(settings.home) / "features", events=events, covisit_window_days=window
+        )
+        if settings.serving.share_feature_snapshot
+        else FeatureSnapshot.build(con, events=events, covisit_window_days=window)
     )
     precomputed = precompute and 0 < len(data.user_ids) <= PRECOMPUTE_MAX_USERS
     recent = (

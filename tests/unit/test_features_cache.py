@@ -1,0 +1,188 @@
+"""The shared feature snapshot: saved once per store content, memory-mapped by every process,
+the same features as a snapshot built in memory; damaged or unwritable caches fall back."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from feature_store import features_cache as fc
+from feature_store.db import init_schema
+from feature_store.features import FeatureSnapshot
+from tests.factories import load_into_store, make_catalog, make_events
+
+WINDOW = 1.0
+
+
+def make_store(path: Path, seed: int = 0) -> None:
+    con = duckdb.connect(str(path))
+    init_schema(con)
+    load_into_store(con, make_catalog(), make_events(seed=seed))
+    con.close()
+
+
+def requests(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    pairs = con.execute(
+        "SELECT u.user_id, i.item_id, max(e.ts) OVER () AS as_of FROM "
+        "(SELECT DISTINCT user_id FROM events) u, (SELECT item_id FROM items) i, "
+        "(SELECT max(ts) AS ts FROM events) e"
+    ).pl()
+    return pairs.with_columns(pl.col("as_of").cast(pl.Datetime("us"))).sort("user_id", "item_id")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "store.duckdb"
+    make_store(path)
+    return path
+
+
+def shared(con: duckdb.DuckDBPyConnection, cache: Path) -> FeatureSnapshot:
+    return fc.shared_snapshot(con, cache, events="events", covisit_window_days=WINDOW)
+
+
+def test_a_mapped_snapshot_gives_the_built_snapshots_features(db: Path, tmp_path: Path) -> None:
+    con = duckdb.connect(str(db), read_only=True)
+    built = FeatureSnapshot.build(con, covisit_window_days=WINDOW)
+    cache = tmp_path / "features"
+    first = shared(con, cache)  # builds and saves
+    saved = [p for p in cache.iterdir() if p.is_dir()]
+    assert len(saved) == 1 and (saved[0] / "arrays.bin").stat().st_size > 0
+    second = shared(con, cache)  # maps
+    req = requests(con)
+    want = built.compute(req)
+    for snap in (first, second):
+        assert snap.compute(req).equals(want)
+        assert snap.n_events == built.n_events and snap.newest_event == built.newest_event
+    # the arrays are read-only views of the saved file, not copies
+    arrays = [v for v in vars(second._index).values() if isinstance(v, np.ndarray)]
+    assert arrays and not any(a.flags.writeable for a in arrays)
+
+
+def test_the_second_process_maps_instead_of_building(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    con = duckdb.connect(str(db), read_only=True)
+    cache = tmp_path / "features"
+    shared(con, cache)
+
+    def refuse(*args: object, **kwargs: object) -> FeatureSnapshot:
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(FeatureSnapshot, "build", refuse)
+    assert shared(con, cache).n_events == 12 * 15
+
+
+def _worker(db: str, cache: str, log: str, barrier: multiprocessing.synchronize.Barrier) -> None:
+    build = FeatureSnapshot.build
+
+    def counted(*args: object, **kwargs: object) -> FeatureSnapshot:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return build(*args, **kwargs)  # type: ignore[arg-type]
+
+    FeatureSnapshot.build = counted  # type: ignore[method-assign]
+    con = duckdb.connect(db, read_only=True)
+    barrier.wait()
+    snap = shared(con, Path(cache))
+    assert snap.n_events == 12 * 15
+
+
+def test_concurrent_processes_build_once(db: Path, tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")  # fork would copy DuckDB's threads mid-flight
+    barrier = ctx.Barrier(3)
+    log, cache = tmp_path / "builds.log", tmp_path / "features"
+    procs = [
+        ctx.Process(target=_worker, args=(str(db), str(cache), str(log), barrier)) for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    for p in procs:
+        p.kill()
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert len(log.read_text().split()) == 1  # one built, two waited and mapped
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1
+
+
+def test_new_events_make_a_new_snapshot_and_old_ones_are_pruned(tmp_path: Path) -> None:
+    cache = tmp_path / "features"
+    keys = []
+    for seed in range(fc.KEEP + 2):
+        path = tmp_path / f"store{seed}.duckdb"
+        make_store(path, seed=seed)
+        con = duckdb.connect(str(path), read_only=True)
+        keys.append(fc.snapshot_key(con, "events", WINDOW))
+        shared(con, cache)
+        con.close()
+        os.utime(cache / keys[-1], (seed + 1, seed + 1))  # creation order, whatever the clock
+    assert len(set(keys)) == len(keys)
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == sorted(keys[-fc.KEEP :])
+
+
+def test_the_key_follows_the_window_and_the_task_rules(db: Path) -> None:
+    con = duckdb.connect(str(db))
+    key = fc.snapshot_key(con, "events", WINDOW)
+    assert fc.snapshot_key(con, "events", WINDOW) == key
+    assert fc.snapshot_key(con, "events", 2.0) != key
+    con.execute("UPDATE events SET value = 5.0 WHERE event_id = 'e0-0'")
+    changed = fc.snapshot_key(con, "events", WINDOW)
+    assert changed != key
+    con.execute("CREATE OR REPLACE MACRO recsys_positive(t, v) AS t = 'purchase'")
+    assert fc.snapshot_key(con, "events", WINDOW) != changed
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["index.pkl", "arrays.bin", "meta.json", "missing arrays"],
+)
+def test_a_damaged_saved_snapshot_is_rebuilt(
+    db: Path, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    con = duckdb.connect(str(db), read_only=True)
+    cache = tmp_path / "features"
+    want = shared(con, cache).compute(requests(con))
+    (saved,) = [p for p in cache.iterdir() if p.is_dir()]
+    if damage == "index.pkl":
+        body = bytearray((saved / damage).read_bytes())
+        body[len(body) // 2] ^= 0xFF
+        (saved / damage).write_bytes(bytes(body))
+    elif damage == "arrays.bin":
+        with open(saved / damage, "r+b") as f:
+            f.truncate(100)
+    elif damage == "meta.json":
+        (saved / damage).write_text("{not json")
+    else:
+        (saved / "arrays.bin").unlink()
+    snap = shared(con, cache)
+    assert snap.compute(requests(con)).equals(want)
+    assert "ignoring the saved feature snapshot" in caplog.text
+    # and the rebuilt copy is saved again, whole
+    assert fc.load(saved, saved.name) is not None
+
+
+def test_an_unusable_cache_leaves_an_in_memory_snapshot(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    con = duckdb.connect(str(db), read_only=True)
+    want = FeatureSnapshot.build(con, covisit_window_days=WINDOW).compute(requests(con))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert shared(con, blocker).compute(requests(con)).equals(want)
+    assert "cache unavailable" in caplog.text
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fc.os, "fsync", full)  # the disk fills while the arrays are written
+    cache = tmp_path / "features"
+    assert shared(con, cache).compute(requests(con)).equals(want)
+    assert "could not save the feature snapshot" in caplog.text
+    assert list(cache.iterdir()) == [next(cache.glob("*.lock"))]  # no partial directory left
