@@ -22,6 +22,7 @@ safe at any point: the log checkpoint moves only after the store committed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import logging
 import os
@@ -158,10 +159,26 @@ class Supervisor:
 
 
 def on_stop_signals(stop: threading.Event, *, interrupt: bool = False) -> None:
-    """SIGTERM/SIGINT set ``stop``; with ``interrupt`` they also end a blocking server loop."""
+    """SIGTERM/SIGINT set ``stop``; with ``interrupt`` they also end a blocking server loop.
+
+    The handler never touches ``stop`` itself: ``Event.set`` takes a lock, and a signal that
+    arrives while the interrupted code holds it -- a second SIGTERM inside the first handler's
+    ``set``, as a ``kill -9`` of the supervisor (parent-death signal) plus its own stop gives --
+    blocked the process forever.  The handler writes a byte to a pipe (no lock), and a relay
+    thread sets ``stop``.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+
+    def relay() -> None:
+        while os.read(read_end, 64):
+            stop.set()
+
+    threading.Thread(target=relay, name="stop-signal-relay", daemon=True).start()
 
     def handler(signum: int, frame: object) -> None:
-        stop.set()
+        with contextlib.suppress(BlockingIOError):  # a full pipe: stop is on its way anyway
+            os.write(write_end, b"s")
         if interrupt:
             raise KeyboardInterrupt
 

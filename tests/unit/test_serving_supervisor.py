@@ -211,3 +211,36 @@ def test_a_restarted_writer_does_not_republish_an_unchanged_store(home: Settings
     con.execute("CREATE TABLE touched AS SELECT 1 AS x")
     con.close()
     assert EventWriter(home, refresh_embeddings=False).flush().snapshot is not None
+
+
+STOP_PROBE = """
+import sys, threading, time
+from serving.supervisor import on_stop_signals
+stop = threading.Event()
+on_stop_signals(stop)
+print("ready", flush=True)
+while not stop.is_set():
+    with stop._cond:  # the lock Event.set takes, held when the signal lands
+        time.sleep(0.05)
+print("stopped", flush=True)
+"""
+
+
+def test_signals_landing_while_the_stop_lock_is_held_still_stop_the_process() -> None:
+    # a kill -9 of the supervisor sends the writer SIGTERM (parent death) next to the stop it
+    # had sent: a handler calling Event.set inside a held Event lock waited forever
+    with subprocess.Popen(
+        [sys.executable, "-c", STOP_PROBE],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    ) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+            for _ in range(3):
+                child.send_signal(signal.SIGTERM)
+                time.sleep(0.01)
+            assert child.wait(timeout=20) == 0
+            assert child.stdout.read().strip() == "stopped"
+        finally:
+            child.kill()
