@@ -49,11 +49,11 @@ def snapshot_key(con: duckdb.DuckDBPyConnection, events: str, covisit_window_day
     """What a snapshot of ``events`` is built from, hashed: every row of the relation and of
     ``items``, the store's task macros, the window and the code that builds it (about 1 s at
     1e7 events)."""
-    relation = resolve_event_relation(con, events)
+    relation = resolve_event_relation(con, events)  # the rows, whatever the view is called
     h = hashlib.sha256(FORMAT.encode())
     for module in _CODE:
         h.update(Path(str(module.__file__)).read_bytes())
-    h.update(f"{events}|{relation}|{covisit_window_days!r}".encode())
+    h.update(f"{events}|{covisit_window_days!r}".encode())
     for sql in (
         f"SELECT count(*), sum(hash(e)) FROM {relation} e",
         "SELECT count(*), sum(hash(i)) FROM items i",
@@ -74,33 +74,62 @@ def shared_snapshot(
     """The snapshot of ``events`` from ``cache_dir`` (memory-mapped), built and saved there
     when no process has yet; built in memory when the cache cannot be used."""
     started = time.perf_counter()
+    found = _cached(con, cache_dir, events, covisit_window_days, keep_built=True)
+    if isinstance(found, FeatureSnapshot):
+        return found
+    if found is None:
+        return FeatureSnapshot.build(con, events=events, covisit_window_days=covisit_window_days)
+    snap = load(found, found.name)
+    if snap is None:  # deleted or damaged between saving and mapping: build our own
+        return FeatureSnapshot.build(con, events=events, covisit_window_days=covisit_window_days)
+    log.info(
+        "feature snapshot of %s mapped from %s (%.2f s in all)",
+        events,
+        found,
+        time.perf_counter() - started,
+    )
+    return snap
+
+
+def prepare(
+    con: duckdb.DuckDBPyConnection, cache_dir: Path, *, events: str, covisit_window_days: float
+) -> Path | None:
+    """Build and save the snapshot of ``events`` unless saved already, without mapping it here
+    (the store writer does this for a new store snapshot, so that workers only map it).
+    Returns where it is saved, or None when the cache cannot be used (logged)."""
+    found = _cached(con, cache_dir, events, covisit_window_days, keep_built=False)
+    return found if isinstance(found, Path) else None
+
+
+def _cached(
+    con: duckdb.DuckDBPyConnection,
+    cache_dir: Path,
+    events: str,
+    covisit_window_days: float,
+    *,
+    keep_built: bool,
+) -> Path | FeatureSnapshot | None:
+    """Where the snapshot is saved (built now when missing or damaged), or -- when saving
+    failed -- the snapshot built in memory if ``keep_built``; None: no cache (logged)."""
     try:
         key = snapshot_key(con, events, covisit_window_days)
         cache_dir.mkdir(parents=True, exist_ok=True)
     except (OSError, duckdb.Error) as exc:
         log.warning("feature snapshot cache unavailable (%s); building in memory", exc)
-        return FeatureSnapshot.build(con, events=events, covisit_window_days=covisit_window_days)
+        return None
     path = cache_dir / key
     with _locked(cache_dir / f"{key}.lock"):
-        snap = load(path, key)
-        if snap is not None:
-            log.info(
-                "feature snapshot %s mapped from %s in %.2f s",
-                events,
-                path,
-                time.perf_counter() - started,
-            )
-            return snap
-        shutil.rmtree(path, ignore_errors=True)  # a damaged copy (load said why), if any
+        if _intact(path, key):
+            return path
+        shutil.rmtree(path, ignore_errors=True)  # a damaged copy (logged), if any
         snap = FeatureSnapshot.build(con, events=events, covisit_window_days=covisit_window_days)
         try:
             save(snap, path, key)
         except OSError as exc:
             log.warning("could not save the feature snapshot to %s (%s); kept in memory", path, exc)
-            return snap
+            return snap if keep_built else None
     prune(cache_dir, keep=KEEP)
-    # serve from the mapped copy, as the other workers do: the built arrays are freed
-    return load(path, key) or snap
+    return path
 
 
 def save(snap: FeatureSnapshot, path: Path, key: str) -> None:
@@ -138,30 +167,53 @@ def save(snap: FeatureSnapshot, path: Path, key: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _checked(path: Path, key: str) -> tuple[bytes, list[tuple[int, int]]]:
+    """The pickle and the arrays' layout of a saved snapshot that passes every check."""
+    meta = json.loads((path / "meta.json").read_text())
+    body = (path / "index.pkl").read_bytes()
+    if meta.get("format") != FORMAT or meta.get("key") != key:
+        raise ValueError(f"written as {meta.get('format')}/{meta.get('key')}")
+    if hashlib.sha256(body).hexdigest() != meta.get("pickle_sha256"):
+        raise ValueError("index.pkl does not match its checksum")
+    size = (path / "arrays.bin").stat().st_size
+    spans = [(int(o), int(n)) for o, n in meta["buffers"]]
+    if any(o < 0 or n < 0 or o + n > size for o, n in spans):
+        raise ValueError(f"arrays.bin ({size} bytes) is shorter than its layout")
+    return body, spans
+
+
+_DAMAGE = (OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError)
+
+
+def _intact(path: Path, key: str) -> bool:
+    if not (path / "meta.json").is_file():
+        return False
+    try:
+        _checked(path, key)
+        return True
+    except _DAMAGE as exc:
+        log.warning("ignoring the saved feature snapshot %s: %s", path, exc)
+        return False
+
+
 def load(path: Path, key: str) -> FeatureSnapshot | None:
     """The snapshot saved in ``path`` with its arrays memory-mapped read-only; None when there
     is none or it fails a check (logged)."""
     if not (path / "meta.json").is_file():
         return None
     try:
-        meta = json.loads((path / "meta.json").read_text())
-        body = (path / "index.pkl").read_bytes()
-        if meta.get("format") != FORMAT or meta.get("key") != key:
-            raise ValueError(f"written as {meta.get('format')}/{meta.get('key')}")
-        if hashlib.sha256(body).hexdigest() != meta.get("pickle_sha256"):
-            raise ValueError("index.pkl does not match its checksum")
+        body, spans = _checked(path, key)
         with open(path / "arrays.bin", "rb") as f:
             size = os.fstat(f.fileno()).st_size
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         view = memoryview(mapped)
-        spans = [(int(o), int(n)) for o, n in meta["buffers"]]
-        if any(o < 0 or n < 0 or o + n > size for o, n in spans):
+        if any(o + n > size for o, n in spans):
             raise ValueError(f"arrays.bin ({size} bytes) is shorter than its layout")
         snap = pickle.loads(body, buffers=[view[o : o + n] for o, n in spans])  # noqa: S301
         if not isinstance(snap, FeatureSnapshot):
             raise ValueError(f"holds a {type(snap).__name__}")
         return snap
-    except (OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+    except _DAMAGE as exc:
         log.warning("ignoring the saved feature snapshot %s: %s", path, exc)
         return None
 

@@ -31,8 +31,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from feature_store.batches import RecordStatus
 from feature_store.db import connect
+from feature_store.features_cache import prepare as prepare_features
 from feature_store.ingest import RECORD_ERRORS, ingest_event_records, quarantine_event_records
 from feature_store.interleaving import write_interleaved
 from feature_store.validation import printable
@@ -46,6 +49,8 @@ from serving.models import registry_exists
 from serving.snapshot import (
     SnapshotInfo,
     SnapshotPublisher,
+    close_snapshot,
+    open_snapshot,
     publish_snapshot,
     read_pointer,
     serving_dir,
@@ -207,6 +212,8 @@ class EventWriter:
                 refreshed,
                 time.perf_counter() - started,
             )
+        if info is not None and info.delta is None:
+            self._prepare_features(info)
         return FlushResult(
             len(done),
             counts["accepted"],
@@ -216,6 +223,39 @@ class EventWriter:
             info,
             lists_stored=stored_lists,
         )
+
+    def _prepare_features(self, info: SnapshotInfo) -> None:
+        """Build a new base snapshot's feature snapshot once, here, after the events are safe:
+        workers that move to the base then map it instead of each building their own (about
+        20 s of CPU at 1e7 events, in each worker beside its requests).  Only when a ranker can
+        be served; any failure leaves it to the workers."""
+        if not self.settings.serving.share_feature_snapshot or not registry_exists(self.settings):
+            return
+        started = time.perf_counter()
+        try:
+            con = open_snapshot(info.path)
+        except (OSError, duckdb.Error) as exc:
+            log.warning("feature snapshot not prepared for %s: %s", info.path, exc)
+            return
+        try:
+            saved = prepare_features(
+                con,
+                Path(self.settings.home) / "features",
+                events=LIVE_SCOPE.events,
+                covisit_window_days=self.settings.ranker.covisit_window_days,
+            )
+        except (RecsysError, duckdb.Error, OSError) as exc:
+            log.warning("feature snapshot not prepared for %s: %s", info.path, exc)
+            return
+        finally:
+            close_snapshot(con, info.path)
+        if saved is not None:
+            log.info(
+                "feature snapshot for %s ready in %s (%.1f s)",
+                Path(info.path).name,
+                saved,
+                time.perf_counter() - started,
+            )
 
     def _ingest_isolating(self, con: Any, records: list[dict[str, Any]]) -> list[RecordStatus]:
         """Ingest ``records``; a record the store cannot hold is quarantined, the rest land.

@@ -13,8 +13,11 @@ import polars as pl
 import pytest
 
 from feature_store import features_cache as fc
-from feature_store.db import init_schema
+from feature_store.db import connect, init_schema
 from feature_store.features import FeatureSnapshot
+from recsys.core.config import load_settings
+from serving.snapshot import close_snapshot, open_snapshot
+from serving.writer import EventWriter
 from tests.factories import load_into_store, make_catalog, make_events
 
 WINDOW = 1.0
@@ -186,3 +189,37 @@ def test_an_unusable_cache_leaves_an_in_memory_snapshot(
     assert shared(con, cache).compute(requests(con)).equals(want)
     assert "could not save the feature snapshot" in caplog.text
     assert list(cache.iterdir()) == [next(cache.glob("*.lock"))]  # no partial directory left
+
+
+def test_the_writer_prepares_a_new_bases_snapshot_for_the_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(overrides={"home": str(tmp_path / "home")}, environ={})
+    con = connect(settings.db_path)
+    load_into_store(con, make_catalog(), make_events())
+    con.close()
+    cache = Path(settings.home) / "features"
+    # without a model registry there is nothing to serve features to: nothing is built
+    info = EventWriter(settings, refresh_embeddings=False).flush().snapshot
+    assert info is not None and info.delta is None and not cache.exists()
+    Path(str(settings.home), "mlflow.db").touch()  # a registry (registry_exists)
+    con = duckdb.connect(str(settings.db_path))
+    con.execute("UPDATE events SET value = 1.0 WHERE event_id = 'e0-0'")  # a batch job's write
+    con.close()
+    info = EventWriter(settings, refresh_embeddings=False).flush().snapshot
+    assert info is not None and info.delta is None
+    saved = [p for p in cache.iterdir() if p.is_dir()]
+    assert len(saved) == 1
+    # a worker on the new base maps what the writer saved
+    monkeypatch.setattr(FeatureSnapshot, "build", lambda *a, **k: pytest.fail("built again"))
+    worker = open_snapshot(info.path)
+    try:
+        assert fc.snapshot_key(worker, "events", settings.ranker.covisit_window_days) == (
+            saved[0].name
+        )
+        snap = fc.shared_snapshot(
+            worker, cache, events="events", covisit_window_days=settings.ranker.covisit_window_days
+        )
+        assert snap.n_events == 12 * 15
+    finally:
+        close_snapshot(worker, info.path)
