@@ -222,8 +222,19 @@ def process_memory(pid: int) -> list[dict[str, Any]]:
     return out
 
 
-def load(base: str, users: list[str], rate: float, seconds: float, seed: int = 0) -> dict:
-    """GET recommendations for random known users at ``rate`` per second (open loop)."""
+def load(
+    base: str,
+    users: list[str],
+    rate: float,
+    seconds: float,
+    seed: int = 0,
+    *,
+    during: tuple[float, Any] | None = None,
+) -> dict:
+    """GET recommendations for random known users at ``rate`` per second (open loop).
+
+    ``during`` = (t, fn): ``fn()`` runs t seconds into the load, and the latency of the
+    requests sent from then on is reported on its own (``after``)."""
     rng = random.Random(seed)
     n = int(rate * seconds)
     results: list[tuple[float, int]] = []
@@ -235,24 +246,45 @@ def load(base: str, users: list[str], rate: float, seconds: float, seed: int = 0
             time.sleep(delay)
         status = _get(f"{base}/v1/users/{rng.choice(users)}/recommendations?k=10")
         with lock:
-            results.append((time.perf_counter() - scheduled, status))
+            results.append((time.perf_counter() - scheduled, status, scheduled - start))
 
     start = time.perf_counter() + 0.5
+    timer = None
+    if during is not None:
+        timer = threading.Timer(during[0] + 0.5, during[1])
+        timer.start()
     with ThreadPoolExecutor(max_workers=64) as pool:
         for i in range(n):
             pool.submit(one, i, start + i / rate)
-    lat = sorted(t for t, s in results if s == 200)
+    if timer is not None:
+        timer.join()
+    lat = sorted(t for t, s, _ in results if s == 200)
     statuses: dict[str, int] = {}
-    for _, s in results:
+    for _, s, _ in results:
         statuses[str(s)] = statuses.get(str(s), 0) + 1
 
     def pct(q: float) -> float | None:
         return round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 1) if lat else None
 
+    after = None
+    if during is not None:
+        late = sorted(t for t, s, at in results if s == 200 and at >= during[0])
+        after = {
+            "from_s": during[0],
+            "requests": sum(1 for _, _, at in results if at >= during[0]),
+            "errors_5xx": sum(1 for _, s, at in results if at >= during[0] and s >= 500),
+            "shed_503": sum(1 for _, s, at in results if at >= during[0] and s == 503),
+            "p50_ms": round(1000 * late[len(late) // 2], 1) if late else None,
+            "p99_ms": round(1000 * late[min(len(late) - 1, int(0.99 * len(late)))], 1)
+            if late
+            else None,
+            "max_ms": round(1000 * late[-1], 1) if late else None,
+        }
     return {
         "rate": rate,
         "seconds": seconds,
         "requests": n,
+        "after_store_change": after,
         "statuses": statuses,
         "errors_5xx": sum(v for k, v in statuses.items() if k.startswith("5")),
         "p50_ms": pct(0.5),
@@ -262,7 +294,40 @@ def load(base: str, users: list[str], rate: float, seconds: float, seed: int = 0
     }
 
 
-def serve_step(home: Path, logs: Path, users: list[str], rate: float, seconds: float) -> dict:
+def external_write(home: Path, n: int = 100) -> None:
+    """What a batch job does to the store while serving: ``n`` copies of the newest events,
+    one second later, under new ids (the writer then publishes a full snapshot and workers
+    rebuild on it)."""
+    import duckdb  # noqa: PLC0415 - only the serve step's store change needs it here
+
+    db = str(home / "recsys.duckdb")
+    for _ in range(120):  # the writer holds the store for a moment per flush
+        try:
+            con = duckdb.connect(db)
+            break
+        except duckdb.IOException:
+            time.sleep(0.5)
+    else:
+        raise TimeoutError(f"could not open {db} read-write")
+    try:
+        con.execute(
+            f"""INSERT INTO events SELECT * REPLACE (event_id || '-bench' AS event_id,
+                ts + INTERVAL 1 SECOND AS ts, 'bench' AS batch_id)
+            FROM (SELECT * FROM events ORDER BY ts DESC LIMIT {int(n)})"""
+        )
+    finally:
+        con.close()
+    print(f"    store changed at {time.strftime('%H:%M:%S')} ({n} events)", flush=True)
+
+
+def serve_step(
+    home: Path,
+    logs: Path,
+    users: list[str],
+    rate: float,
+    seconds: float,
+    change_at: float | None = None,
+) -> dict:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "recsys", "serve", "--port", str(port), "--workers", "2"]
@@ -282,7 +347,8 @@ def serve_step(home: Path, logs: Path, users: list[str], rate: float, seconds: f
             ready = time.perf_counter() - t0
             for user in users[:4]:  # first requests warm each worker's caches
                 _get(f"{base}/v1/users/{user}/recommendations?k=10")
-            result = load(base, users, rate, seconds)
+            during = None if change_at is None else (change_at, lambda: external_write(home))
+            result = load(base, users, rate, seconds, during=during)
             memory = process_memory(proc.pid)
         finally:
             proc.terminate()
@@ -375,7 +441,9 @@ def run_size(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, A
         pl.read_parquet(data / "events.parquet", columns=["user_id"])["user_id"].unique().to_list()
     )
     random.Random(args.seed).shuffle(users)
-    steps["serve"] = serve_step(home, logs, users[:5000], args.rate, args.load_seconds)
+    steps["serve"] = serve_step(
+        home, logs, users[:5000], args.rate, args.load_seconds, args.store_change_at
+    )
     return {
         "n_events": n_events,
         "data": info,
@@ -488,6 +556,13 @@ def main() -> None:
     parser.add_argument("--skip-evaluate", action="store_true", help="Do not run `evaluate`.")
     parser.add_argument("--rate", type=float, default=20.0, help="Requests per second.")
     parser.add_argument("--load-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--store-change-at",
+        type=float,
+        default=None,
+        help="Seconds into the serve load at which a batch job writes the store (workers "
+        "then rebuild on a new snapshot); latency from then on is reported apart.",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--work", type=Path, default=None, help="Work folder (default: a temp one)."

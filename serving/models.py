@@ -26,6 +26,7 @@ from serving.errors import ReloadRefusedError
 from serving.memory import cap_store_cache, release_memory, settle_heap
 from serving.metrics import Metrics
 from serving.modelcheck import ModelRefusedError, ModelVerifier
+from serving.priority import lower_thread_priority
 from serving.snapshot import (
     SnapshotInfo,
     SnapshotReader,
@@ -396,6 +397,7 @@ class Watcher:
         return self.models.model_versions.get(ref.name) != ref.version
 
     def _run(self) -> None:
+        lower_thread_priority()  # reloads yield the CPU to request threads (serving/priority.py)
         while not self._stop.wait(self.interval):
             try:
                 self.tick()

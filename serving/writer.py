@@ -46,6 +46,7 @@ from serving.compat import refresh_user_embeddings
 from serving.eventlog import EventLog, LoggedEvent
 from serving.heartbeat import WriterStatus
 from serving.models import registry_exists
+from serving.priority import in_background
 from serving.snapshot import (
     SnapshotInfo,
     SnapshotPublisher,
@@ -213,7 +214,8 @@ class EventWriter:
                 time.perf_counter() - started,
             )
         if info is not None and info.delta is None:
-            self._prepare_features(info)
+            # on a thread of lower priority: requests share these cores (serving/priority.py)
+            in_background(lambda: self._prepare_features(info), name="recsys-features")
         return FlushResult(
             len(done),
             counts["accepted"],
