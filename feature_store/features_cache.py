@@ -29,31 +29,49 @@ import pickle
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar, cast
 
 import duckdb
 
-from feature_store import features, features_snapshot, features_sql, features_timeline
+from feature_store import (
+    features,
+    features_snapshot,
+    features_sql,
+    features_timeline,
+    interactions,
+    rules_sql,
+)
 from feature_store.features import FeatureSnapshot, resolve_event_relation
+from feature_store.interactions import Interactions
 
 log = logging.getLogger(__name__)
 
 FORMAT = "recsys-feature-snapshot/1"
-KEEP = 3  # saved snapshots kept (the newest by modification time)
+KEEP = 3  # saved copies kept per kind (the newest by modification time)
 _ALIGN = 64
-_CODE = (features, features_snapshot, features_sql, features_timeline)
+_FEATURES_CODE = (features, features_snapshot, features_sql, features_timeline)
+_INTERACTIONS_CODE = (interactions, rules_sql)
+T = TypeVar("T")
 
 
-def snapshot_key(con: duckdb.DuckDBPyConnection, events: str, covisit_window_days: float) -> str:
-    """What a snapshot of ``events`` is built from, hashed: every row of the relation and of
-    ``items``, the store's task macros, the window and the code that builds it (about 1 s at
-    1e7 events)."""
+def content_key(
+    con: duckdb.DuckDBPyConnection,
+    events: str,
+    kind: str,
+    code: tuple[ModuleType, ...],
+    extra: str = "",
+) -> str:
+    """``<kind>-<hash>`` of what an object of ``events`` is built from: every row of the
+    relation and of ``items``, the store's task macros, the source of the modules that build
+    it and ``extra`` (about 1 s at 1e7 events)."""
     relation = resolve_event_relation(con, events)  # the rows, whatever the view is called
-    h = hashlib.sha256(FORMAT.encode())
-    for module in _CODE:
+    h = hashlib.sha256(f"{FORMAT}|{kind}".encode())
+    for module in code:
         h.update(Path(str(module.__file__)).read_bytes())
-    h.update(f"{events}|{covisit_window_days!r}".encode())
+    h.update(f"{events}|{extra}".encode())
     for sql in (
         f"SELECT count(*), sum(hash(e)) FROM {relation} e",
         "SELECT count(*), sum(hash(i)) FROM items i",
@@ -61,7 +79,17 @@ def snapshot_key(con: duckdb.DuckDBPyConnection, events: str, covisit_window_day
         "WHERE function_name LIKE 'recsys_%' ORDER BY ALL",
     ):
         h.update(repr(con.execute(sql).fetchall()).encode())
-    return h.hexdigest()[:32]
+    return f"{kind}-{h.hexdigest()[:32]}"
+
+
+def snapshot_key(con: duckdb.DuckDBPyConnection, events: str, covisit_window_days: float) -> str:
+    """The saved name of the feature snapshot of ``events`` with this window."""
+    return content_key(con, events, "features", _FEATURES_CODE, repr(float(covisit_window_days)))
+
+
+def interactions_key(con: duckdb.DuckDBPyConnection, events: str) -> str:
+    """The saved name of the ``Interactions`` of ``events``."""
+    return content_key(con, events, "interactions", _INTERACTIONS_CODE)
 
 
 def shared_snapshot(
@@ -73,46 +101,79 @@ def shared_snapshot(
 ) -> FeatureSnapshot:
     """The snapshot of ``events`` from ``cache_dir`` (memory-mapped), built and saved there
     when no process has yet; built in memory when the cache cannot be used."""
-    started = time.perf_counter()
-    found = _cached(con, cache_dir, events, covisit_window_days, keep_built=True)
-    if isinstance(found, FeatureSnapshot):
-        return found
-    if found is None:
+
+    def build() -> FeatureSnapshot:
         return FeatureSnapshot.build(con, events=events, covisit_window_days=covisit_window_days)
-    snap = load(found, found.name)
-    if snap is None:  # deleted or damaged between saving and mapping: build our own
-        return FeatureSnapshot.build(con, events=events, covisit_window_days=covisit_window_days)
-    log.info(
-        "feature snapshot of %s mapped from %s (%.2f s in all)",
-        events,
-        found,
-        time.perf_counter() - started,
+
+    return _shared(
+        cache_dir, lambda: snapshot_key(con, events, covisit_window_days), build, FeatureSnapshot
     )
-    return snap
+
+
+def shared_interactions(
+    con: duckdb.DuckDBPyConnection, cache_dir: Path, *, events: str
+) -> Interactions:
+    """``Interactions.from_store(con, events)`` through the same cache: its matrices and
+    timelines memory-mapped, its id dictionaries rebuilt per process, ``con`` attached."""
+    data = _shared(
+        cache_dir,
+        lambda: interactions_key(con, events),
+        lambda: Interactions.from_store(con, events),
+        Interactions,
+    )
+    data.con = con
+    return data
 
 
 def prepare(
     con: duckdb.DuckDBPyConnection, cache_dir: Path, *, events: str, covisit_window_days: float
-) -> Path | None:
-    """Build and save the snapshot of ``events`` unless saved already, without mapping it here
-    (the store writer does this for a new store snapshot, so that workers only map it).
-    Returns where it is saved, or None when the cache cannot be used (logged)."""
-    found = _cached(con, cache_dir, events, covisit_window_days, keep_built=False)
-    return found if isinstance(found, Path) else None
+) -> list[Path]:
+    """Build and save the feature snapshot and the interactions of ``events`` unless saved
+    already, without mapping them here (the store writer does this for a new store snapshot,
+    so that workers only map them).  Returns where they are saved (none when the cache cannot
+    be used; logged)."""
+    saved = [
+        _cached(
+            cache_dir,
+            lambda: snapshot_key(con, events, covisit_window_days),
+            lambda: FeatureSnapshot.build(
+                con, events=events, covisit_window_days=covisit_window_days
+            ),
+            keep_built=False,
+        ),
+        _cached(
+            cache_dir,
+            lambda: interactions_key(con, events),
+            lambda: Interactions.from_store(con, events),
+            keep_built=False,
+        ),
+    ]
+    return [p for p in saved if isinstance(p, Path)]
+
+
+def _shared(cache_dir: Path, key: Callable[[], str], build: Callable[[], T], kind: type[T]) -> T:
+    started = time.perf_counter()
+    found = _cached(cache_dir, key, build, keep_built=True)
+    if found is None:
+        return build()
+    if not isinstance(found, Path):
+        return cast(T, found)
+    obj = load(found, found.name, kind)
+    if obj is None:  # deleted or damaged between saving and mapping: build our own
+        return build()
+    log.info(
+        "%s mapped from %s (%.2f s in all)", kind.__name__, found, time.perf_counter() - started
+    )
+    return obj
 
 
 def _cached(
-    con: duckdb.DuckDBPyConnection,
-    cache_dir: Path,
-    events: str,
-    covisit_window_days: float,
-    *,
-    keep_built: bool,
-) -> Path | FeatureSnapshot | None:
-    """Where the snapshot is saved (built now when missing or damaged), or -- when saving
-    failed -- the snapshot built in memory if ``keep_built``; None: no cache (logged)."""
+    cache_dir: Path, key_of: Callable[[], str], build: Callable[[], Any], *, keep_built: bool
+) -> Any:
+    """Where the object is saved (built now when missing or damaged), or -- when saving
+    failed -- the object built in memory if ``keep_built``; None: no cache (logged)."""
     try:
-        key = snapshot_key(con, events, covisit_window_days)
+        key = key_of()
         cache_dir.mkdir(parents=True, exist_ok=True)
     except (OSError, duckdb.Error) as exc:
         log.warning("feature snapshot cache unavailable (%s); building in memory", exc)
@@ -122,20 +183,20 @@ def _cached(
         if _intact(path, key):
             return path
         shutil.rmtree(path, ignore_errors=True)  # a damaged copy (logged), if any
-        snap = FeatureSnapshot.build(con, events=events, covisit_window_days=covisit_window_days)
+        obj = build()
         try:
-            save(snap, path, key)
+            save(obj, path, key)
         except OSError as exc:
             log.warning("could not save the feature snapshot to %s (%s); kept in memory", path, exc)
-            return snap if keep_built else None
+            return obj if keep_built else None
     prune(cache_dir, keep=KEEP)
     return path
 
 
-def save(snap: FeatureSnapshot, path: Path, key: str) -> None:
-    """Write ``snap`` to directory ``path`` atomically (a temporary directory renamed)."""
+def save(obj: object, path: Path, key: str) -> None:
+    """Write ``obj`` to directory ``path`` atomically (a temporary directory renamed)."""
     buffers: list[pickle.PickleBuffer] = []
-    body = pickle.dumps(snap, protocol=5, buffer_callback=buffers.append)
+    body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.mkdir()
     try:
@@ -196,9 +257,9 @@ def _intact(path: Path, key: str) -> bool:
         return False
 
 
-def load(path: Path, key: str) -> FeatureSnapshot | None:
-    """The snapshot saved in ``path`` with its arrays memory-mapped read-only; None when there
-    is none or it fails a check (logged)."""
+def load(path: Path, key: str, kind: type[T] = FeatureSnapshot) -> T | None:  # type: ignore[assignment]
+    """The ``kind`` object saved in ``path`` with its arrays memory-mapped read-only; None when
+    there is none or it fails a check (logged)."""
     if not (path / "meta.json").is_file():
         return None
     try:
@@ -209,10 +270,10 @@ def load(path: Path, key: str) -> FeatureSnapshot | None:
         view = memoryview(mapped)
         if any(o + n > size for o, n in spans):
             raise ValueError(f"arrays.bin ({size} bytes) is shorter than its layout")
-        snap = pickle.loads(body, buffers=[view[o : o + n] for o, n in spans])  # noqa: S301
-        if not isinstance(snap, FeatureSnapshot):
-            raise ValueError(f"holds a {type(snap).__name__}")
-        return snap
+        obj = pickle.loads(body, buffers=[view[o : o + n] for o, n in spans])  # noqa: S301
+        if not isinstance(obj, kind):
+            raise ValueError(f"holds a {type(obj).__name__}, not a {kind.__name__}")
+        return obj
     except _DAMAGE as exc:
         log.warning("ignoring the saved feature snapshot %s: %s", path, exc)
         return None
@@ -226,7 +287,10 @@ def prune(cache_dir: Path, keep: int = KEEP) -> list[Path]:
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
-    gone = saved[keep:]
+    by_kind: dict[str, list[Path]] = {}
+    for path in saved:
+        by_kind.setdefault(path.name.split("-")[0] if "-" in path.name else "", []).append(path)
+    gone = [path for paths in by_kind.values() for path in paths[keep:]]
     for path in gone:
         shutil.rmtree(path, ignore_errors=True)
         with contextlib.suppress(OSError):

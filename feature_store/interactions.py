@@ -73,6 +73,13 @@ class Interactions:
         self.item_index = {str(i): k for k, i in enumerate(self.item_ids)}
         self.user_index = {str(u): k for k, u in enumerate(self.user_ids)}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the connection (``feature_store.features_cache`` saves the arrays
+        and attaches the loading process's connection)."""
+        state = dict(self.__dict__)
+        state["con"] = None
+        return state
+
     @property
     def n_items(self) -> int:
         return len(self.item_ids)

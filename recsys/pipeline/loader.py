@@ -19,7 +19,7 @@ import duckdb
 
 from feature_store.embeddings import user_embedding_times
 from feature_store.features import FeatureSnapshot
-from feature_store.features_cache import shared_snapshot
+from feature_store.features_cache import shared_interactions, shared_snapshot
 from feature_store.interactions import Interactions, item_titles, newest_event, recent_positives
 from recsys.algorithms.ann import VectorSearch
 from recsys.algorithms.candidates import Blender, default_generators
@@ -67,7 +67,13 @@ def load_recommender(
     model = RankerModel.load(path)
     versions = {rules.RANKER_MODEL_NAME: ref.version}
     events = rules.LIVE_SCOPE.events
-    data = Interactions.from_store(con, events)
+    shared = settings.serving.share_feature_snapshot
+    cache = Path(settings.home) / "features"
+    data = (
+        shared_interactions(con, cache, events=events)
+        if shared
+        else Interactions.from_store(con, events)
+    )
     if len(data.user_ids) == 0:
         raise ModelNotReadyError("the store has no events; run `recsys ingest` first")
     text = None
@@ -99,10 +105,8 @@ def load_recommender(
     # the request path's features from memory (same definitions as compute_features)
     window = settings.ranker.covisit_window_days
     snapshot = (
-        shared_snapshot(
-            con, Path(settings.home) / "features", events=events, covisit_window_days=window
-        )
-        if settings.serving.share_feature_snapshot
+        shared_snapshot(con, cache, events=events, covisit_window_days=window)
+        if shared
         else FeatureSnapshot.build(con, events=events, covisit_window_days=window)
     )
     precomputed = precompute and 0 < len(data.user_ids) <= PRECOMPUTE_MAX_USERS

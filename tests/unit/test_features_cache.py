@@ -15,6 +15,7 @@ import pytest
 from feature_store import features_cache as fc
 from feature_store.db import connect, init_schema
 from feature_store.features import FeatureSnapshot
+from feature_store.interactions import Interactions
 from recsys.core.config import load_settings
 from serving.snapshot import close_snapshot, open_snapshot
 from serving.writer import EventWriter
@@ -208,18 +209,54 @@ def test_the_writer_prepares_a_new_bases_snapshot_for_the_workers(
     con.close()
     info = EventWriter(settings, refresh_embeddings=False).flush().snapshot
     assert info is not None and info.delta is None
-    saved = [p for p in cache.iterdir() if p.is_dir()]
-    assert len(saved) == 1
-    # a worker on the new base maps what the writer saved
+    saved = sorted(p.name for p in cache.iterdir() if p.is_dir())
+    # a worker on the new base maps what the writer saved: the features and the interactions
     monkeypatch.setattr(FeatureSnapshot, "build", lambda *a, **k: pytest.fail("built again"))
+    monkeypatch.setattr(Interactions, "from_store", lambda *a, **k: pytest.fail("read again"))
+    window = settings.ranker.covisit_window_days
     worker = open_snapshot(info.path)
     try:
-        assert fc.snapshot_key(worker, "events", settings.ranker.covisit_window_days) == (
-            saved[0].name
+        assert saved == sorted(
+            [fc.snapshot_key(worker, "events", window), fc.interactions_key(worker, "events")]
         )
-        snap = fc.shared_snapshot(
-            worker, cache, events="events", covisit_window_days=settings.ranker.covisit_window_days
-        )
+        snap = fc.shared_snapshot(worker, cache, events="events", covisit_window_days=window)
         assert snap.n_events == 12 * 15
+        data = fc.shared_interactions(worker, cache, events="events")
+        assert data.con is worker and data.seen.nnz > 0
     finally:
         close_snapshot(worker, info.path)
+
+
+def test_mapped_interactions_equal_the_stores(db: Path, tmp_path: Path) -> None:
+    con = duckdb.connect(str(db), read_only=True)
+    want = Interactions.from_store(con, "events")
+    cache = tmp_path / "features"
+    fc.shared_interactions(con, cache, events="events")  # builds and saves
+    got = fc.shared_interactions(con, cache, events="events")  # maps
+    assert got.con is con and got.relation == want.relation
+    assert list(got.item_ids) == list(want.item_ids) and list(got.user_ids) == list(want.user_ids)
+    for name in ("seen", "positives"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a != b).nnz == 0 and a.shape == b.shape
+        assert not a.data.flags.writeable  # a view of the saved file
+    for name in ("user", "item", "ts"):
+        assert np.array_equal(
+            getattr(got.positive_events, name), getattr(want.positive_events, name)
+        )
+    assert got.item_genres == want.item_genres and got.user_index == want.user_index
+    # what the request path reads of it
+    u = want.user_ids[0]
+    assert np.array_equal(got.seen_items(u), want.seen_items(u))
+    assert np.array_equal(got.recent_positive_items(u, 5), want.recent_positive_items(u, 5))
+
+
+def test_pruning_keeps_the_newest_of_each_kind(tmp_path: Path) -> None:
+    cache = tmp_path / "features"
+    cache.mkdir()
+    for k, name in enumerate(["features-a", "features-b", "interactions-a", "features-c"]):
+        (cache / name).mkdir()
+        (cache / name / "meta.json").write_text("{}")
+        os.utime(cache / name, (k + 1, k + 1))
+    gone = fc.prune(cache, keep=1)
+    assert sorted(p.name for p in gone) == ["features-a", "features-b"]
+    assert sorted(p.name for p in cache.iterdir()) == ["features-c", "interactions-a"]
