@@ -1,19 +1,22 @@
-"""A feature snapshot built once per store content and memory-mapped by every process.
+"""Feature snapshots and interactions built once per store content, memory-mapped by every process.
 
-Each serving worker needs the whole store's ``FeatureSnapshot`` (1.2 GB of arrays at 1e7
-events, about 15 s to build).  ``shared_snapshot`` names a snapshot by what it is built from --
-a hash of the events and items, the task's SQL rules, the co-visitation window and this code --
-and keeps it under ``<cache_dir>/<key>/``: the first process to need it builds and saves it
-(others wait on a file lock, then load); later ones map the saved arrays read-only, so the
-operating system holds one copy in its page cache for every worker, and a worker's private
-memory is only the Python objects around them.
+Each serving worker needs the whole store's ``FeatureSnapshot`` (1.1 GB of arrays at 1e7
+events, about 20 s to build) and its ``Interactions`` (the seen and positive matrices and the
+positive-event timeline every candidate generator reads, 12 s from DuckDB).  ``shared_snapshot``
+and ``shared_interactions`` name each by what it is built from -- a hash of the events and
+items, the task's SQL rules, the co-visitation window and the code that builds it -- and keep it
+under ``<cache_dir>/<kind>-<key>/``: the first process to need it builds and saves it (others
+wait on a file lock, then load); later ones map the saved arrays read-only, so the operating
+system holds one copy in its page cache for every worker, and a worker's private memory is only
+the Python objects around them.  ``prepare`` builds both without loading them (the store
+writer, for a store snapshot it just published).
 
 The file format is pickle protocol 5 with the arrays out of band: ``index.pkl`` holds the
 object graph and ``arrays.bin`` every array's bytes (64-byte aligned), which unpickling maps as
 read-only views.  ``meta.json`` records the key, the pickle's checksum and the arrays' layout;
 a directory that fails any check is ignored and rebuilt.  Pickle runs code on load, so only
 directories this module wrote (inside the service's home) are read.  Any failure to save (a
-full or read-only disk) leaves the process with the snapshot it built in memory.
+full or read-only disk) leaves the process with the object it built in memory.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 FORMAT = "recsys-feature-snapshot/1"
 KEEP = 3  # saved copies kept per kind (the newest by modification time)
 _ALIGN = 64
+STALE_TMP_SECONDS = 6 * 3600.0
 _FEATURES_CODE = (features, features_snapshot, features_sql, features_timeline)
 _INTERACTIONS_CODE = (interactions, rules_sql)
 T = TypeVar("T")
@@ -280,8 +284,9 @@ def load(path: Path, key: str, kind: type[T] = FeatureSnapshot) -> T | None:  # 
 
 
 def prune(cache_dir: Path, keep: int = KEEP) -> list[Path]:
-    """Delete all but the ``keep`` newest saved snapshots (a process that maps a deleted one
-    keeps its pages until it lets go).  Returns what was deleted."""
+    """Delete all but the ``keep`` newest saved copies of each kind (a process that maps a
+    deleted one keeps its pages until it lets go) and temporary directories older than
+    ``STALE_TMP_SECONDS``.  Returns what was deleted."""
     saved = sorted(
         (p for p in cache_dir.iterdir() if p.is_dir() and (p / "meta.json").is_file()),
         key=lambda p: p.stat().st_mtime,
@@ -291,6 +296,9 @@ def prune(cache_dir: Path, keep: int = KEEP) -> list[Path]:
     for path in saved:
         by_kind.setdefault(path.name.split("-")[0] if "-" in path.name else "", []).append(path)
     gone = [path for paths in by_kind.values() for path in paths[keep:]]
+    # and what a process killed while saving left (a save takes seconds to minutes)
+    stale = time.time() - STALE_TMP_SECONDS
+    gone += [p for p in cache_dir.glob(".*.tmp") if p.is_dir() and p.stat().st_mtime < stale]
     for path in gone:
         shutil.rmtree(path, ignore_errors=True)
         with contextlib.suppress(OSError):

@@ -198,9 +198,10 @@ class ServingSettings:
     # most this many MB of cached pages (0: DuckDB's default, 80% of RAM); the load itself runs
     # uncapped on a fresh connection.  At 1e7 events the cache held 0.74 GB per worker.
     store_cache_mb: NonNegativeInt = 512
-    # workers share one feature snapshot per store content: the first builds it and saves it
-    # under <home>/features, the others memory-map it (feature_store/features_cache.py; at 1e7
-    # events 1.1 GB of arrays once instead of in every worker); false: each builds its own
+    # workers share one feature snapshot and one set of interactions per store content: the
+    # first process builds them and saves them under <home>/features, the others memory-map
+    # them (feature_store/features_cache.py; at 1e7 events 1.3 GB of arrays once instead of in
+    # every worker); false: each worker builds its own
     share_feature_snapshot: bool = True
     # a gunicorn worker may take this long to build its app (load models, fit generators) before
     # the master's 30 s request timeout applies (serving/worker.py)

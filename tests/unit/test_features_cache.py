@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import duckdb
@@ -257,6 +258,14 @@ def test_pruning_keeps_the_newest_of_each_kind(tmp_path: Path) -> None:
         (cache / name).mkdir()
         (cache / name / "meta.json").write_text("{}")
         os.utime(cache / name, (k + 1, k + 1))
+    # a save a killed process left behind, and one in progress now
+    for name, age in ((".features-d.1.tmp", fc.STALE_TMP_SECONDS + 60), (".features-e.2.tmp", 1)):
+        (cache / name).mkdir()
+        os.utime(cache / name, (time.time() - age, time.time() - age))
     gone = fc.prune(cache, keep=1)
-    assert sorted(p.name for p in gone) == ["features-a", "features-b"]
-    assert sorted(p.name for p in cache.iterdir()) == ["features-c", "interactions-a"]
+    assert sorted(p.name for p in gone) == [".features-d.1.tmp", "features-a", "features-b"]
+    assert sorted(p.name for p in cache.iterdir()) == [
+        ".features-e.2.tmp",
+        "features-c",
+        "interactions-a",
+    ]
