@@ -19,7 +19,7 @@ import duckdb
 
 from feature_store.embeddings import user_embedding_times
 from feature_store.features import FeatureSnapshot
-from feature_store.features_cache import shared_interactions, shared_snapshot
+from feature_store.features_cache import shared_state
 from feature_store.interactions import Interactions, item_titles, newest_event, recent_positives
 from recsys.algorithms.ann import VectorSearch
 from recsys.algorithms.candidates import Blender, default_generators
@@ -69,11 +69,13 @@ def load_recommender(
     events = rules.LIVE_SCOPE.events
     shared = settings.serving.share_feature_snapshot
     cache = Path(settings.home) / "features"
-    data = (
-        shared_interactions(con, cache, events=events)
-        if shared
-        else Interactions.from_store(con, events)
-    )
+    window = settings.ranker.covisit_window_days
+    # the request path's features from memory (same definitions as compute_features)
+    if shared:
+        data, snapshot = shared_state(con, cache, events=events, covisit_window_days=window)
+    else:
+        data = Interactions.from_store(con, events)
+        snapshot = FeatureSnapshot.build(con, events=events, covisit_window_days=window)
     if len(data.user_ids) == 0:
         raise ModelNotReadyError("the store has no events; run `recsys ingest` first")
     text = None
@@ -102,13 +104,6 @@ def load_recommender(
     blender = _blender(blender, data, Path(path), ref.version)
     newest = newest_event(con, events)
     clock = (newest or datetime.now()) + timedelta(seconds=1)
-    # the request path's features from memory (same definitions as compute_features)
-    window = settings.ranker.covisit_window_days
-    snapshot = (
-        shared_snapshot(con, cache, events=events, covisit_window_days=window)
-        if shared
-        else FeatureSnapshot.build(con, events=events, covisit_window_days=window)
-    )
     precomputed = precompute and 0 < len(data.user_ids) <= PRECOMPUTE_MAX_USERS
     recent = (
         recent_positives(con, events, rules.HISTORY_LENGTH)

@@ -144,6 +144,8 @@ def test_a_killed_writer_is_restarted_and_events_keep_landing(home: Settings) ->
         beat = read_heartbeat(beat_file)
         assert beat is not None
         os.kill(int(beat["pid"]), signal.SIGKILL)
+        # kill() returns before the process is gone; on a busy machine it can take a moment
+        wait_for(lambda: not alive(int(beat["pid"])), 10, "the killed writer gone", log)
         writer = checks(url)["writer"]  # until the restart: reported, not hidden
         assert not writer["ok"] or writer["pid"] != beat["pid"]
         wait_for(lambda: up(url) and checks(url)["writer"]["pid"] != beat["pid"], 60, "restart")

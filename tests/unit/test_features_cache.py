@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -269,3 +270,44 @@ def test_pruning_keeps_the_newest_of_each_kind(tmp_path: Path) -> None:
         "features-c",
         "interactions-a",
     ]
+
+
+def _state_worker(
+    db: str, cache: str, log: str, barrier: multiprocessing.synchronize.Barrier
+) -> None:
+    def slow(kind: str, build: Any) -> Any:
+        def run(*args: object, **kwargs: object) -> Any:
+            with open(log, "a") as f:
+                f.write(f"{kind} {os.getpid()}\n")
+            time.sleep(2.0)  # long enough for the other process to find the lock held
+            return build(*args, **kwargs)
+
+        return run
+
+    FeatureSnapshot.build = slow("features", FeatureSnapshot.build)  # type: ignore[method-assign]
+    Interactions.from_store = slow("interactions", Interactions.from_store)  # type: ignore[method-assign]
+    con = duckdb.connect(db, read_only=True)
+    barrier.wait()
+    data, snap = fc.shared_state(con, Path(cache), events="events", covisit_window_days=WINDOW)
+    assert data.con is con and data.seen.nnz > 0 and snap.n_events == 12 * 15
+
+
+def test_two_processes_starting_together_build_one_each(db: Path, tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    log, cache = tmp_path / "builds.log", tmp_path / "features"
+    procs = [
+        ctx.Process(target=_state_worker, args=(str(db), str(cache), str(log), barrier))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    for p in procs:
+        p.kill()
+    assert [p.exitcode for p in procs] == [0, 0]
+    builds = [line.split() for line in log.read_text().splitlines()]
+    # each kind built once, and by different processes: side by side, not one after the other
+    assert sorted(kind for kind, _ in builds) == ["features", "interactions"]
+    assert len({pid for _, pid in builds}) == 2
