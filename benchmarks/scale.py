@@ -234,10 +234,10 @@ def load(
     """GET recommendations for random known users at ``rate`` per second (open loop).
 
     ``during`` = (t, fn): ``fn()`` runs t seconds into the load, and the latency of the
-    requests sent from then on is reported on its own (``after``)."""
+    requests sent from then on is reported on its own (``after_store_change``)."""
     rng = random.Random(seed)
     n = int(rate * seconds)
-    results: list[tuple[float, int]] = []
+    results: list[tuple[float, int, float]] = []  # (latency s, status, sent at s)
     lock = threading.Lock()
 
     def one(i: int, scheduled: float) -> None:
