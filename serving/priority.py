@@ -1,4 +1,4 @@
-"""Background work yields the CPU to requests.
+"""Background work yields the CPU to requests; request workers keep BLAS to one thread.
 
 A store refresh rebuilds a worker's models on its watcher thread, and the writer builds the new
 snapshot's features, while the same two cores answer requests: at 1e7 events that was a minute
@@ -12,13 +12,26 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
 BACKGROUND_NICENESS = 10
 T = TypeVar("T")
+
+# A request's numpy work is small (an ALS score is one 100,000 x 32 mat-vec) and each worker
+# answers several at once on its own threads.  A BLAS library's own thread pool on top of that
+# (one thread per core, spinning while it waits for work) had the request threads of two
+# workers fight it on 2 cores: at 1e7 events, bursts of stalled requests every few seconds,
+# p99 93-545 ms; single-threaded BLAS in the workers, p99 28.6 ms (docs/scale.md).
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def worker_thread_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """One BLAS/OpenMP thread per request worker, for each variable the operator left unset
+    (``recsys serve`` passes these to gunicorn)."""
+    return {var: "1" for var in BLAS_THREAD_VARS if var not in environ}
 
 
 def lower_thread_priority(niceness: int = BACKGROUND_NICENESS) -> int | None:

@@ -24,6 +24,7 @@ from recsys.core.config import ENV_PREFIX, Settings
 from serving.app import create_app
 from serving.heartbeat import HEARTBEAT_FILE, Heartbeat
 from serving.memory import arena_env
+from serving.priority import worker_thread_env
 from serving.snapshot import serving_dir
 from serving.supervisor import (
     GUNICORN_STOP_SECONDS,
@@ -106,6 +107,7 @@ def _serve_gunicorn(settings: Settings, stop: threading.Event) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     env.update(settings_env(settings))
     env.update(arena_env(os.environ))  # bounded glibc arenas: flat worker RSS (serving/memory.py)
+    env.update(worker_thread_env(os.environ))  # single-threaded BLAS (serving/priority.py)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(_fresh_dir(settings.home / "serving" / "prometheus"))
     gunicorn = [
         sys.executable,

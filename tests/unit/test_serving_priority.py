@@ -8,7 +8,12 @@ import threading
 
 import pytest
 
-from serving.priority import in_background, lower_thread_priority
+from serving.priority import (
+    BLAS_THREAD_VARS,
+    in_background,
+    lower_thread_priority,
+    worker_thread_env,
+)
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice")
 
@@ -52,3 +57,11 @@ def test_the_nice_value_is_capped() -> None:
         return lower_thread_priority(15)
 
     assert in_background(twice) == 19
+
+
+def test_workers_get_single_threaded_blas_unless_the_operator_chose() -> None:
+    assert worker_thread_env({}) == {var: "1" for var in BLAS_THREAD_VARS}
+    assert worker_thread_env({"OMP_NUM_THREADS": "4"}) == {
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
