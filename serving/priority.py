@@ -24,7 +24,7 @@ T = TypeVar("T")
 # answers several at once on its own threads.  A BLAS library's own thread pool on top of that
 # (one thread per core, spinning while it waits for work) had the request threads of two
 # workers fight it on 2 cores: at 1e7 events, bursts of stalled requests every few seconds,
-# p99 93-545 ms; single-threaded BLAS in the workers, p99 28.6 ms (docs/scale.md).
+# p99 79-545 ms; single-threaded BLAS in the workers, p99 27.3 ms (docs/scale.md).
 BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
