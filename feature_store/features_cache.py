@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import duckdb
 
@@ -97,6 +97,33 @@ def interactions_key(con: duckdb.DuckDBPyConnection, events: str) -> str:
     return content_key(con, events, "interactions", _INTERACTIONS_CODE)
 
 
+class _Job(NamedTuple):
+    """One shared object: its saved name (hashed once), how to build it, its type."""
+
+    key: Callable[[], str]
+    build: Callable[[], Any]
+    kind: type
+
+
+def _jobs(
+    con: duckdb.DuckDBPyConnection, events: str, covisit_window_days: float
+) -> dict[str, _Job]:
+    return {
+        "interactions": _Job(
+            functools.cache(lambda: interactions_key(con, events)),
+            lambda: Interactions.from_store(con, events),
+            Interactions,
+        ),
+        "features": _Job(
+            functools.cache(lambda: snapshot_key(con, events, covisit_window_days)),
+            lambda: FeatureSnapshot.build(
+                con, events=events, covisit_window_days=covisit_window_days
+            ),
+            FeatureSnapshot,
+        ),
+    }
+
+
 def shared_snapshot(
     con: duckdb.DuckDBPyConnection,
     cache_dir: Path,
@@ -106,13 +133,8 @@ def shared_snapshot(
 ) -> FeatureSnapshot:
     """The snapshot of ``events`` from ``cache_dir`` (memory-mapped), built and saved there
     when no process has yet; built in memory when the cache cannot be used."""
-
-    def build() -> FeatureSnapshot:
-        return FeatureSnapshot.build(con, events=events, covisit_window_days=covisit_window_days)
-
-    return _shared(
-        cache_dir, lambda: snapshot_key(con, events, covisit_window_days), build, FeatureSnapshot
-    )
+    job = _jobs(con, events, covisit_window_days)["features"]
+    return cast(FeatureSnapshot, _shared(cache_dir, *job))
 
 
 def shared_interactions(
@@ -120,12 +142,8 @@ def shared_interactions(
 ) -> Interactions:
     """``Interactions.from_store(con, events)`` through the same cache: its matrices and
     timelines memory-mapped, its id dictionaries rebuilt per process, ``con`` attached."""
-    data = _shared(
-        cache_dir,
-        lambda: interactions_key(con, events),
-        lambda: Interactions.from_store(con, events),
-        Interactions,
-    )
+    job = _jobs(con, events, 0.0)["interactions"]  # the window is not part of interactions
+    data = cast(Interactions, _shared(cache_dir, *job))
     data.con = con
     return data
 
@@ -137,21 +155,10 @@ def prepare(
     already, without mapping them here (the store writer does this for a new store snapshot,
     so that workers only map them).  Returns where they are saved (none when the cache cannot
     be used; logged)."""
+    jobs = _jobs(con, events, covisit_window_days)
     saved = [
-        _cached(
-            cache_dir,
-            lambda: snapshot_key(con, events, covisit_window_days),
-            lambda: FeatureSnapshot.build(
-                con, events=events, covisit_window_days=covisit_window_days
-            ),
-            keep_built=False,
-        ),
-        _cached(
-            cache_dir,
-            lambda: interactions_key(con, events),
-            lambda: Interactions.from_store(con, events),
-            keep_built=False,
-        ),
+        _cached(cache_dir, jobs[name].key, jobs[name].build, keep_built=False)
+        for name in ("features", "interactions")
     ]
     return [p for p in saved if isinstance(p, Path)]
 
@@ -162,25 +169,12 @@ def shared_state(
     """``shared_interactions`` and ``shared_snapshot`` together, taking first whichever no other
     process is building: workers that start together build one each, side by side, instead of
     one building both while the others wait (58.6 s to ready at 1e7 events)."""
-    jobs: dict[str, tuple[Callable[[], str], Callable[[], Any], type]] = {
-        "interactions": (
-            functools.cache(lambda: interactions_key(con, events)),
-            lambda: Interactions.from_store(con, events),
-            Interactions,
-        ),
-        "features": (
-            functools.cache(lambda: snapshot_key(con, events, covisit_window_days)),
-            lambda: FeatureSnapshot.build(
-                con, events=events, covisit_window_days=covisit_window_days
-            ),
-            FeatureSnapshot,
-        ),
-    }
+    jobs = _jobs(con, events, covisit_window_days)
     done: dict[str, Any] = {}
     for wait in (False, True):  # first what nobody is building, then wait for the rest
-        for name, (key, build, kind) in jobs.items():
+        for name, job in jobs.items():
             if name not in done:
-                got = _shared(cache_dir, key, build, kind, wait=wait)
+                got = _shared(cache_dir, *job, wait=wait)
                 if got is not _BUSY:
                     done[name] = got
     data = cast(Interactions, done["interactions"])

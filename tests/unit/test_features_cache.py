@@ -100,12 +100,12 @@ def _worker(db: str, cache: str, log: str, barrier: multiprocessing.synchronize.
     assert snap.n_events == 12 * 15
 
 
-def test_concurrent_processes_build_once(db: Path, tmp_path: Path) -> None:
+def run_together(target: Any, n: int, db: Path, cache: Path, log: Path) -> list[int | None]:
+    """``target(db, cache, log, barrier)`` in ``n`` processes released at once; exit codes."""
     ctx = multiprocessing.get_context("spawn")  # fork would copy DuckDB's threads mid-flight
-    barrier = ctx.Barrier(3)
-    log, cache = tmp_path / "builds.log", tmp_path / "features"
+    barrier = ctx.Barrier(n)
     procs = [
-        ctx.Process(target=_worker, args=(str(db), str(cache), str(log), barrier)) for _ in range(3)
+        ctx.Process(target=target, args=(str(db), str(cache), str(log), barrier)) for _ in range(n)
     ]
     for p in procs:
         p.start()
@@ -113,7 +113,12 @@ def test_concurrent_processes_build_once(db: Path, tmp_path: Path) -> None:
         p.join(120)
     for p in procs:
         p.kill()
-    assert [p.exitcode for p in procs] == [0, 0, 0]
+    return [p.exitcode for p in procs]
+
+
+def test_concurrent_processes_build_once(db: Path, tmp_path: Path) -> None:
+    log, cache = tmp_path / "builds.log", tmp_path / "features"
+    assert run_together(_worker, 3, db, cache, log) == [0, 0, 0]
     assert len(log.read_text().split()) == 1  # one built, two waited and mapped
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 1
 
@@ -293,20 +298,8 @@ def _state_worker(
 
 
 def test_two_processes_starting_together_build_one_each(db: Path, tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
     log, cache = tmp_path / "builds.log", tmp_path / "features"
-    procs = [
-        ctx.Process(target=_state_worker, args=(str(db), str(cache), str(log), barrier))
-        for _ in range(2)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    for p in procs:
-        p.kill()
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert run_together(_state_worker, 2, db, cache, log) == [0, 0]
     builds = [line.split() for line in log.read_text().splitlines()]
     # each kind built once, and by different processes: side by side, not one after the other
     assert sorted(kind for kind, _ in builds) == ["features", "interactions"]
