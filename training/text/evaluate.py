@@ -6,6 +6,13 @@ registered model re-evaluated later reproduces its logged ``val_auc``.  User tex
 ``events_fit_v1``; negatives are drawn from a seeded pool of catalog items the user never touched
 in fit or val (test interactions are not looked at).  Candidates are shuffled so ties cannot
 favour positives.
+
+Positives are the distinct items a user engaged with in ``val`` that they had not already touched
+in ``fit``: what scoring and serving ask of the text model (items a user has seen are never
+candidates).  On a log with repeats (a purchase after a click, a second click) a positive the
+user already had in their history would reward any scorer that ranks the history itself first,
+and one item clicked and bought would count twice.  MovieLens has one rating per item, so its
+validation set is unchanged.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import numpy as np
 from feature_store.rules_sql import positive_sql
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
-from recsys.core.rules import FIT_SCOPE, TRAIN_SCOPE
+from recsys.core.rules import EXPOSURE_EVENT_TYPE, FIT_SCOPE, TRAIN_SCOPE
 from training.text.texts import ItemSummaries, item_summaries, user_histories
 
 log = logging.getLogger(__name__)
@@ -58,18 +65,28 @@ def build_eval_set(
     cfg = settings.text
     rng = np.random.default_rng(settings.seed + 1)
     summaries = summaries or item_summaries(con)
+    fit_seen: dict[str, set[str]] = {}
+    for user_id, item_id in con.execute(
+        f"SELECT DISTINCT user_id, item_id FROM {FIT_SCOPE.events} WHERE event_type <> ?",
+        [EXPOSURE_EVENT_TYPE],
+    ).fetchall():
+        fit_seen.setdefault(str(user_id), set()).add(str(item_id))
     val_pos: dict[str, list[str]] = {}
     for user_id, item_id in con.execute(
         f"SELECT user_id, item_id FROM split_v1 WHERE part = 'val' AND {positive_sql()} "
         "ORDER BY user_id, rn"
     ).fetchall():
-        val_pos.setdefault(str(user_id), []).append(str(item_id))
+        user, item = str(user_id), str(item_id)
+        known = val_pos.setdefault(user, [])
+        if item not in known and item not in fit_seen.get(user, ()):
+            known.append(item)
+    val_pos = {u: items for u, items in val_pos.items() if items}
     histories = user_histories(con, FIT_SCOPE.events, sorted(val_pos))
     users = sorted(u for u in val_pos if u in histories)
     if not users:
         raise TrainingError(
-            "no validation users: nobody has both a fit-period history and a positive in the "
-            "validation part of protocol v1"
+            "no validation users: nobody has both a fit-period history and a positive on an "
+            "item new to them in the validation part of protocol v1"
         )
     if cfg.eval_users and len(users) > cfg.eval_users:
         users = sorted(rng.choice(users, size=cfg.eval_users, replace=False).tolist())
