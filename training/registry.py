@@ -490,7 +490,8 @@ def cached_champion(settings: Settings, name: str) -> tuple[ModelRef, Path]:
 
 
 def list_versions(settings: Settings, name: str) -> list[dict[str, Any]]:
-    """Every version of ``name`` with its aliases and run metrics, newest first."""
+    """Every version of ``name`` with its aliases, tags (the promotion decision and reason) and
+    run metrics, newest first."""
     c = client(settings)
     try:
         versions = c.search_model_versions(f"name = '{name}'")
@@ -505,6 +506,7 @@ def list_versions(settings: Settings, name: str) -> list[dict[str, Any]]:
                 "name": name,
                 "version": str(mv.version),
                 "aliases": list(getattr(full, "aliases", []) or []),
+                "tags": dict(getattr(full, "tags", {}) or {}),
                 "run_id": mv.run_id,
                 "created": mv.creation_timestamp,
                 "metrics": dict(run.data.metrics) if run else {},

@@ -15,7 +15,8 @@ import click
 from feature_store.db import connect
 from recsys.cli import settings_from
 from recsys.core import rules
-from training import registry
+from recsys.core.config import Settings
+from training import promotion, registry
 from training.text.scoring import score_store
 from training.text.train import train_text_model
 
@@ -135,6 +136,9 @@ def score(
     """Embed the catalog and every user; write embeddings and top-N text scores to DuckDB."""
     settings = settings_from(ctx)
     version = None if model_version == "champion" else model_version
+    if version is None and (refused := _refused_text_model(settings)) is not None:
+        click.echo(refused)
+        return
     with tempfile.TemporaryDirectory(prefix="text-scorer-") as tmp:
         ref, model_dir = registry.download(settings, rules.TEXT_MODEL_NAME, version, Path(tmp))
         click.echo(f"scoring with {ref.name} version {ref.version} (run {ref.run_id})")
@@ -151,3 +155,28 @@ def score(
     for scope in summary.users:
         users, scores = summary.users[scope], summary.scores[scope]
         click.echo(f"  {scope}: {users} user embeddings, {scores} text scores")
+
+
+def _refused_text_model(settings: Settings) -> str | None:
+    """The notice ``score`` prints when text models were trained but the gate promoted none.
+
+    Not an error: the promotion gate decided the text does not earn its place on this log, and
+    the rest of the job (ranker, evaluate, serve) runs without text features.  ``None`` when
+    there is a champion to score with, or when no text model was ever trained (then
+    ``registry.download`` raises its "train it" error).
+    """
+    if registry.champion(settings, rules.TEXT_MODEL_NAME) is not None:
+        return None
+    versions = registry.list_versions(settings, rules.TEXT_MODEL_NAME)
+    if not versions:
+        return None
+    latest = versions[0]
+    reason = latest["tags"].get(promotion.REASON_TAG) or "no reason recorded"
+    name, number = rules.TEXT_MODEL_NAME, latest["version"]
+    return (
+        f"nothing to score: no {name} version is champion; the latest, version {number}, "
+        f"was not promoted ({reason}).\n"
+        "`recsys train ranker`, `recsys evaluate` and `recsys serve` run without text features. "
+        f"To use version {number} anyway: `recsys models promote {name} {number}` (or "
+        "`recsys train text --force`), then `recsys score`."
+    )

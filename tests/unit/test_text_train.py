@@ -178,6 +178,25 @@ def test_cli_train_and_score(tiny_store, tiny_settings, monkeypatch) -> None:
     assert out.exit_code != 0 and "has no version 99" in out.output
 
 
+def test_score_without_champion(tiny_store, tiny_settings) -> None:
+    """Never trained: an error that says to train.  Trained but refused by the gate: a notice
+    with the gate's reason and what to do, exit 0 (the rest of the job runs without text)."""
+    runner = CliRunner()
+    home = ["--home", str(tiny_settings.home), "--device", "cpu"]
+    env = {"RECSYS_TEXT__BASE_MODEL": tiny_settings.text.base_model}
+    out = runner.invoke(main, [*home, "score"], env=env)
+    assert out.exit_code != 0 and "no champion version of model 'text-scorer'" in out.output
+    result = train_text_model(tiny_settings, tiny_store, progress=False, promote=False)
+    assert not result.promoted
+    tiny_store.close()  # the CLI opens the store itself
+    out = runner.invoke(main, [*home, "score"], env=env)
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith("nothing to score: no text-scorer version is champion; the ")
+    assert f"version 1, was not promoted ({result.promotion_reason})" in out.output
+    assert "`recsys models promote text-scorer 1`" in out.output
+    assert "item embeddings" not in out.output
+
+
 def test_bad_model_dir_and_missing_cuda_are_clear_errors(
     tiny_store, tiny_settings, tmp_path
 ) -> None:
