@@ -111,7 +111,7 @@ def _jobs(
     return {
         "interactions": _Job(
             functools.cache(lambda: interactions_key(con, events)),
-            lambda: Interactions.from_store(con, events),
+            lambda: Interactions.from_store(con, events).with_timelines(),
             Interactions,
         ),
         "features": _Job(

@@ -68,6 +68,10 @@ class Interactions:
     _timeline: tuple[np.ndarray, np.ndarray] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    # rows of ``positive_events`` ordered by (user, time, item id) and each user's first row
+    _latest: tuple[np.ndarray, np.ndarray] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.item_index = {str(i): k for k, i in enumerate(self.item_ids)}
@@ -108,16 +112,58 @@ class Interactions:
         u = self.user_index.get(user_id)
         if u is None or n <= 0:
             return np.empty(0, dtype=np.int64)
+        items, starts = self.timeline()
+        span = items[starts[u] : starts[u + 1]][::-1]  # newest first
+        _, first = np.unique(span, return_index=True)
+        latest = span[np.sort(first)][:n]
+        return latest[::-1].astype(np.int64)
+
+    def timeline(self) -> tuple[np.ndarray, np.ndarray]:
+        """Positive events' items by (user, time, catalog index) and each user's first row."""
         if self._timeline is None:
             ev = self.positive_events
             order = np.lexsort((ev.item, ev.ts, ev.user))
             starts = np.searchsorted(ev.user[order], np.arange(len(self.user_ids) + 1))
             self._timeline = (ev.item[order], starts)
-        items, starts = self._timeline
-        span = items[starts[u] : starts[u + 1]][::-1]  # newest first
-        _, first = np.unique(span, return_index=True)
-        latest = span[np.sort(first)][:n]
-        return latest[::-1].astype(np.int64)
+        return self._timeline
+
+    def latest_positives(self, user_id: str, n: int) -> tuple[list[str], datetime] | None:
+        """``recent_positives(con, relation, n, user_id)`` for one user, from memory: the items
+        of the user's latest ``n`` positive events, oldest first (an item liked twice counts
+        twice; ties in time by item id, as the SQL), and the time of the newest; ``None`` when
+        the user has none.  The request path of a large store asks this per user instead of
+        scanning the events table (``recsys.pipeline.recommender``)."""
+        u = self.user_index.get(user_id)
+        if u is None or n <= 0:
+            return None
+        order, starts = self.latest_order()
+        rows = order[starts[u] : starts[u + 1]]
+        if not len(rows):
+            return None
+        ev = self.positive_events
+        items = self.item_ids[ev.item[rows[::-1][:n][::-1]]]
+        return [str(i) for i in items], ev.ts[rows[-1]].astype("datetime64[us]").item()
+
+    def latest_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of ``positive_events`` by (user, time, item id) and each user's first row
+        (built once; ``with_timelines`` builds it before the snapshot is shared)."""
+        if self._latest is None:
+            ev = self.positive_events
+            by_id = np.empty(len(self.item_ids), dtype=np.int64)
+            by_id[np.argsort(self.item_ids.astype(str), kind="stable")] = np.arange(
+                len(self.item_ids)
+            )
+            order = np.lexsort((by_id[ev.item], ev.ts, ev.user))
+            starts = np.searchsorted(ev.user[order], np.arange(len(self.user_ids) + 1))
+            self._latest = (order, starts)
+        return self._latest
+
+    def with_timelines(self) -> Interactions:
+        """This object with its per-user orders built (what the shared snapshot saves, so that
+        server workers map them instead of each sorting every positive event)."""
+        self.timeline()
+        self.latest_order()
+        return self
 
     @classmethod
     def from_store(cls, con: duckdb.DuckDBPyConnection, relation: str = "events") -> Interactions:

@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from feature_store.interactions import Interactions, recent_positives
+from feature_store.interactions import Interactions
 from recsys.algorithms.candidates import Blender, Popularity
 from recsys.algorithms.ranking import TextFeatures, assemble, feature_matrix
 from recsys.algorithms.text_index import user_text_vector
@@ -132,11 +132,14 @@ class Recommender:
             time.perf_counter() - started,
         )
 
-    def _recent_positives(
-        self, con: duckdb.DuckDBPyConnection, user_id: str | None = None
-    ) -> dict[str, tuple[list[str], datetime]]:
-        """Per user: their latest ``rules.HISTORY_LENGTH`` positive items and the newest time."""
-        return recent_positives(con, "events", rules.HISTORY_LENGTH, user_id)
+    def _recent_of(self, user_id: str) -> tuple[list[str], datetime] | None:
+        """The user's latest ``rules.HISTORY_LENGTH`` positive items and the newest time:
+        precomputed at load, else from the interactions in memory (the same answer as
+        ``recent_positives`` on the store; at 1e7 events that query scanned the events table
+        on every request)."""
+        if self._recent is not None and user_id in self._recent:
+            return self._recent[user_id]
+        return self.data.latest_positives(user_id, rules.HISTORY_LENGTH)
 
     def _vector_of(
         self, user_id: str, recent: tuple[list[str], datetime] | None
@@ -255,7 +258,7 @@ class Recommender:
             return RecommendationResult((), dict(self.model_versions), cold)
         cur = con if con is not None else self.data.con.cursor()
         cands = cands.with_columns(pl.lit(self.clock).cast(pl.Datetime("us")).alias("as_of"))
-        vectors = {user_id: self.user_vector(user_id, history, cur)} if self.text else None
+        vectors = {user_id: self.user_vector(user_id, history)} if self.text else None
         frame = assemble(
             cur,
             cands,
@@ -275,7 +278,7 @@ class Recommender:
         if explain and len(order):
             contrib = list(self.model.top_contributions(x[order], EXPLAIN_TOP))
             text = frame["text_score"].to_numpy()[order] if "text_score" in frame.columns else None
-            liked = self._liked(user_id, history, cur)
+            liked = self._liked(user_id, history)
             why = [
                 self._reasons(item, c or {}, liked, None if text is None else float(text[n]))
                 for n, (item, c) in enumerate(zip(ids, contrib, strict=True))
@@ -296,14 +299,12 @@ class Recommender:
 
     # -- explanations ----------------------------------------------------------------------
 
-    def _liked(self, user_id: str, history: Sequence[str], cur: Any) -> list[str]:
+    def _liked(self, user_id: str, history: Sequence[str]) -> list[str]:
         """The given history's known items, else the user's latest positives (newest first)."""
         known = [h for h in history if h in self.data.item_index]
         if known or not user_id:
             return known
-        recent = (self._recent or {}).get(user_id)
-        if recent is None:
-            recent = self._recent_positives(cur, user_id).get(user_id)
+        recent = self._recent_of(user_id)
         return list(recent[0]) if recent else []
 
     def _reasons(
@@ -324,12 +325,7 @@ class Recommender:
             text_score=text_score,
         )
 
-    def user_vector(
-        self,
-        user_id: str,
-        history: Sequence[str] = (),
-        con: duckdb.DuckDBPyConnection | None = None,
-    ) -> np.ndarray | None:
+    def user_vector(self, user_id: str, history: Sequence[str] = ()) -> np.ndarray | None:
         """The user's text vector (``None`` without text features or when nothing is known).
 
         The stored embedding, unless the user has positive events newer than it; with a
@@ -342,8 +338,7 @@ class Recommender:
             return self.text.user_vector(None, known_history) if known_history else None
         if user_id in self._vectors:
             return self._vectors[user_id]
-        cur = con if con is not None else self.data.con.cursor()
-        return self._vector_of(user_id, self._recent_positives(cur, user_id).get(user_id))
+        return self._vector_of(user_id, self._recent_of(user_id))
 
     # -- cold start ------------------------------------------------------------------------
 

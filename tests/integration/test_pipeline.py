@@ -170,7 +170,7 @@ def test_precomputed_requests_equal_the_computed_ones(trained: tuple) -> None:
         cands = fast.candidates(user)
         expected = slow.blender.frame([user], as_of=[slow.clock])
         assert cands.equals(expected)
-        got, want = fast.user_vector(user), slow.user_vector(user, (), con.cursor())
+        got, want = fast.user_vector(user), slow.user_vector(user)
         assert (got is None and want is None) or np.array_equal(got, want)
         assert _as_tuples(fast.recommend(user, 10)) == _as_tuples(slow.recommend(user, 10))
         assert _as_tuples(fast.recommend(user, 5, exclude_seen=False)) == _as_tuples(

@@ -255,6 +255,10 @@ def test_mapped_interactions_equal_the_stores(db: Path, tmp_path: Path) -> None:
     u = want.user_ids[0]
     assert np.array_equal(got.seen_items(u), want.seen_items(u))
     assert np.array_equal(got.recent_positive_items(u, 5), want.recent_positive_items(u, 5))
+    assert got.latest_positives(u, 20) == want.latest_positives(u, 20)
+    # the per-user orders were built before saving: workers map them instead of sorting
+    for built in (got.timeline(), got.latest_order()):
+        assert all(not a.flags.writeable for a in built)
 
 
 def test_pruning_keeps_the_newest_of_each_kind(tmp_path: Path) -> None:
