@@ -160,6 +160,19 @@ class HnswIndex(VectorIndex):
             )
         self.graph = graph
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (a batch job ships its text index to Dask workers): the graph as faiss's
+        own serialized bytes, the module re-imported where it is loaded."""
+        state = dict(self.__dict__)
+        state["graph"] = self.faiss.serialize_index(self.graph)
+        del state["faiss"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.faiss = _require_faiss()
+        self.graph = self.faiss.deserialize_index(state["graph"])
+
     def _one(self, query: np.ndarray, k: int, skip: np.ndarray) -> Hits:
         if (k + len(skip)) * 4 >= self.n:  # most of the catalog: a scan is as cheap and exact
             return _scan(self.matrix, query, k, skip)

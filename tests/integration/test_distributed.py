@@ -27,11 +27,13 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+from polars.testing import assert_frame_equal
 
 from feature_store.db import connect
 from feature_store.embeddings import read_embeddings
 from feature_store.splits import materialize_protocol_split
 from recsys.algorithms.ranking import feature_matrix, feature_names
+from recsys.algorithms.text_index import TextIndex
 from recsys.core import rules
 from recsys.core.config import Settings, load_settings
 from recsys.core.errors import ConfigError
@@ -207,3 +209,30 @@ def test_recsys_train_ranker_on_the_cluster_registers_a_plain_booster(
     _, path = registry.download(on_dask, rules.RANKER_MODEL_NAME, summary["version"])
     model = RankerModel.load(path)
     assert not model.uses_text and model.booster.current_iteration() >= 1
+
+
+def test_frames_built_on_worker_processes_equal_the_embedded(
+    home: tuple[Settings, duckdb.DuckDBPyConnection],
+) -> None:
+    """Candidates and features chunk by chunk on two worker *processes* (every shipped object
+    pickled: the fitted generators, the text features, the feature snapshot): the frame is the
+    embedded one, value for value, text features included."""
+    settings, con = home
+    chunked = settings.replace(**{"ranker.frame_chunk_users": 25})  # several chunks per worker
+    genres = np.zeros((N_ITEMS, 6), dtype=np.float32)
+    genres[np.arange(N_ITEMS), np.arange(N_ITEMS) % 6] = 1.0
+    index = TextIndex("7", [f"i{k}" for k in range(N_ITEMS)], genres, scope="fit_v1")
+    want, gens = dataset.build_frame(con, chunked, dataset.FIT, text_index=index)
+    with (
+        distributed.LocalCluster(
+            processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0"
+        ) as local,
+        distributed.Client(local) as on_processes,
+    ):
+        got, got_gens = dataset.build_frame(
+            con, chunked, dataset.FIT, text_index=index, client=on_processes
+        )
+    assert got_gens == gens and "text" in gens
+    assert want.height > 1000 and want["user_id"].n_unique() > 2 * 25
+    assert want["text_score"].is_not_nan().sum() > 0 and want["label"].sum() > 0
+    assert_frame_equal(got, want, check_exact=True)

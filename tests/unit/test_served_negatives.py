@@ -7,6 +7,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from feature_store.adapters.mind import ingest_mind
 from feature_store.db import connect
@@ -138,3 +139,23 @@ def test_served_negatives_can_be_turned_off(
     frame, _ = dataset.build_frame(con, off, dataset.FIT, text_index=None)
     assert frame["blend_rank"].null_count() == 0 and SERVED not in frame.columns
     assert group_columns(frame) == ["user_id"]
+
+
+def test_the_served_groups_built_on_a_dask_cluster_equal_the_embedded(
+    mind_store: tuple[Settings, duckdb.DuckDBPyConnection],
+) -> None:
+    """The served items are read once by the job and shipped with each chunk (the workers
+    never open the store): the same frame as the embedded build, chunk by chunk."""
+    distributed = pytest.importorskip("distributed")
+    settings, con = mind_store
+    chunked = settings.replace(**{"ranker.frame_chunk_users": 3})
+    want, _ = dataset.build_frame(con, chunked, dataset.FIT, text_index=None)
+    with (
+        distributed.LocalCluster(
+            processes=False, n_workers=2, threads_per_worker=1, dashboard_address=":0"
+        ) as local,
+        distributed.Client(local) as client,
+    ):
+        got, _ = dataset.build_frame(con, chunked, dataset.FIT, text_index=None, client=client)
+    assert want[SERVED].sum() > 0
+    assert_frame_equal(got, want, check_exact=True)

@@ -16,15 +16,17 @@ See docs/ranking.md.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import polars as pl
 
+from feature_store.features import FeatureSnapshot
 from feature_store.interactions import Interactions
 from feature_store.rules_sql import label_sql, positive_sql
 from recsys.algorithms.candidates import (
@@ -38,7 +40,8 @@ from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import TrainingError
 from recsys.core.rules import FIT_SCOPE, TRAIN_SCOPE
-from training.ranker.served import add_served_rows, candidate_rows, group_columns
+from training import cluster
+from training.ranker.served import add_served_rows, candidate_rows, group_columns, served_items
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +100,15 @@ def build_frame(
     with_labels: bool = True,
     users: Sequence[str] | None = None,
     max_users: int | None = None,
+    client: Any | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
     """Candidates with features (and labels) for the users of ``stage``; generator names.
 
     ``users`` restricts the groups to those users; ``max_users`` keeps a seeded sample of them
     (``rules.sample_users``).  Groups are built ``ranker.frame_chunk_users`` users at a time
     with float features stored as float32, so peak memory follows the chunk, not the store.
+    With a Dask ``client`` (``training.cluster.connect``) the chunks are built on its workers
+    (``_on_cluster``); the frame is the same.
     """
     started = time.perf_counter()
     data = Interactions.from_store(con, stage.events)
@@ -122,15 +128,21 @@ def build_frame(
     text = TextFeatures(text_index, data) if text_index is not None else None
     truth = labels(con, stage) if with_labels else None
     step = settings.ranker.frame_chunk_users
+    chunks = [groups.slice(k, step) for k in range(0, groups.height, step)]
+    built: Iterable[pl.DataFrame] = (
+        (_chunk_frame(con, settings, stage, blender, text, c, truth) for c in chunks)
+        if client is None
+        else _on_cluster(client, con, settings, stage, (blender, text), chunks, truth)
+    )
     parts = []
-    for k in range(0, groups.height, step):
-        parts.append(
-            _chunk_frame(con, settings, stage, blender, text, groups.slice(k, step), truth)
-        )
+    for part, chunk_users in zip(
+        built, itertools.accumulate(c.height for c in chunks), strict=True
+    ):
+        parts.append(part)
         log.info(
             "%s frame: %d of %d users, %d rows (%.0fs)",
             stage.events,
-            min(k + step, groups.height),
+            chunk_users,
             groups.height,
             sum(p.height for p in parts),
             time.perf_counter() - started,
@@ -162,6 +174,73 @@ def select_groups(
     return groups.sort("user_id")
 
 
+def _on_cluster(
+    client: Any,
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    stage: Stage,
+    fitted: tuple[Blender, TextFeatures | None],
+    chunks: list[pl.DataFrame],
+    truth: pl.DataFrame | None,
+) -> Iterator[pl.DataFrame]:
+    """``_chunk_frame`` of each chunk on the workers of ``client``, in chunk order.
+
+    The workers never open the store (the job holds it read-write): everything a chunk reads
+    of it is read here once and shipped.  The fitted generators and text features, and a
+    ``FeatureSnapshot`` of the stage's events (the point-in-time features for any ``as_of``
+    from memory: the values the store gives, ``feature_store.features``), go to every worker
+    once (``scatter``, broadcast); each task carries its chunk's groups, labels and, on
+    impression logs, served items.
+    """
+    started = time.perf_counter()
+    snapshot = FeatureSnapshot.build(
+        con, events=stage.events, covisit_window_days=settings.ranker.covisit_window_days
+    )
+    served = truth is not None and stage == FIT and settings.ranker.served_negatives
+    shown = served_items(con, pl.concat(chunks)) if served else None
+    [shared] = client.scatter([(*fitted, snapshot)], broadcast=True)
+    log.info(
+        "%s frame on %d Dask workers: %d chunks; state shipped in %.1fs",
+        stage.events,
+        cluster.worker_count(client),
+        len(chunks),
+        time.perf_counter() - started,
+    )
+
+    def of(frame: pl.DataFrame | None, chunk: pl.DataFrame) -> pl.DataFrame | None:
+        return (
+            None if frame is None else frame.join(chunk.select("user_id"), on="user_id", how="semi")
+        )
+
+    futures = [
+        client.submit(
+            _remote_chunk, shared, settings, stage, c, of(truth, c), of(shown, c), pure=False
+        )
+        for c in chunks
+    ]
+    try:
+        for future in futures:
+            yield future.result()
+    finally:
+        client.cancel(futures)
+
+
+def _remote_chunk(
+    shared: tuple[Blender, TextFeatures | None, FeatureSnapshot],
+    settings: Settings,
+    stage: Stage,
+    groups: pl.DataFrame,
+    truth: pl.DataFrame | None,
+    shown: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """One chunk on a worker: no store, an in-memory DuckDB that nothing reads from."""
+    blender, text, snapshot = shared
+    with duckdb.connect() as con:
+        return _chunk_frame(
+            con, settings, stage, blender, text, groups, truth, snapshot=snapshot, shown=shown
+        )
+
+
 def _chunk_frame(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
@@ -170,20 +249,25 @@ def _chunk_frame(
     text: TextFeatures | None,
     groups: pl.DataFrame,
     truth: pl.DataFrame | None,
+    *,
+    snapshot: FeatureSnapshot | None = None,
+    shown: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """One chunk of users' candidates + features (+ labels), sorted by (user, blend rank)."""
+    """One chunk of users' candidates + features (+ labels), sorted by (user, blend rank).
+    ``snapshot`` and ``shown`` (served items) answer what ``con`` would be asked otherwise."""
     cands = blender.frame(groups["user_id"].to_list(), as_of=groups["as_of"].to_list()).join(
         groups, on="user_id"
     )
     if truth is not None and stage == FIT and settings.ranker.served_negatives:
         # impression logs: shown-not-clicked items of the label window are hard negatives
-        cands = add_served_rows(con, blender, cands, groups)
+        cands = add_served_rows(con, blender, cands, groups, shown=shown)
     frame = assemble(
         con,
         cands,
         events=stage.events,
         text=text,
         covisit_window_days=settings.ranker.covisit_window_days,
+        snapshot=snapshot,
     )
     if truth is not None:
         frame = frame.join(truth, on=["user_id", "item_id"], how="left").with_columns(

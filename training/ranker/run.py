@@ -58,22 +58,23 @@ def train_and_log(
         ensure_split(con, settings.split)
         text_index = load_text_index(settings, con, scope=dataset.FIT.text_scope)
         text_version = text_index.model_version if text_index is not None else None
-        frame, generators = dataset.build_frame(
-            con,
-            settings,
-            dataset.FIT,
-            text_index=text_index,
-            max_users=settings.ranker.max_train_users,
-        )
-        truth = dataset.positives(con, "val")
-        recall = dataset.candidate_recall(frame, truth)
-        log.info(
-            "candidate recall@%d on the validation split: %.4f",
-            settings.ranker.num_candidates,
-            recall,
-        )
-        example = frame.select("user_id", "item_id").head(5)
-        with cluster.connect(settings) as client:
+        with cluster.connect(settings) as client:  # the frame and the boosting on one cluster
+            frame, generators = dataset.build_frame(
+                con,
+                settings,
+                dataset.FIT,
+                text_index=text_index,
+                max_users=settings.ranker.max_train_users,
+                client=client,
+            )
+            truth = dataset.positives(con, "val")
+            recall = dataset.candidate_recall(frame, truth)
+            log.info(
+                "candidate recall@%d on the validation split: %.4f",
+                settings.ranker.num_candidates,
+                recall,
+            )
+            example = frame.select("user_id", "item_id").head(5)
             boosting = None if client is None else DaskBoosting(client)
             product, ablation = train_both(
                 frame, generators, settings, truth, text_version, boosting

@@ -82,11 +82,17 @@ def group_columns(frame: pl.DataFrame) -> list[str]:
 
 
 def add_served_rows(
-    con: duckdb.DuckDBPyConnection, blender: Any, cands: pl.DataFrame, users: pl.DataFrame
+    con: duckdb.DuckDBPyConnection,
+    blender: Any,
+    cands: pl.DataFrame,
+    users: pl.DataFrame,
+    *,
+    shown: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """``cands`` (with ``as_of``; ``served`` false) plus, per user, a ``served`` group of the
-    items shown in the label window."""
-    shown = served_items(con, users)
+    items shown in the label window (``shown``: ``served_items`` read already)."""
+    if shown is None:
+        shown = served_items(con, users)
     base = cands.with_columns(pl.lit(False).alias(SERVED))
     if shown.height == 0:
         return base
