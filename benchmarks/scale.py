@@ -130,8 +130,13 @@ class TreeSampler:
         return self.peak
 
 
+# ``--setting section.key=value``: settings every child process gets (as RECSYS_* variables)
+SETTINGS: dict[str, str] = {}
+
+
 def child_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env.update({f"RECSYS_{k.upper().replace('.', '__')}": v for k, v in SETTINGS.items()})
     env.update(
         {
             "RECSYS_HOME": str(home),
@@ -585,7 +590,19 @@ def main() -> None:
         "--append", action="store_true", help="Keep the other sizes already in --output."
     )
     parser.add_argument("--note", default="", help="Free text for the report (e.g. machine busy).")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="A setting for every step (repeatable), e.g. serving.store_cache_mb=64.",
+    )
     args = parser.parse_args()
+    for item in args.setting:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            parser.error(f"--setting takes SECTION.KEY=VALUE, got {item!r}")
+        SETTINGS[key.strip()] = value.strip()
     unknown = set(args.redo) - set(STEPS)
     if unknown or (args.redo and not args.resume):
         parser.error(f"--redo takes steps of {', '.join(STEPS)} and needs --resume")
@@ -596,6 +613,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
         "load_average_start": [round(v, 2) for v in os.getloadavg()],
         "note": args.note,
+        "settings": dict(SETTINGS),
         "targets": TARGETS,
         "text": bool(args.text),
         "runs": [],

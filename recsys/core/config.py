@@ -196,8 +196,11 @@ class ServingSettings:
     queue_deadline_ms: NonNegativeFloat = 500.0
     # once a worker has built its models, its DuckDB connection to the store snapshot keeps at
     # most this many MB of cached pages (0: DuckDB's default, 80% of RAM); the load itself runs
-    # uncapped on a fresh connection.  At 1e7 events the cache held 0.74 GB per worker.
-    store_cache_mb: NonNegativeInt = 512
+    # uncapped on a fresh connection.  At 1e7 events the cache held 0.74 GB per worker uncapped,
+    # ~0.2 GB at 512 MB; requests read features from memory, and the one store query left on
+    # the request path (POST /v1/events' id lookups) took 25-26 ms at 512 and at 64 MB, so 64
+    # (worker RSS 1.97-2.05 GB at 1e7 instead of 2.26-2.32; docs/scale.md)
+    store_cache_mb: NonNegativeInt = 64
     # workers share one feature snapshot and one set of interactions per store content: the
     # first process builds them and saves them under <home>/features, the others memory-map
     # them (feature_store/features_cache.py; at 1e7 events 1.3 GB of arrays once instead of in
