@@ -65,9 +65,14 @@ def build_eval_set(
     cfg = settings.text
     rng = np.random.default_rng(settings.seed + 1)
     summaries = summaries or item_summaries(con)
-    fit_seen: dict[str, set[str]] = {}
+    fit_seen: dict[str, set[str]] = {}  # only the (user, val positive) pairs touched in fit
     for user_id, item_id in con.execute(
-        f"SELECT DISTINCT user_id, item_id FROM {FIT_SCOPE.events} WHERE event_type <> ?",
+        f"""
+        SELECT DISTINCT f.user_id, f.item_id FROM {FIT_SCOPE.events} f
+        SEMI JOIN (SELECT user_id, item_id FROM split_v1 WHERE part = 'val' AND {positive_sql()})
+            v USING (user_id, item_id)
+        WHERE f.event_type <> ?
+        """,
         [EXPOSURE_EVENT_TYPE],
     ).fetchall():
         fit_seen.setdefault(str(user_id), set()).add(str(item_id))
