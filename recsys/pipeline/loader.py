@@ -20,7 +20,7 @@ import duckdb
 from feature_store.embeddings import user_embedding_times
 from feature_store.features import FeatureSnapshot
 from feature_store.features_cache import shared_state
-from feature_store.interactions import Interactions, item_titles, newest_event, recent_positives
+from feature_store.interactions import Interactions, item_titles, newest_event
 from recsys.algorithms.ann import VectorSearch
 from recsys.algorithms.candidates import Blender, default_generators
 from recsys.algorithms.ranking import TextFeatures
@@ -29,7 +29,7 @@ from recsys.algorithms.text_index import TextIndex
 from recsys.core import rules
 from recsys.core.config import Settings
 from recsys.core.errors import ModelNotReadyError
-from recsys.pipeline.recommender import PRECOMPUTE_MAX_USERS, Recommender
+from recsys.pipeline.recommender import Recommender
 from training import registry
 from training.ranker import state as serving_state
 from training.ranker.model import RankerModel
@@ -104,12 +104,6 @@ def load_recommender(
     blender = _blender(blender, data, Path(path), ref.version)
     newest = newest_event(con, events)
     clock = (newest or datetime.now()) + timedelta(seconds=1)
-    precomputed = precompute and 0 < len(data.user_ids) <= PRECOMPUTE_MAX_USERS
-    recent = (
-        recent_positives(con, events, rules.HISTORY_LENGTH)
-        if text is not None and precomputed
-        else None
-    )
     log.info(
         "recommender loaded: %s, %d users, %d items, clock %s",
         versions,
@@ -128,7 +122,6 @@ def load_recommender(
         snapshot,
         titles=item_titles(con),
         embedded_at=embedded_at,
-        recent=recent,
         precompute=precompute,
     )
 

@@ -61,8 +61,7 @@ class Recommender:
 
     Pure: built from loaded parts (``recsys.pipeline.loader.load_recommender`` reads them from
     the registry and the store), so the request path runs on any parts a test assembles.
-    ``recent`` holds every user's latest positive items (``feature_store.interactions.
-    recent_positives``) as of ``clock``; ``embedded_at`` when each stored user vector was made.
+    ``embedded_at``: when each stored user vector was made.
     """
 
     def __init__(
@@ -78,7 +77,6 @@ class Recommender:
         *,
         titles: dict[str, str] | None = None,
         embedded_at: dict[str, datetime] | None = None,
-        recent: dict[str, tuple[list[str], datetime]] | None = None,
         precompute: bool = True,
     ) -> None:
         self.settings, self.model, self.data, self.blender, self.text = (
@@ -96,7 +94,6 @@ class Recommender:
         self.popularity = published[0] if published else Popularity().fit(data)
         self.titles = titles or {}
         self._embedded_at = embedded_at or {}
-        self._recent = recent
         # What a known user's request needs that does not depend on the request.
         self._cands: pl.DataFrame | None = None
         self._cand_rows: dict[str, tuple[int, int]] = {}
@@ -121,9 +118,8 @@ class Recommender:
             start += int(n)
         self._cands = frame
         if self.text is not None:
-            recent = self._recent or {}
             for user_id in users:
-                self._vectors[user_id] = self._vector_of(user_id, recent.get(user_id))
+                self._vectors[user_id] = self._vector_of(user_id, self._recent_of(user_id))
         log.info(
             "precomputed %d candidate rows and %d text vectors for %d users in %.1f s",
             frame.height,
@@ -133,12 +129,9 @@ class Recommender:
         )
 
     def _recent_of(self, user_id: str) -> tuple[list[str], datetime] | None:
-        """The user's latest ``rules.HISTORY_LENGTH`` positive items and the newest time:
-        precomputed at load, else from the interactions in memory (the same answer as
-        ``recent_positives`` on the store; at 1e7 events that query scanned the events table
-        on every request)."""
-        if self._recent is not None and user_id in self._recent:
-            return self._recent[user_id]
+        """The user's latest ``rules.HISTORY_LENGTH`` positive items and the newest time, from
+        the interactions in memory (the answer ``recent_positives`` gives on the store; at 1e7
+        events that query scanned the events table on every request)."""
         return self.data.latest_positives(user_id, rules.HISTORY_LENGTH)
 
     def _vector_of(

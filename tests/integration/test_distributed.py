@@ -37,6 +37,7 @@ from recsys.algorithms.text_index import TextIndex
 from recsys.core import rules
 from recsys.core.config import Settings, load_settings
 from recsys.core.errors import ConfigError
+from tests.dask_cluster import local_client
 from tests.factories import load_into_store, make_catalog, make_events
 from tests.tiny_bert import vocab_from_texts, write_tiny_bert
 from training import cluster
@@ -57,12 +58,7 @@ NDCG_TOLERANCE = 0.05
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[object]:
-    with (
-        distributed.LocalCluster(
-            processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None
-        ) as local,
-        distributed.Client(local) as dask_client,
-    ):
+    with local_client() as dask_client:
         yield dask_client
 
 
@@ -223,12 +219,7 @@ def test_frames_built_on_worker_processes_equal_the_embedded(
     genres[np.arange(N_ITEMS), np.arange(N_ITEMS) % 6] = 1.0
     index = TextIndex("7", [f"i{k}" for k in range(N_ITEMS)], genres, scope="fit_v1")
     want, gens = dataset.build_frame(con, chunked, dataset.FIT, text_index=index)
-    with (
-        distributed.LocalCluster(
-            processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0"
-        ) as local,
-        distributed.Client(local) as on_processes,
-    ):
+    with local_client(processes=True) as on_processes:
         got, got_gens = dataset.build_frame(
             con, chunked, dataset.FIT, text_index=index, client=on_processes
         )

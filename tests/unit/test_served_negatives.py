@@ -16,6 +16,7 @@ from feature_store.splits import ensure_split
 from feature_store.task import apply_task
 from recsys.algorithms.candidates import Blender, Popularity
 from recsys.core.config import Settings, load_settings
+from tests.dask_cluster import local_client
 from tests.log_factories import write_mind
 from training.ranker import dataset
 from training.ranker.served import SERVED, group_columns
@@ -146,16 +147,10 @@ def test_the_served_groups_built_on_a_dask_cluster_equal_the_embedded(
 ) -> None:
     """The served items are read once by the job and shipped with each chunk (the workers
     never open the store): the same frame as the embedded build, chunk by chunk."""
-    distributed = pytest.importorskip("distributed")
     settings, con = mind_store
     chunked = settings.replace(**{"ranker.frame_chunk_users": 3})
     want, _ = dataset.build_frame(con, chunked, dataset.FIT, text_index=None)
-    with (
-        distributed.LocalCluster(
-            processes=False, n_workers=2, threads_per_worker=1, dashboard_address=":0"
-        ) as local,
-        distributed.Client(local) as client,
-    ):
+    with local_client() as client:
         got, _ = dataset.build_frame(con, chunked, dataset.FIT, text_index=None, client=client)
     assert want[SERVED].sum() > 0
     assert_frame_equal(got, want, check_exact=True)
