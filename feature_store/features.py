@@ -24,6 +24,7 @@ import polars as pl
 
 from feature_store import features_snapshot as fs
 from feature_store import features_sql
+from feature_store.ids import IdIndex
 from recsys.core.config import RankerSettings
 from recsys.core.errors import DataValidationError, RecsysError
 from recsys.core.rules import SCOPES
@@ -248,20 +249,18 @@ class FeatureSnapshot:
 
 
 class _Codes:
-    """An id -> integer code dictionary (-1 for an unknown id)."""
+    """An id -> integer code map (-1 for an unknown id)."""
 
     def __init__(self, ids: pl.Series) -> None:
         self.ids = ids
-        self.lookup = dict(zip(ids.to_list(), range(ids.len()), strict=True))
+        self.lookup = IdIndex(ids.to_list())
 
     def __len__(self) -> int:
         return self.ids.len()
 
     def of(self, values: pl.Series) -> np.ndarray:
-        if values.len() <= 2_000:  # a dict beats a polars call for a request's few rows
-            get = self.lookup.get
-            it = (get(x, -1) for x in values.to_list())
-            return np.fromiter(it, dtype=np.int64, count=values.len())
+        if values.len() <= 2_000:  # a search beats a polars call for a request's few rows
+            return self.lookup.positions(values.to_list())
         codes = pl.Series(np.arange(self.ids.len(), dtype=np.int64))
         return values.replace_strict(self.ids, codes, default=-1).to_numpy()
 

@@ -45,6 +45,7 @@ from feature_store import (
     features_snapshot,
     features_sql,
     features_timeline,
+    ids,
     interactions,
     rules_sql,
 )
@@ -57,8 +58,8 @@ FORMAT = "recsys-feature-snapshot/1"
 KEEP = 3  # saved copies kept per kind (the newest by modification time)
 _ALIGN = 64
 STALE_TMP_SECONDS = 6 * 3600.0
-_FEATURES_CODE = (features, features_snapshot, features_sql, features_timeline)
-_INTERACTIONS_CODE = (interactions, rules_sql)
+_FEATURES_CODE = (features, features_snapshot, features_sql, features_timeline, ids)
+_INTERACTIONS_CODE = (interactions, rules_sql, ids)
 T = TypeVar("T")
 
 

@@ -146,14 +146,24 @@ class _Side:
         self.s_rate = RunningSum(ev.rating[o], self.tl.starts)
         self.items = ev.i[o]
         self.ticks = ev.tick[o]
+        self._times: np.ndarray | None = None  # set when the row times are released
 
-    def release_build_state(self, *, keep_items: bool) -> None:
-        """Keep what lookups read (``totals`` reads the row times, ``recent`` the user side's
-        items); drop the rest."""
-        self.tl.release_build_state(keep_ts=True)
+    def release_build_state(self, *, keep_items: bool, times: np.ndarray) -> None:
+        """Keep what lookups read (``totals`` the row times, ``recent`` the user side's items);
+        drop the rest.  A row's time is ``times[tick]``, and the timeline's packed key holds
+        the tick: reading it there instead of keeping the row times saves 8 bytes a row (136 MB
+        over both sides at 1e7 events, pages every serving worker would map)."""
+        self.tl.release_build_state(keep_ts=False)
+        self._times = times if self.tl.ts.size < len(self.tl) else None
         self.ticks = self.ticks[:0]
         if not keep_items:
             self.items = self.items[:0]
+
+    def row_ts(self, rows: np.ndarray) -> np.ndarray:
+        """The event time (epoch microseconds) of each of ``rows``."""
+        if self._times is None:
+            return self.tl.ts[rows]
+        return self._times[self.tl.tick_of(rows)]
 
     def at(self, keys: np.ndarray, t: np.ndarray, tick: np.ndarray) -> tuple[np.ndarray, ...]:
         """(group, lo, hi, pos): the group and its range, and the first row at or after ``t``."""
@@ -175,8 +185,8 @@ class _Side:
             "rate": between(self.p_rate, lo, pos),
             "click": between(self.p_click, lo, pos),
             "s_rate": self.s_rate.between(lo, pos),
-            "last_ts": self.tl.ts[last],
-            "first_ts": self.tl.ts[np.minimum(lo, last)],
+            "last_ts": self.row_ts(last),
+            "first_ts": self.row_ts(np.minimum(lo, last)),
         }
 
 
@@ -244,8 +254,8 @@ class FeatureIndex:
             recent = np.zeros(n_items, dtype=bool)
             recent[self.recent(want.u, want.t, self.tick(want.t))[1]] = True
         self.pairs = self._pairs(seq, want, recent)
-        self.item.release_build_state(keep_items=False)
-        self.user.release_build_state(keep_items=True)
+        self.item.release_build_state(keep_items=False, times=times)
+        self.user.release_build_state(keep_items=True, times=times)
         for tl in (self.impr, self.user_item, self.affinity, self.pairs):
             tl.release_build_state()  # lookups only count rows: no times needed
 

@@ -147,7 +147,10 @@ class Timeline:
         bounds = np.flatnonzero(np.diff(sorted_keys)) + 1
         first = np.concatenate(([0], bounds)).astype(np.int64)
         self.group_keys = sorted_keys[first] if sorted_keys.size else sorted_keys
-        self.starts = np.concatenate((first, [sorted_keys.size])).astype(np.int64)
+        # row offsets and group numbers are stored narrow (half the pages a worker maps);
+        # ``locate`` widens what it returns, so every computation downstream is in int64
+        narrow = np.int32 if keys.size < 2**31 - 1 else np.int64
+        self.starts = np.concatenate((first, [sorted_keys.size])).astype(narrow)
         groups = self.group_keys.size
         self.width = max(int(width), 1)
         self._packed = None
@@ -157,8 +160,8 @@ class Timeline:
         self._depth = int(np.diff(self.starts).max()).bit_length() + 1 if keys.size else 0
         self._table = None
         if codes is not None:
-            self._table = np.full(max(codes, 1), -1, dtype=np.int64)
-            self._table[self.group_keys] = np.arange(groups, dtype=np.int64)
+            self._table = np.full(max(codes, 1), -1, dtype=narrow)
+            self._table[self.group_keys] = np.arange(groups, dtype=narrow)
 
     def __len__(self) -> int:
         return self._rows
@@ -171,9 +174,15 @@ class Timeline:
         if self._packed is not None and not keep_ts:
             self.ts = _EMPTY
 
+    def tick_of(self, rows: np.ndarray) -> np.ndarray:
+        """The tick of each of ``rows`` (sorted order), read off the packed key."""
+        if self._packed is None:
+            raise ValueError("this timeline has no packed key: read its row times")
+        return self._packed[rows] % self.width
+
     def group_starts(self) -> np.ndarray:
         """For each row (in sorted order), the offset of its group's first row."""
-        return np.repeat(self.starts[:-1], np.diff(self.starts))
+        return np.repeat(self.starts[:-1].astype(np.int64), np.diff(self.starts))
 
     def locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(group, lo, hi) of each probe; group -1 and lo == hi for an absent or negative key."""
@@ -186,12 +195,13 @@ class Timeline:
         else:
             idx = np.minimum(search(self.group_keys, keys), self.group_keys.size - 1)
             group = np.where((keys >= 0) & (self.group_keys[idx] == keys), idx, -1)
+        group = group.astype(np.int64, copy=False)
         found = group >= 0
         safe = np.maximum(group, 0)
         return (
             group,
-            np.where(found, self.starts[safe], 0),
-            np.where(found, self.starts[safe + 1], 0),
+            np.where(found, self.starts[safe], 0).astype(np.int64, copy=False),
+            np.where(found, self.starts[safe + 1], 0).astype(np.int64, copy=False),
         )
 
     def before(

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from feature_store.ids import IdIndex
 from feature_store.rules_sql import positive_sql
 from recsys.core.errors import RecsysError
 
@@ -62,8 +63,8 @@ class Interactions:
     positives: sp.csr_matrix  # positive count per (user, item)
     item_genres: list[tuple[str, ...]]
     positive_events: PositiveEvents = field(default_factory=PositiveEvents.empty)
-    item_index: dict[str, int] = field(init=False)
-    user_index: dict[str, int] = field(init=False)
+    item_index: IdIndex = field(init=False)  # item id -> catalog index
+    user_index: IdIndex = field(init=False)
     # positive events ordered by (user, time, catalog index) and each user's first row in it
     _timeline: tuple[np.ndarray, np.ndarray] | None = field(
         default=None, init=False, repr=False, compare=False
@@ -74,8 +75,8 @@ class Interactions:
     )
 
     def __post_init__(self) -> None:
-        self.item_index = {str(i): k for k, i in enumerate(self.item_ids)}
-        self.user_index = {str(u): k for k, u in enumerate(self.user_ids)}
+        self.item_index = IdIndex(self.item_ids)
+        self.user_index = IdIndex(self.user_ids)
 
     def __getstate__(self) -> dict[str, Any]:
         """Everything but the connection (``feature_store.features_cache`` saves the arrays
@@ -143,6 +144,22 @@ class Interactions:
         ev = self.positive_events
         items = self.item_ids[ev.item[rows[::-1][:n][::-1]]]
         return [str(i) for i in items], ev.ts[rows[-1]].astype("datetime64[us]").item()
+
+    def newest_positive_items(self, u: int, n: int) -> np.ndarray:
+        """Item indices of user index ``u``'s latest ``n`` positive events, newest first and
+        ties in time by item id (an item liked twice counts twice): the history co-visitation
+        sums over, read from the shared ``latest_order`` instead of a per-process table."""
+        order, starts = self.latest_order()
+        rows = order[starts[u] : starts[u + 1]]
+        if n <= 0 or not len(rows):
+            return np.zeros(0, dtype=np.int64)
+        ev = self.positive_events
+        ts = ev.ts[rows].astype(np.int64)
+        # the rows are by (time, item id): keep the newest n, and every row tied with the
+        # oldest of them, then order them newest first with the ties still by id
+        lo = int(np.searchsorted(ts, ts[max(len(rows) - n, 0)], side="left"))
+        keep = np.lexsort((np.arange(len(rows) - lo), -ts[lo:]))[:n]
+        return np.asarray(ev.item[rows[lo:][keep]], dtype=np.int64)
 
     def latest_order(self) -> tuple[np.ndarray, np.ndarray]:
         """Rows of ``positive_events`` by (user, time, item id) and each user's first row

@@ -192,7 +192,6 @@ class CoVisitation(DenseGenerator):
         freq = np.asarray(data.positives.astype(bool).sum(axis=0)).ravel() + 1.0
         w = w / np.sqrt(freq[a] * freq[b])
         self.matrix = sp.csr_matrix((w, (a, b)), shape=(data.n_items, data.n_items))
-        self._recent = self._recent_positives(data)
         log.info("co-visitation: %d item pairs", self.matrix.nnz)
         return self
 
@@ -219,24 +218,11 @@ class CoVisitation(DenseGenerator):
         counts.sum_duplicates()
         return counts
 
-    def _recent_positives(self, data: Interactions) -> dict[str, np.ndarray]:
-        """Per user, their latest ``recent`` positive items (newest first, ties by item id)."""
-        ev = data.positive_events
-        rank = _id_rank(data.item_ids)
-        order = np.lexsort((rank[ev.item], -ev.ts.astype(np.int64), ev.user))
-        user, item = ev.user[order], ev.item[order]
-        users, starts = np.unique(user, return_index=True)
-        ends = np.append(starts[1:], len(user))
-        return {
-            str(data.user_ids[u]): item[s:e][: self.recent]
-            for u, s, e in zip(users, starts, ends, strict=True)
-        }
-
     def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
         if u is None:
             return None
-        recent = self._recent.get(str(self.data.user_ids[u]))
-        if recent is None or len(recent) == 0:
+        recent = self.data.newest_positive_items(u, self.recent)
+        if len(recent) == 0:
             return None
         scores = row_sum(self.matrix, recent)
         return np.where(scores > 0, scores, -np.inf)
@@ -248,7 +234,6 @@ class CoVisitation(DenseGenerator):
         """The published pair matrix; users' recent items from ``data`` (new events count)."""
         self.data = data
         self.matrix = maps.items.square(csr_from(arrays, "matrix"))
-        self._recent = self._recent_positives(data)
         return self
 
 
@@ -573,8 +558,7 @@ class Blender:
 
 def _catalog_rows(data: Interactions, items: np.ndarray) -> np.ndarray:
     """Catalog row of each item id (-1 for ids the catalog does not have)."""
-    get = data.item_index.get
-    return np.fromiter((get(i, -1) for i in items), dtype=np.int64, count=len(items))
+    return data.item_index.positions(items)
 
 
 def _pick(full: np.ndarray, idx: np.ndarray) -> np.ndarray:

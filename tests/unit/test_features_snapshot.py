@@ -197,7 +197,8 @@ def test_running_sum_exact_and_sequential_paths() -> None:
     assert inexact.tolist() == [0.1 + 0.2, (0.1 + 0.2) + 0.3, 0.0, 0.7 + 0.1, 0.0]
 
 
-@pytest.mark.parametrize("width", [None, 2**62], ids=["packed", "binary-search"])
+# 2**35: packed keys past int32, while the stored group numbers and offsets are int32
+@pytest.mark.parametrize("width", [None, 2**35, 2**62], ids=["packed", "wide", "binary-search"])
 @pytest.mark.parametrize("codes", [None, 9], ids=["searched", "table"])
 def test_timeline_counts_strictly_before(width: int | None, codes: int | None) -> None:
     ts = np.array([10, 10, 20, 20])
@@ -210,6 +211,8 @@ def test_timeline_counts_strictly_before(width: int | None, codes: int | None) -
     keys = np.array([7, 7, 7, 7, 5, -1, 7])
     assert tl.count_before(keys, t, np.searchsorted(times, t)).tolist() == [0, 1, 1, 3, 1, 0, 0]
     assert tl.count_before(np.array([6]), np.array([99]), np.array([2])).tolist() == [0]
+    assert tl.starts.dtype == np.int32  # stored narrow, widened by locate
+    assert all(a.dtype == np.int64 for a in tl.locate(keys))
 
 
 def test_large_request_sets_map_ids_the_same_way() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import duckdb
+import numpy as np
 import pytest
 
 from feature_store.ingest import ingest_event_records
@@ -54,3 +55,31 @@ def test_known_answer(data: Interactions) -> None:
     assert data.latest_positives("c", 20) is None  # an impression is not a positive
     assert data.latest_positives("nobody", 20) is None
     assert data.latest_positives("a", 0) is None
+
+
+def _dict_history(data: Interactions, n: int) -> dict[int, list[int]]:
+    """The per-process table co-visitation built before (newest first, ties by item id)."""
+    ev = data.positive_events
+    rank = {i: r for r, i in enumerate(sorted(range(data.n_items), key=lambda k: data.item_ids[k]))}
+    out: dict[int, list[int]] = {}
+    for row in sorted(
+        range(len(ev.user)), key=lambda r: (-int(ev.ts[r].astype(np.int64)), rank[int(ev.item[r])])
+    ):
+        out.setdefault(int(ev.user[row]), []).append(int(ev.item[row]))
+    return {u: items[:n] for u, items in out.items()}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 20])
+def test_newest_positive_items_match_the_old_per_process_table(data: Interactions, n: int) -> None:
+    want = _dict_history(data, n)
+    for u in range(len(data.user_ids)):
+        assert data.newest_positive_items(u, n).tolist() == want.get(u, [])
+
+
+def test_newest_positive_items_known_answer(data: Interactions) -> None:
+    a = int(data.user_index["a"])
+    ids = [str(data.item_ids[i]) for i in data.newest_positive_items(a, 4)]
+    # minute 3 (i9), minute 2 (i3), then the minute-1 tie by id ascending, cut at 4: i10, i2
+    assert ids == ["i9", "i3", "i10", "i2"]
+    assert data.newest_positive_items(a, 0).tolist() == []
+    assert data.newest_positive_items(int(data.user_index["c"]), 5).tolist() == []
