@@ -23,7 +23,7 @@ from recsys.core.config import Settings
 from recsys.core.errors import MissingDependencyError, ModelNotReadyError
 from recsys.pipeline import loader
 from serving.errors import ReloadRefusedError
-from serving.memory import cap_store_cache, release_memory, settle_heap
+from serving.memory import cap_store_cache, collection_turn, release_memory, settle_heap
 from serving.metrics import Metrics
 from serving.modelcheck import ModelRefusedError, ModelVerifier
 from serving.priority import lower_thread_priority
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # ModelVerifier chose the ranker version.
 Loader = Callable[..., Any]
 RELOAD_SIGNAL = "RELOAD"
+COLLECTION_LOCK = "collection.lock"  # the workers' turns to pause for garbage collection
 _RETRY_UNREADY_SECONDS = 30.0
 _RETIRE_AFTER_SECONDS = 120.0
 
@@ -187,9 +188,9 @@ class ModelHolder:
             self.loaded_at = time.time()
         versions = self.model_versions
         self.metrics.set_model_versions(versions)
-        if previous:
-            release_memory()  # the replaced recommender's frames, once requests let go of it
-        frozen = settle_heap()  # no full collection rescans the models during requests
+        # the replaced recommender's frames, once requests let go of them; then no full
+        # collection rescans the models during requests
+        frozen = self._collect(release=bool(previous))
         log.info(
             "serving models %s (loaded in %.2f s; %d objects frozen out of the collector)",
             versions,
@@ -278,8 +279,15 @@ class ModelHolder:
                 self.recommender, self._con = None, None
                 self.pair = (None, None)
         if closed:
-            release_memory()  # the replaced models' heap goes back to the system
-            settle_heap()
+            self._collect(release=True)  # the replaced models' heap goes back to the system
+
+    def _collect(self, *, release: bool) -> int:
+        """``release_memory`` (when ``release``) and ``settle_heap``, in this home's collection
+        turn: the workers pause for them one after another (``serving.memory``)."""
+        with collection_turn(serving_dir(self.settings) / COLLECTION_LOCK):
+            if release:
+                release_memory()
+            return settle_heap()
 
 
 class Watcher:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gc
 import sys
+import threading
+import time
+from pathlib import Path
 
 import duckdb
 import psutil
@@ -13,6 +16,7 @@ from serving.memory import (
     ARENA_ENV,
     arena_env,
     cap_store_cache,
+    collection_turn,
     release_memory,
     settle_heap,
 )
@@ -68,3 +72,43 @@ def test_store_cache_is_capped_after_load_unless_zero() -> None:
         assert con.execute("SELECT current_setting('memory_limit')").fetchone() == ("488.2 MiB",)
     finally:
         con.close()
+
+
+def test_collection_turns_do_not_overlap(tmp_path: Path) -> None:
+    """Two workers (here two threads, each with its own open file) pause one after the other,
+    the second only after the first's linger."""
+    lock = tmp_path / "serving" / "collection.lock"
+    spans: dict[str, tuple[float, float]] = {}
+    first_in = threading.Event()
+
+    def worker(name: str, hold: float) -> None:
+        with collection_turn(lock, linger_s=0.2) as taken:
+            assert taken
+            start = time.monotonic()
+            first_in.set()
+            time.sleep(hold)
+        spans[name] = (start, time.monotonic())
+
+    a = threading.Thread(target=worker, args=("a", 0.3))
+    a.start()
+    assert first_in.wait(5)
+    b = threading.Thread(target=worker, args=("b", 0.0))
+    b.start()
+    a.join(5)
+    b.join(5)
+    # b entered after a's pause (0.3 s) and its linger (0.2 s): a's span ends after the linger
+    assert spans["b"][0] >= spans["a"][1] - 0.01
+    assert spans["b"][0] - spans["a"][0] >= 0.5
+
+
+def test_a_stuck_turn_is_skipped_and_a_broken_lock_path_is_not_an_error(tmp_path: Path) -> None:
+    lock = tmp_path / "collection.lock"
+    with collection_turn(lock, linger_s=0) as held:
+        assert held
+        started = time.monotonic()
+        with collection_turn(lock, wait_s=0.3) as second:
+            assert not second  # the holder never let go: collect anyway, after wait_s
+        assert 0.3 <= time.monotonic() - started < 3
+    (tmp_path / "a-file").write_text("x")
+    with collection_turn(tmp_path / "a-file" / "collection.lock") as taken:
+        assert not taken
