@@ -40,20 +40,22 @@ class ItemKNN(DenseGenerator):
         ParameterWarning = compat.implicit("utils").ParameterWarning
 
         self.data = data
-        self.x = data.positives.astype(bool).astype(np.float32).tocsr()
+        x = data.positives.astype(bool).astype(np.float32).tocsr()
         model = CosineRecommender(K=self.k)
         with warnings.catch_warnings():
             # implicit converts its own intermediate COO matrix and warns about it
             warnings.simplefilter("ignore", ParameterWarning)
-            model.fit(self.x, show_progress=False)
+            model.fit(x, show_progress=False)
         self.similarity = sp.csr_matrix(model.similarity)
         return self
 
     def user_scores(self, u: int | None, as_of: datetime | None) -> np.ndarray | None:
         if u is None:
             return None
-        lo, hi = self.x.indptr[u], self.x.indptr[u + 1]
-        scores = row_sum(self.similarity, self.x.indices[lo:hi], self.x.data[lo:hi])
+        # the user's liked items, each of weight 1 (what the 0/1 matrix fitted on holds), read
+        # from the shared interactions rather than a per-process copy of the matrix
+        x = self.data.positives
+        scores = row_sum(self.similarity, x.indices[x.indptr[u] : x.indptr[u + 1]])
         return np.where(scores > 0, scores, -np.inf)
 
     def state(self) -> dict[str, np.ndarray]:
@@ -62,7 +64,6 @@ class ItemKNN(DenseGenerator):
     def restore(self, arrays: Arrays, data: Interactions, maps: Maps) -> ItemKNN:
         """The published neighbour matrix; users' positives from ``data``."""
         self.data = data
-        self.x = data.positives.astype(bool).astype(np.float32).tocsr()
         self.similarity = maps.items.square(csr_from(arrays, "similarity"))
         return self
 

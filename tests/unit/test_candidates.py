@@ -302,3 +302,36 @@ def test_candidate_weights_setting_is_checked_from_every_source() -> None:
     for bad in ("als", "alss:1", "als:-1", "als:x"):
         with pytest.raises(ConfigError, match="GENERATOR:WEIGHT"):
             load_settings(environ={"RECSYS_RANKER__CANDIDATE_WEIGHTS": bad})
+
+
+def test_item_knn_scores_are_the_users_liked_rows_of_the_similarity(data: Interactions) -> None:
+    """Item-kNN reads a user's liked items from the shared interactions: its scores are the
+    0/1 positives matrix times the neighbour matrix, to the last bit."""
+    gen = ItemKNN(k=20).fit(data)
+    x = data.positives.astype(bool).astype(np.float64).tocsr()
+    product = np.asarray((x @ gen.similarity).todense())
+    for u in range(len(data.user_ids)):
+        got = gen.user_scores(u, None)
+        assert got is not None
+        want = product[u]
+        assert np.array_equal(got, np.where(want > 0, want, -np.inf))
+
+
+def test_genre_scores_built_per_user_equal_the_whole_table(data: Interactions) -> None:
+    """GenreAffinity builds a user's genre shares per request: the same floats as the users x
+    genres table it used to keep (the sparse products of every user at once)."""
+    gen = GenreAffinity().fit(data)
+    ug = sp.csr_matrix(data.positives.astype(bool).astype(np.float64) @ gen.item_genre)
+    table = sp.diags(1.0 / np.maximum(np.asarray(ug.sum(axis=1)).ravel(), 1e-12)) @ ug
+    table = sp.csr_matrix(table)
+    for u in range(len(data.user_ids)):
+        lo, hi = table.indptr[u], table.indptr[u + 1]
+        got = gen.user_scores(u, None)
+        if lo == hi:
+            assert got is None
+            continue
+        liked = np.zeros(table.shape[1])
+        liked[table.indices[lo:hi]] = table.data[lo:hi]
+        affinity = gen.item_genre @ liked
+        assert got is not None
+        assert np.array_equal(got, np.where(affinity > 0, affinity * gen.pop_weight, -np.inf))
