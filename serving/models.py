@@ -283,8 +283,11 @@ class ModelHolder:
 
     def _collect(self, *, release: bool) -> int:
         """``release_memory`` (when ``release``) and ``settle_heap``, in this home's collection
-        turn: the workers pause for them one after another (``serving.memory``)."""
-        with collection_turn(serving_dir(self.settings) / COLLECTION_LOCK):
+        turn: the workers pause for them one after another (``serving.memory``).  Only a
+        worker that was serving lingers in the turn after its pause (its queued requests); one
+        still starting accepts nothing yet."""
+        linger = 0.5 if release else 0.0
+        with collection_turn(serving_dir(self.settings) / COLLECTION_LOCK, linger_s=linger):
             if release:
                 release_memory()
             return settle_heap()
