@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 
 import duckdb
@@ -304,9 +305,20 @@ def test_candidate_weights_setting_is_checked_from_every_source() -> None:
             load_settings(environ={"RECSYS_RANKER__CANDIDATE_WEIGHTS": bad})
 
 
+def _with_repeats(data: Interactions) -> Interactions:
+    """``data`` whose users like items of several genres, some more than once (counts 1-3):
+    the factory's users like one genre each, once per item."""
+    rng = np.random.default_rng(5)
+    liked = sp.random(len(data.user_ids), data.n_items, density=0.3, format="csr", rng=rng)
+    liked.data = rng.integers(1, 4, liked.nnz).astype(data.positives.dtype)
+    return dataclasses.replace(data, positives=sp.csr_matrix(liked))
+
+
 def test_item_knn_scores_are_the_users_liked_rows_of_the_similarity(data: Interactions) -> None:
     """Item-kNN reads a user's liked items from the shared interactions: its scores are the
-    0/1 positives matrix times the neighbour matrix, to the last bit."""
+    0/1 positives matrix times the neighbour matrix, to the last bit (an item liked twice
+    still weighs 1)."""
+    data = _with_repeats(data)
     gen = ItemKNN(k=20).fit(data)
     x = data.positives.astype(bool).astype(np.float64).tocsr()
     product = np.asarray((x @ gen.similarity).todense())
@@ -320,6 +332,7 @@ def test_item_knn_scores_are_the_users_liked_rows_of_the_similarity(data: Intera
 def test_genre_scores_built_per_user_equal_the_whole_table(data: Interactions) -> None:
     """GenreAffinity builds a user's genre shares per request: the same floats as the users x
     genres table it used to keep (the sparse products of every user at once)."""
+    data = _with_repeats(data)
     gen = GenreAffinity().fit(data)
     ug = sp.csr_matrix(data.positives.astype(bool).astype(np.float64) @ gen.item_genre)
     table = sp.diags(1.0 / np.maximum(np.asarray(ug.sum(axis=1)).ravel(), 1e-12)) @ ug
