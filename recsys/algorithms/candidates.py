@@ -199,11 +199,9 @@ class CoVisitation(DenseGenerator):
         """(item a, item b) -> how often b is within ``neighbours`` positions and ``window``
         seconds of a in one user's positive timeline, ordered by (time, item id)."""
         ev = data.positive_events
-        rank = _id_rank(data.item_ids)
-        micros = ev.ts.astype(np.int64)
-        order = np.lexsort((rank[ev.item], micros, ev.user))
+        order, _ = data.latest_order()  # by (user, time, item id), shared with the requests
         user, item = ev.user[order], ev.item[order]
-        t = micros[order].astype(np.float64) / 1e6
+        t = ev.ts.astype(np.int64)[order].astype(np.float64) / 1e6
         left: list[np.ndarray] = []
         right: list[np.ndarray] = []
         for d in range(1, self.neighbours + 1):
@@ -235,11 +233,6 @@ class CoVisitation(DenseGenerator):
         self.data = data
         self.matrix = maps.items.square(csr_from(arrays, "matrix"))
         return self
-
-
-def _id_rank(ids: np.ndarray) -> np.ndarray:
-    """Each id's position in string order (DuckDB's ``ORDER BY item_id``)."""
-    return np.unique(np.asarray(ids, dtype=str), return_inverse=True)[1].astype(np.int64)
 
 
 class GenreAffinity(DenseGenerator):
